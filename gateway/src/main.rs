@@ -1,1 +1,145 @@
-fn main() {}
+//! `orrery`: the command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use orrery_core::config::{Config, LogFormat};
+use orrery_gateway::settings::{self, CliOverrides};
+use tracing_subscriber::EnvFilter;
+
+/// Orrery: self-hosted, plugin-extensible event gateway for product and web
+/// analytics.
+#[derive(Debug, Parser)]
+#[command(name = "orrery", version, about)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct Global {
+    /// Configuration file (TOML). Default: ./orrery.toml when it exists.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite database, generated secrets).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB.
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    #[command(alias = "start")]
+    Serve {
+        /// Address to listen on, e.g. 0.0.0.0:8080 (port 0 picks a free one).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// Create the data directory, database and secrets, and a first project
+    /// with its keys (printed once).
+    Init {
+        /// Name of the first project.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Write a consistent copy of the SQLite database, also while serving.
+    Backup {
+        /// The file to write (must not exist).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Print counts of events and projects and the database size.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reclaim disk space and refresh the query planner's statistics.
+    Vacuum,
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print the effective configuration, secrets hidden.
+    Config,
+}
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", orrery_gateway::openapi_json());
+        return ExitCode::SUCCESS;
+    }
+    let overrides = CliOverrides {
+        data_dir: cli.global.data_dir.clone(),
+        database_url: cli.global.database_url.clone(),
+        listen: match &cli.command {
+            Command::Serve { listen } => listen.clone(),
+            _ => None,
+        },
+    };
+    let config = match settings::load(cli.global.config.as_deref(), &overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { .. } => orrery_gateway::server::serve(config).await,
+            Command::Init { name, json } => {
+                orrery_gateway::commands::init(config, &name, json).await
+            }
+            Command::Migrate => orrery_gateway::commands::migrate(config).await,
+            Command::Backup { output } => orrery_gateway::commands::backup(config, &output).await,
+            Command::Stats { json } => orrery_gateway::commands::stats(config, json).await,
+            Command::Vacuum => orrery_gateway::commands::vacuum(config).await,
+            Command::Config => {
+                print!("{}", settings::render(&config)?);
+                Ok(())
+            }
+            Command::Openapi => unreachable!("handled above"),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,32 @@
-//! plugins
+//! Orrery's built-in enrichment plugins, one file each.
+//!
+//! - [`ip_hash`]: mandatory and first; replaces the client IP by a
+//!   daily-rotating keyed hash and derives a cookieless visitor id.
+//!
+//! Registration is one explicit line per plugin in [`default_pipeline`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use orrery_core::pipeline::{Pipeline, Stage};
+use orrery_core::plugin::{OnError, PluginError};
+
+pub mod ip_hash;
+
+/// Time limit of one plugin call on a batch, by default.
+pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The pipeline every project gets: `ip_hash` first.
+///
+/// # Errors
+/// [`PluginError::Config`] when the IP-hash secret is unusable.
+pub fn default_pipeline(ip_hash_secret: &[u8]) -> Result<Pipeline, PluginError> {
+    let ip_hash = ip_hash::IpHash::from_config(ip_hash_secret, ip_hash::IpHashConfig::default())?;
+    Ok(Pipeline::new(vec![Stage {
+        plugin: Arc::new(ip_hash),
+        // The IP must never be stored: an event ip_hash cannot process is
+        // not kept without its hash.
+        on_error: OnError::Drop,
+        timeout: DEFAULT_PLUGIN_TIMEOUT,
+    }]))
+}

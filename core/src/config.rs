@@ -1,0 +1,276 @@
+//! Configuration structures.
+//!
+//! `Default` impls are the only source of defaults. The gateway layers
+//! `orrery.toml`, `ORRERY_*` environment variables and CLI flags on top of
+//! them with figment; this crate only describes the shape.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A string that never shows itself in `Debug` or `Display` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The whole configuration of an Orrery instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory for the SQLite database, generated secrets and backups.
+    pub data_dir: PathBuf,
+    /// Database URL. Empty means the embedded SQLite file
+    /// `<data_dir>/orrery.db`. Examples: `sqlite://./data/orrery.db`,
+    /// `postgres://user:password@host/dbname`.
+    pub database_url: Option<String>,
+    /// Address and port the HTTP server listens on.
+    pub listen: String,
+    /// Database tuning.
+    pub database: DatabaseConfig,
+    /// Ingestion limits and the group-commit writer.
+    pub ingest: IngestConfig,
+    /// HTTP hygiene: proxies, CORS, body limits.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
+    /// (mode 0600) when not given here.
+    pub secrets: SecretsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            listen: "127.0.0.1:8080".to_owned(),
+            database: DatabaseConfig::default(),
+            ingest: IngestConfig::default(),
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            secrets: SecretsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The database URL in effect: the configured one, or the embedded
+    /// SQLite file in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.trim().to_owned(),
+            _ => format!("sqlite://{}", self.data_dir.join("orrery.db").display()),
+        }
+    }
+}
+
+/// How strongly SQLite syncs a commit to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// fsync at every commit: survives power loss.
+    Full,
+    /// fsync at WAL checkpoints: survives a crash of the process (`kill -9`),
+    /// may lose the last commits on power loss.
+    Normal,
+}
+
+/// Database tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// SQLite `synchronous` pragma: `full` or `normal`.
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// Maximum connections in the pool (readers; the writer holds one more).
+    pub max_connections: u32,
+    /// Seconds to wait for a connection at start before giving up.
+    pub connect_timeout_secs: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            sqlite_synchronous: SqliteSynchronous::Full,
+            max_connections: 8,
+            connect_timeout_secs: 5,
+        }
+    }
+}
+
+/// Ingestion limits and the group-commit writer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestConfig {
+    /// Most events in one batch request.
+    pub max_batch_events: usize,
+    /// Largest request body in bytes, as sent (compressed or not).
+    pub max_body_bytes: usize,
+    /// Largest body in bytes after gzip decompression (zip-bomb guard).
+    pub max_decompressed_bytes: usize,
+    /// Largest single event in bytes (its JSON encoding).
+    pub max_event_bytes: usize,
+    /// Events waiting for the writer, across all requests. When full,
+    /// ingestion answers 503 with `Retry-After`.
+    pub queue_capacity: usize,
+    /// The writer commits when this many events are gathered...
+    pub flush_events: usize,
+    /// ...or when the oldest gathered event has waited this long (ms).
+    pub flush_interval_ms: u64,
+    /// `Retry-After` seconds sent with a 503 when the queue is full.
+    pub retry_after_secs: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_events: 1000,
+            max_body_bytes: 1024 * 1024,
+            max_decompressed_bytes: 8 * 1024 * 1024,
+            max_event_bytes: 64 * 1024,
+            queue_capacity: 50_000,
+            flush_events: 2000,
+            flush_interval_ms: 2,
+            retry_after_secs: 1,
+        }
+    }
+}
+
+/// HTTP hygiene.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Peers whose `X-Forwarded-For` header is believed (IP addresses).
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins allowed to call the admin and query API from a browser.
+    /// Ingestion endpoints accept any origin.
+    pub cors_origins: Vec<String>,
+    /// Largest body in bytes for non-ingestion endpoints.
+    pub max_body_bytes: usize,
+    /// Seconds a graceful shutdown waits for requests in flight.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            cors_origins: Vec::new(),
+            max_body_bytes: 256 * 1024,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Logging.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `pretty` or `json`.
+    pub format: LogFormat,
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "orrery=info,orrery_core=info,orrery_gateway=info,warn".to_owned(),
+        }
+    }
+}
+
+/// Secrets; any left empty is generated and kept in the data directory.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretsConfig {
+    /// Key of the daily-rotating IP hash (HMAC-SHA256). Several instances
+    /// sharing one database must be given the same value.
+    pub ip_hash_key: Option<Secret>,
+}
+
+/// Removes the password from a database URL, for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_debug_hides_value() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s:?}"), "***");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn redact_url_hides_password_only() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db.example:5432/orrery"),
+            "postgres://app:***@db.example:5432/orrery"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert_eq!(
+            redact_url("sqlite://./data/orrery.db"),
+            "sqlite://./data/orrery.db"
+        );
+    }
+
+    #[test]
+    fn default_database_is_sqlite_in_data_dir() {
+        let c = Config::default();
+        assert_eq!(c.effective_database_url(), "sqlite://./data/orrery.db");
+    }
+}

@@ -1,0 +1,84 @@
+//! Prometheus metrics of the core: the writer and the ingestion outcomes.
+//!
+//! The gateway owns the registry; [`CoreMetrics::register`] adds these.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label of an ingestion outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `accepted`, `duplicate`, `rejected`, `dropped` or `dead_letter`.
+    pub outcome: &'static str,
+}
+
+/// Metrics of ingestion and the writer; clones share the same series.
+#[derive(Clone, Debug)]
+pub struct CoreMetrics {
+    /// Events by outcome.
+    pub events: Family<OutcomeLabel, Counter>,
+    /// Events (and dead letters) waiting for the writer.
+    pub queue_depth: Gauge,
+    /// Events per commit.
+    pub batch_size: Histogram,
+    /// Seconds per commit.
+    pub commit_seconds: Histogram,
+    /// Commits that failed and were retried in smaller parts.
+    pub commit_failures: Counter,
+}
+
+impl Default for CoreMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            queue_depth: Gauge::default(),
+            batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            commit_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            commit_failures: Counter::default(),
+        }
+    }
+}
+
+impl CoreMetrics {
+    /// Registers every metric under the `orrery` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "orrery_events",
+            "Events received, by outcome",
+            self.events.clone(),
+        );
+        registry.register(
+            "orrery_writer_queue_depth",
+            "Events waiting for the writer",
+            self.queue_depth.clone(),
+        );
+        registry.register(
+            "orrery_writer_batch_size",
+            "Events per group commit",
+            self.batch_size.clone(),
+        );
+        registry.register(
+            "orrery_writer_commit_duration_seconds",
+            "Duration of group commits",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "orrery_writer_commit_failures",
+            "Group commits that failed and were retried in parts",
+            self.commit_failures.clone(),
+        );
+    }
+
+    /// Counts `n` events of `outcome`.
+    pub fn count(&self, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.events
+                .get_or_create(&OutcomeLabel { outcome })
+                .inc_by(n);
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! sea-orm entities. They are the database schema, never the API.
+
+pub mod api_key;
+pub mod dead_letter;
+pub mod event;
+pub mod project;

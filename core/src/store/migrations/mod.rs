@@ -1,0 +1,24 @@
+//! Schema migrations, run at start and by `orrery migrate`.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261123_000001_create_projects;
+mod m20261123_000002_create_api_keys;
+mod m20261123_000003_create_events;
+mod m20261123_000004_create_dead_letters;
+
+/// Every migration, oldest first.
+#[derive(Debug)]
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261123_000001_create_projects::Migration),
+            Box::new(m20261123_000002_create_api_keys::Migration),
+            Box::new(m20261123_000003_create_events::Migration),
+            Box::new(m20261123_000004_create_dead_letters::Migration),
+        ]
+    }
+}

@@ -1,0 +1,608 @@
+//! Ingestion: `POST /api/v1/events` (one event or a batch; JSON,
+//! `text/plain` from `navigator.sendBeacon`, optionally gzip-compressed)
+//! and the tracking pixel `GET /t.gif`.
+//!
+//! Every event gets its own verdict; one bad event never rejects the good
+//! ones beside it. The answer comes only after the events are committed.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use orrery_core::event::{Envelope, EventLimits, RequestContext, now_ms, parse_event};
+use orrery_core::pipeline::Fate;
+use orrery_core::store::{ApiKey, KeyKind, NewDeadLetter};
+use orrery_core::writer::{WriteError, WriteOutcome};
+use poem::http::header;
+use poem::{Request, RequestBody};
+use poem_openapi::param::Query;
+use poem_openapi::payload::{Binary, Json};
+use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
+use poem_openapi::types::Type;
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ApiResponse, Enum, ExtractParamOptions, Object, OpenApi, Union,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::api::ApiTags;
+use crate::auth::IngestKey;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+/// One event as a client sends it.
+#[derive(Debug, Object)]
+pub struct EventInput {
+    /// Event name, e.g. `pageview` (1 to 200 characters).
+    pub event: String,
+    /// Client-chosen UUID; a retry with the same id is stored once.
+    pub id: Option<Uuid>,
+    /// The user, as the client knows them (string or number).
+    pub distinct_id: Option<String>,
+    /// The session.
+    pub session_id: Option<String>,
+    /// When it happened: RFC 3339 string or integer milliseconds since the
+    /// epoch. Defaults to the time of receipt.
+    pub timestamp: Option<Value>,
+    /// Page URL.
+    pub url: Option<String>,
+    /// Referrer URL.
+    pub referrer: Option<String>,
+    /// User agent, for server-side senders; browsers' is taken from the
+    /// request.
+    pub user_agent: Option<String>,
+    /// Free-form JSON properties.
+    pub properties: Option<HashMap<String, Value>>,
+    /// The project key, for browsers that cannot set headers.
+    pub api_key: Option<String>,
+}
+
+/// A batch of events.
+#[derive(Debug, Object)]
+pub struct BatchInput {
+    /// The events (at most `ingest.max_batch_events`, default 1000).
+    pub batch: Vec<EventInput>,
+    /// The project key, for browsers that cannot set headers.
+    pub api_key: Option<String>,
+}
+
+/// The body of `POST /api/v1/events`.
+#[derive(Debug, Union)]
+#[oai(one_of)]
+pub enum IngestRequest {
+    /// Several events.
+    Batch(BatchInput),
+    /// One event.
+    Single(EventInput),
+}
+
+/// What became of one event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Stored.
+    Accepted,
+    /// Already stored earlier (same id); not stored again.
+    Duplicate,
+    /// Invalid; `field` and `reason` say why. Not stored.
+    Rejected,
+    /// Dropped on purpose by a plugin (e.g. a bot filter).
+    Dropped,
+    /// Kept in the dead-letter table for inspection and replay.
+    DeadLetter,
+}
+
+/// The verdict for one event.
+#[derive(Debug, Object)]
+pub struct EventResult {
+    /// Position in the request (0 for a single event).
+    pub index: u32,
+    /// The event id, when the event was valid.
+    pub id: Option<Uuid>,
+    /// The verdict.
+    pub status: EventStatus,
+    /// The offending field, for rejected events.
+    pub field: Option<String>,
+    /// Why it was rejected, dropped or dead-lettered.
+    pub reason: Option<String>,
+}
+
+/// The answer to an ingestion request, sent after the commit.
+#[derive(Debug, Object)]
+pub struct IngestResponse {
+    /// Events stored by this request.
+    pub accepted: u32,
+    /// Events already stored.
+    pub duplicates: u32,
+    /// Invalid events.
+    pub rejected: u32,
+    /// Events dropped by plugins.
+    pub dropped: u32,
+    /// Events kept in the dead-letter table.
+    pub dead_lettered: u32,
+    /// One verdict per event, in request order.
+    pub results: Vec<EventResult>,
+}
+
+/// The raw body of an ingestion request: JSON or `text/plain` JSON,
+/// optionally gzip-compressed, read under the configured limits.
+pub struct IngestBody(pub Vec<u8>);
+
+impl<'a> ApiExtractor<'a> for IngestBody {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        IngestRequest::register(registry);
+    }
+
+    fn request_meta() -> Option<MetaRequest> {
+        let schema = IngestRequest::schema_ref();
+        Some(MetaRequest {
+            description: Some(
+                "One event, or `{\"batch\": [...]}`. `text/plain` is accepted for \
+                 navigator.sendBeacon; `Content-Encoding: gzip` is accepted.",
+            ),
+            content: vec![
+                MetaMediaType {
+                    content_type: "application/json",
+                    schema: schema.clone(),
+                },
+                MetaMediaType {
+                    content_type: "text/plain",
+                    schema,
+                },
+            ],
+            required: true,
+        })
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        body: &mut RequestBody,
+        _opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state = req
+            .data::<AppState>()
+            .expect("AppState is attached to every route");
+        let limits = &state.config.ingest;
+        let mime = req.content_type().map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        match mime.as_deref() {
+            None | Some("" | "application/json" | "text/plain") => {}
+            Some(other) => {
+                return Err(ApiError::new(
+                    poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    format!(
+                        "content type {other} is not accepted; send application/json or text/plain"
+                    ),
+                )
+                .into());
+            }
+        }
+        let gzip = match req
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("" | "identity") => false,
+            Some("gzip" | "x-gzip") => true,
+            Some(other) => {
+                return Err(ApiError::new(
+                    poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_encoding",
+                    format!("content encoding {other} is not accepted; send gzip or none"),
+                )
+                .into());
+            }
+        };
+        let too_large = || {
+            ApiError::too_large(format!(
+                "request body is larger than {} bytes (ingest.max_body_bytes)",
+                limits.max_body_bytes
+            ))
+        };
+        if req
+            .header(header::CONTENT_LENGTH)
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|n| n > limits.max_body_bytes)
+        {
+            return Err(too_large().into());
+        }
+        let raw = body
+            .take()?
+            .into_bytes_limit(limits.max_body_bytes)
+            .await
+            .map_err(|_| too_large())?;
+        if !gzip {
+            return Ok(Self(raw.to_vec()));
+        }
+        let max = limits.max_decompressed_bytes;
+        let mut out = Vec::with_capacity(raw.len() * 4);
+        flate2::read::GzDecoder::new(&raw[..])
+            .take(max as u64 + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                ApiError::bad_request("invalid_gzip", format!("body is not valid gzip: {e}"))
+            })?;
+        if out.len() > max {
+            return Err(ApiError::too_large(format!(
+                "decompressed body is larger than {max} bytes (ingest.max_decompressed_bytes)"
+            ))
+            .into());
+        }
+        Ok(Self(out))
+    }
+}
+
+/// The transparent 1x1 GIF of the pixel.
+const PIXEL_GIF: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+/// The pixel's answer: always the GIF, never cached.
+#[derive(ApiResponse)]
+pub enum PixelResponse {
+    /// A transparent 1x1 GIF, whatever the input.
+    #[oai(status = 200, content_type = "image/gif")]
+    Gif(
+        Binary<Vec<u8>>,
+        #[oai(header = "Cache-Control")] String,
+        #[oai(header = "Pragma")] String,
+        #[oai(header = "Expires")] String,
+    ),
+}
+
+impl PixelResponse {
+    fn gif() -> Self {
+        Self::Gif(
+            Binary(PIXEL_GIF.to_vec()),
+            "no-store, no-cache, must-revalidate, max-age=0".to_owned(),
+            "no-cache".to_owned(),
+            "0".to_owned(),
+        )
+    }
+}
+
+/// Ingestion operations.
+pub struct IngestApi;
+
+#[OpenApi(prefix_path = "/", tag = "ApiTags::Ingestion")]
+impl IngestApi {
+    /// Send events
+    ///
+    /// One event or a batch of up to `ingest.max_batch_events`. The answer
+    /// comes after the events are committed and has one verdict per event.
+    /// A 503 with `Retry-After` means nothing of the request was stored.
+    #[oai(
+        path = "/api/v1/events",
+        method = "post",
+        operation_id = "ingest_events"
+    )]
+    async fn ingest(
+        &self,
+        req: &Request,
+        auth: IngestKey,
+        body: IngestBody,
+    ) -> ApiResult<Json<IngestResponse>> {
+        let state = app_state(req);
+        let value: Value = serde_json::from_slice(&body.0).map_err(|e| {
+            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+        })?;
+        let body_key = value.get("api_key").and_then(Value::as_str);
+        let key = match auth.header().or(body_key) {
+            Some(k) => state.keys.authenticate(&state.store, k).await?,
+            None => {
+                return Err(ApiError::unauthorized(
+                    "missing_key",
+                    "send the project key in the X-API-Key header or an api_key field",
+                ));
+            }
+        };
+        let is_batch = value.get("batch").is_some();
+        let values = match value {
+            Value::Object(mut obj) if is_batch => match obj.remove("batch") {
+                Some(Value::Array(items)) => {
+                    let max = state.config.ingest.max_batch_events;
+                    if items.len() > max {
+                        return Err(ApiError::too_large(format!(
+                            "batch has {} events, more than the limit of {max} (ingest.max_batch_events)",
+                            items.len()
+                        ))
+                        .with_code("batch_too_large"));
+                    }
+                    items
+                }
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_batch",
+                        "`batch` must be an array of events",
+                    ));
+                }
+            },
+            other => vec![other],
+        };
+        let ctx = request_context(req, &state, &key);
+        let response = ingest_values(&state, &key, ctx, values).await?;
+        if !is_batch
+            && let Some(r) = response.results.first()
+            && r.status == EventStatus::Rejected
+        {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                format!(
+                    "field `{}` {}",
+                    r.field.as_deref().unwrap_or("$"),
+                    r.reason.as_deref().unwrap_or("is invalid")
+                ),
+            ));
+        }
+        Ok(Json(response))
+    }
+
+    /// Tracking pixel
+    ///
+    /// For pages and emails that cannot run JavaScript. Always answers a
+    /// 1x1 GIF with no-cache headers, even for bad input; records the event
+    /// when the key and event are valid. `url` defaults to the `Referer`
+    /// header (the page showing the pixel).
+    #[oai(path = "/t.gif", method = "get", operation_id = "tracking_pixel")]
+    #[allow(clippy::too_many_arguments)]
+    async fn pixel(
+        &self,
+        req: &Request,
+        /// Project key (`pk_...`).
+        api_key: Query<Option<String>>,
+        /// Short form of `api_key`.
+        k: Query<Option<String>>,
+        /// Event name; default `pageview`.
+        event: Query<Option<String>>,
+        /// Short form of `event`.
+        e: Query<Option<String>>,
+        /// Page URL; default: the `Referer` header.
+        url: Query<Option<String>>,
+        /// Short form of `url`.
+        u: Query<Option<String>>,
+        /// Referrer of the page.
+        referrer: Query<Option<String>>,
+        /// Short form of `referrer`.
+        r: Query<Option<String>>,
+        /// Distinct (user) id.
+        distinct_id: Query<Option<String>>,
+        /// Session id.
+        session_id: Query<Option<String>>,
+    ) -> PixelResponse {
+        let state = app_state(req);
+        let Some(key) = api_key.0.or(k.0) else {
+            state.core_metrics.count("rejected", 1);
+            return PixelResponse::gif();
+        };
+        let Ok(key) = state.keys.authenticate(&state.store, &key).await else {
+            state.core_metrics.count("rejected", 1);
+            return PixelResponse::gif();
+        };
+        let page = url
+            .0
+            .or(u.0)
+            .or_else(|| req.header(header::REFERER).map(str::to_owned));
+        let mut obj = serde_json::Map::new();
+        obj.insert(
+            "event".into(),
+            Value::from(event.0.or(e.0).unwrap_or_else(|| "pageview".to_owned())),
+        );
+        for (name, v) in [
+            ("url", page),
+            ("referrer", referrer.0.or(r.0)),
+            ("distinct_id", distinct_id.0),
+            ("session_id", session_id.0),
+        ] {
+            if let Some(v) = v {
+                obj.insert(name.into(), Value::from(v));
+            }
+        }
+        let ctx = request_context(req, &state, &key);
+        if let Err(error) = ingest_values(&state, &key, ctx, vec![Value::Object(obj)]).await {
+            tracing::debug!(%error, "pixel event not recorded");
+        }
+        PixelResponse::gif()
+    }
+}
+
+impl ApiError {
+    /// The same error with another code.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+}
+
+fn app_state(req: &Request) -> AppState {
+    req.data::<AppState>()
+        .expect("AppState is attached to every route")
+        .clone()
+}
+
+/// The client IP: the socket peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` address that is not a trusted proxy.
+pub fn client_ip(req: &Request, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = req
+        .remote_addr()
+        .as_socket_addr()
+        .map(|a| a.ip().to_canonical())?;
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded: Vec<IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .map(|ip| ip.to_canonical())
+        .collect();
+    forwarded
+        .into_iter()
+        .rev()
+        .find(|ip| !trusted.contains(ip))
+        .or(Some(peer))
+}
+
+fn request_context(req: &Request, state: &AppState, key: &ApiKey) -> Arc<RequestContext> {
+    Arc::new(RequestContext {
+        ip: client_ip(req, &state.config.http.trusted_proxies),
+        user_agent: req.header(header::USER_AGENT).map(|ua| {
+            ua.chars()
+                .take(orrery_core::event::MAX_USER_AGENT_BYTES)
+                .collect()
+        }),
+        server_side: key.kind == KeyKind::Secret,
+    })
+}
+
+/// Validates, enriches and commits events for the key's project.
+///
+/// # Errors
+/// 503 when the queue is full, the server is stopping or the database
+/// failed; nothing of the request was stored then.
+pub async fn ingest_values(
+    state: &AppState,
+    key: &ApiKey,
+    ctx: Arc<RequestContext>,
+    values: Vec<Value>,
+) -> ApiResult<IngestResponse> {
+    let received_at = now_ms();
+    let limits = EventLimits {
+        max_event_bytes: state.config.ingest.max_event_bytes,
+    };
+    let mut results: Vec<Option<EventResult>> = Vec::with_capacity(values.len());
+    let mut envelopes = Vec::with_capacity(values.len());
+    let mut positions = Vec::with_capacity(values.len());
+    for (i, v) in values.iter().enumerate() {
+        match parse_event(v, key.project_id, received_at, limits) {
+            Ok(mut event) => {
+                if event.user_agent.is_none() && !ctx.server_side {
+                    event.user_agent = ctx.user_agent.clone();
+                }
+                envelopes.push(Envelope {
+                    event,
+                    context: Arc::clone(&ctx),
+                });
+                positions.push(i);
+                results.push(None);
+            }
+            Err(rejection) => results.push(Some(EventResult {
+                index: i as u32,
+                id: None,
+                status: EventStatus::Rejected,
+                field: Some(rejection.field),
+                reason: Some(rejection.reason),
+            })),
+        }
+    }
+    let fates = state.pipeline.run(envelopes).await;
+    let mut to_store = Vec::with_capacity(fates.len());
+    let mut store_positions = Vec::with_capacity(fates.len());
+    let mut dead = Vec::new();
+    for ((env, fate), pos) in fates.into_iter().zip(positions) {
+        let id = env.event.id;
+        match fate {
+            Fate::Store => {
+                to_store.push(env.event);
+                store_positions.push(pos);
+            }
+            Fate::Dropped { plugin, reason } => {
+                results[pos] = Some(EventResult {
+                    index: pos as u32,
+                    id: Some(id),
+                    status: EventStatus::Dropped,
+                    field: None,
+                    reason: Some(format!("{plugin}: {reason}")),
+                });
+            }
+            Fate::DeadLetter { plugin, error } => {
+                results[pos] = Some(EventResult {
+                    index: pos as u32,
+                    id: Some(id),
+                    status: EventStatus::DeadLetter,
+                    field: None,
+                    reason: Some(format!("{plugin}: {error}")),
+                });
+                dead.push(NewDeadLetter {
+                    project_id: env.event.project_id,
+                    event_id: Some(id),
+                    payload: serde_json::to_value(&env.event).unwrap_or(Value::Null),
+                    plugin,
+                    error,
+                });
+            }
+        }
+    }
+    let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
+    let outcomes = state.writer.write(to_store, dead).await.map_err(|e| {
+        let retry = state.config.ingest.retry_after_secs;
+        match e {
+            WriteError::QueueFull => ApiError::unavailable(
+                "queue_full",
+                "the server is at capacity; nothing was stored, retry later",
+                retry,
+            ),
+            WriteError::Closed => ApiError::unavailable(
+                "shutting_down",
+                "the server is shutting down; nothing was stored, retry later",
+                retry,
+            ),
+            WriteError::Store(cause) => {
+                tracing::error!(%cause, "commit failed");
+                ApiError::unavailable(
+                    "database_unavailable",
+                    "the database is unavailable; nothing was stored, retry later",
+                    retry,
+                )
+            }
+        }
+    })?;
+    for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
+        let (status, reason) = match outcome {
+            WriteOutcome::Inserted => (EventStatus::Accepted, None),
+            WriteOutcome::Duplicate => (EventStatus::Duplicate, None),
+            WriteOutcome::DeadLettered(r) => (EventStatus::DeadLetter, Some(format!("store: {r}"))),
+        };
+        results[pos] = Some(EventResult {
+            index: pos as u32,
+            id: Some(id),
+            status,
+            field: None,
+            reason,
+        });
+    }
+    let results: Vec<EventResult> = results.into_iter().flatten().collect();
+    let count = |s: EventStatus| results.iter().filter(|r| r.status == s).count() as u32;
+    let response = IngestResponse {
+        accepted: count(EventStatus::Accepted),
+        duplicates: count(EventStatus::Duplicate),
+        rejected: count(EventStatus::Rejected),
+        dropped: count(EventStatus::Dropped),
+        dead_lettered: count(EventStatus::DeadLetter),
+        results,
+    };
+    let m = &state.core_metrics;
+    m.count("accepted", response.accepted.into());
+    m.count("duplicate", response.duplicates.into());
+    m.count("rejected", response.rejected.into());
+    m.count("dropped", response.dropped.into());
+    m.count("dead_letter", response.dead_lettered.into());
+    Ok(response)
+}

@@ -1,0 +1,55 @@
+//! The HTTP API, one file per resource.
+
+use poem_openapi::{OpenApiService, Tags};
+
+pub mod events;
+pub mod ingest;
+pub mod keys;
+pub mod ops;
+pub mod projects;
+
+/// The API's tags.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Sending events: JSON (single or batch), sendBeacon, tracking pixel.
+    Ingestion,
+    /// Reading stored events.
+    Events,
+    /// Projects (admin).
+    Projects,
+    /// API keys of a project (admin).
+    Keys,
+    /// Health and readiness.
+    Ops,
+}
+
+/// All operations, as one OpenAPI service.
+pub type Api = (
+    ingest::IngestApi,
+    events::EventsApi,
+    projects::ProjectsApi,
+    keys::KeysApi,
+    ops::OpsApi,
+);
+
+/// Builds the OpenAPI service (served under `/`; paths carry `/api/v1`).
+/// Handlers find the state in the request data, so the spec can be built
+/// without a database.
+pub fn service() -> OpenApiService<Api, ()> {
+    OpenApiService::new(
+        (
+            ingest::IngestApi,
+            events::EventsApi,
+            projects::ProjectsApi,
+            keys::KeysApi,
+            ops::OpsApi,
+        ),
+        "Orrery",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Self-hosted, plugin-extensible event gateway for product and web analytics. \
+         Every error is JSON `{\"code\": \"...\", \"message\": \"...\"}` with a stable `code`.",
+    )
+    .license(poem_openapi::LicenseObject::new("Apache-2.0"))
+}

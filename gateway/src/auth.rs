@@ -1,0 +1,196 @@
+//! Authentication: project keys in `X-API-Key`, checked against their
+//! SHA-256 hashes, with a short-lived cache so ingestion does not pay a
+//! database lookup per request.
+//!
+//! The security schemes are handler parameters, so a handler cannot forget
+//! them: [`SecretKey`] guards reading and administration, [`IngestKey`]
+//! documents the header of the ingestion endpoints (which also take the
+//! key from the body or query string, for browsers). JWT user accounts can
+//! be added as a `Bearer` scheme producing the same [`Principal`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use orrery_core::event::now_ms;
+use orrery_core::store::keys::hash_key;
+use orrery_core::store::{ApiKey, KeyKind, Store};
+use poem::Request;
+use poem_openapi::SecurityScheme;
+use poem_openapi::auth::ApiKey as HeaderKey;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// How long a key lookup is trusted. Revocation through this instance's
+/// API takes effect at once (the cache is cleared); through another
+/// instance sharing the database, within this time.
+const CACHE_TTL: Duration = Duration::from_secs(10);
+const CACHE_MAX: usize = 100_000;
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The key used.
+    pub key: ApiKey,
+}
+
+impl Principal {
+    /// The project the key belongs to.
+    pub fn project_id(&self) -> Uuid {
+        self.key.project_id
+    }
+
+    /// Whether the key administers every project.
+    pub fn is_admin(&self) -> bool {
+        self.key.kind == KeyKind::Secret && self.key.admin
+    }
+
+    /// Checks that the key may read and administer `project`.
+    ///
+    /// # Errors
+    /// 403 when the key belongs to another project and is not an admin key.
+    pub fn require_project(&self, project: Uuid) -> Result<(), ApiError> {
+        if self.is_admin() || self.key.project_id == project {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "this key does not give access to that project",
+            ))
+        }
+    }
+
+    /// Checks that the key administers the whole instance.
+    ///
+    /// # Errors
+    /// 403 otherwise.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "only an admin secret key can do this (the one `orrery init` printed, or one made with admin: true)",
+            ))
+        }
+    }
+}
+
+/// Cache of key lookups by hash; `None` remembers unknown keys.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<String, (Option<ApiKey>, Instant)>>,
+}
+
+impl KeyCache {
+    /// Forgets everything; called after any key or project change.
+    pub fn clear(&self) {
+        self.lock().clear();
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<ApiKey>, Instant)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Authenticates a key.
+    ///
+    /// # Errors
+    /// 401 `invalid_key`, `key_revoked` or `key_expired`.
+    pub async fn authenticate(&self, store: &Store, key: &str) -> Result<ApiKey, ApiError> {
+        let key = key.trim();
+        if !(key.starts_with("pk_") || key.starts_with("sk_")) {
+            return Err(ApiError::unauthorized(
+                "invalid_key",
+                "unknown API key: keys start with pk_ or sk_",
+            ));
+        }
+        let hash = hash_key(key);
+        let cached = self
+            .lock()
+            .get(&hash)
+            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
+            .map(|(k, _)| k.clone());
+        let found = match cached {
+            Some(found) => found,
+            None => {
+                let found = store.find_key_by_hash(&hash).await?;
+                let mut entries = self.lock();
+                if entries.len() >= CACHE_MAX {
+                    entries.clear();
+                }
+                entries.insert(hash, (found.clone(), Instant::now()));
+                found
+            }
+        };
+        let Some(found) = found else {
+            return Err(ApiError::unauthorized("invalid_key", "unknown API key"));
+        };
+        if found.revoked_at.is_some() {
+            return Err(ApiError::unauthorized(
+                "key_revoked",
+                format!("the key {}... was revoked", found.prefix),
+            ));
+        }
+        if !found.is_active(now_ms()) {
+            return Err(ApiError::unauthorized(
+                "key_expired",
+                format!("the key {}... expired after rotation", found.prefix),
+            ));
+        }
+        Ok(found)
+    }
+}
+
+fn state(req: &Request) -> &AppState {
+    req.data::<AppState>()
+        .expect("AppState is attached to every route")
+}
+
+async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
+    let state = state(req);
+    let key = state.keys.authenticate(&state.store, &key.key).await?;
+    if key.kind != KeyKind::Secret {
+        return Err(ApiError::forbidden(
+            "a public key (pk_) can only send events; reading and administration need a secret key (sk_)",
+        )
+        .into());
+    }
+    Ok(Principal { key })
+}
+
+/// A secret key (`sk_...`) in the `X-API-Key` header: reads and
+/// administers its project; an admin secret key administers all projects.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "X-API-Key",
+    key_in = "header",
+    checker = "check_secret"
+)]
+pub struct SecretKey(pub Principal);
+
+/// A project key (`pk_...` or `sk_...`) in the `X-API-Key` header. Browsers
+/// may instead send it as `api_key` in the JSON body or the query string.
+#[derive(SecurityScheme)]
+#[oai(ty = "api_key", key_name = "X-API-Key", key_in = "header")]
+pub struct IngestKeyHeader(pub HeaderKey);
+
+/// The ingestion credential: the header, or else the body / query string.
+#[derive(SecurityScheme)]
+pub enum IngestKey {
+    /// Given in the header.
+    Header(IngestKeyHeader),
+    /// Not in the header; looked for in the body or query string.
+    #[oai(fallback)]
+    Elsewhere,
+}
+
+impl IngestKey {
+    /// The header key, if one was sent.
+    pub fn header(&self) -> Option<&str> {
+        match self {
+            Self::Header(h) => Some(h.0.key.as_str()),
+            Self::Elsewhere => None,
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! `orrery serve`: start, serve, and shut down without losing events.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use orrery_core::config::{Config, redact_url};
+use orrery_core::store::Store;
+use poem::listener::{Acceptor, Listener, TcpListener};
+use tracing::info;
+
+use crate::state::State;
+
+/// Opens the database (migrating it), builds the pipeline, and serves HTTP
+/// until SIGINT or SIGTERM; then stops accepting, finishes the requests in
+/// flight, commits the writer's queue and exits.
+///
+/// # Errors
+/// A message naming what failed: the database (URL without password), the
+/// listen address, the secrets.
+pub async fn serve(mut config: Config) -> anyhow::Result<()> {
+    crate::settings::ensure_secrets(&mut config)?;
+    let store = Store::connect(&config).await?;
+    store
+        .migrate()
+        .await
+        .with_context(|| format!("migrating {}", redact_url(&config.effective_database_url())))?;
+    let secret = config
+        .secrets
+        .ip_hash_key
+        .as_ref()
+        .map(|s| s.expose().as_bytes().to_vec())
+        .unwrap_or_default();
+    let pipeline = orrery_plugins::default_pipeline(&secret)?;
+    let acceptor = TcpListener::bind(config.listen.clone())
+        .into_acceptor()
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| config.listen.clone());
+    let shutdown_timeout = Duration::from_secs(config.http.shutdown_timeout_secs);
+    let projects = store.list_projects(None).await?.len();
+    let state = State::new(config, store.clone(), pipeline);
+
+    println!("orrery listening on http://{local}");
+    println!(
+        "database: {}",
+        redact_url(&state.config.effective_database_url())
+    );
+    if projects == 0 {
+        println!(
+            "no project yet: run `orrery init` (same --data-dir / --database-url) to create one and print its keys"
+        );
+    }
+    info!(%local, "listening");
+
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(
+            crate::app(state.clone()),
+            shutdown_signal(),
+            Some(shutdown_timeout),
+        )
+        .await
+        .context("server error")?;
+    info!("draining the write queue");
+    state.writer.close().await;
+    store.close().await;
+    println!("orrery stopped; every acknowledged event is committed");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    info!("shutdown requested");
+}

@@ -1,0 +1,71 @@
+//! The shared state of a running gateway.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use orrery_core::config::Config;
+use orrery_core::metrics::CoreMetrics;
+use orrery_core::pipeline::Pipeline;
+use orrery_core::store::Store;
+use orrery_core::writer::{Writer, WriterConfig};
+use prometheus_client::registry::Registry;
+
+use crate::auth::KeyCache;
+use crate::http::HttpMetrics;
+
+/// Everything a handler needs; shared behind an `Arc`.
+#[derive(Debug)]
+pub struct State {
+    /// The effective configuration.
+    pub config: Config,
+    /// The database.
+    pub store: Store,
+    /// The group-commit writer.
+    pub writer: Writer,
+    /// The pipeline every project's events go through.
+    pub pipeline: Pipeline,
+    /// Key lookups.
+    pub keys: KeyCache,
+    /// Core metrics (events, writer).
+    pub core_metrics: CoreMetrics,
+    /// HTTP metrics.
+    pub http_metrics: HttpMetrics,
+    /// The registry holding both.
+    pub registry: Registry,
+    /// When the server started.
+    pub started: Instant,
+}
+
+/// Cheap-to-clone handle to [`State`].
+pub type AppState = Arc<State>;
+
+impl State {
+    /// Builds the state and starts the writer (needs a tokio runtime).
+    pub fn new(config: Config, store: Store, pipeline: Pipeline) -> AppState {
+        let core_metrics = CoreMetrics::default();
+        let http_metrics = HttpMetrics::default();
+        let mut registry = Registry::default();
+        core_metrics.register(&mut registry);
+        http_metrics.register(&mut registry);
+        let writer = Writer::start(
+            store.clone(),
+            WriterConfig {
+                flush_events: config.ingest.flush_events,
+                flush_interval: std::time::Duration::from_millis(config.ingest.flush_interval_ms),
+                queue_capacity: config.ingest.queue_capacity,
+            },
+            core_metrics.clone(),
+        );
+        Arc::new(Self {
+            config,
+            store,
+            writer,
+            pipeline,
+            keys: KeyCache::default(),
+            core_metrics,
+            http_metrics,
+            registry,
+            started: Instant::now(),
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! `ip_hash`: replaces the client IP by a daily-rotating keyed hash.
+//!
+//! Reads the client IP (and user agent) from the request context, which is
+//! never stored, and writes `ip_hash` and `visitor_id` on the event:
+//! - `ip_hash` = HMAC-SHA256(day key, project id ‖ IP), truncated to 128
+//!   bits and hex-encoded;
+//! - `visitor_id` = HMAC-SHA256(day key, project id ‖ IP ‖ user agent),
+//!   the same way: a cookieless visitor id.
+//!
+//! The day key is HMAC-SHA256(secret, UTC date of `received_at`), so the
+//! same visitor gets a new hash every UTC day and hashes of different days
+//! cannot be joined, not even by someone who holds today's key. Unique
+//! visitors are therefore exact within one UTC day and over-counted across
+//! days (a visitor seen on two days counts twice). The project id is mixed
+//! in so that hashes cannot be joined across projects.
+//!
+//! This plugin is mandatory and always first in a pipeline, so no raw IP
+//! reaches any other plugin's output or the store.
+
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate};
+use hmac::{Hmac, Mac};
+use orrery_core::event::Envelope;
+use orrery_core::plugin::{Plugin, PluginError, Verdict};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Configuration of `ip_hash`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpHashConfig {
+    /// Also derive the cookieless `visitor_id` from IP and user agent.
+    pub visitor_id: bool,
+}
+
+impl Default for IpHashConfig {
+    fn default() -> Self {
+        Self { visitor_id: true }
+    }
+}
+
+/// The `ip_hash` plugin.
+pub struct IpHash {
+    secret: Vec<u8>,
+    config: IpHashConfig,
+    /// The last day's key, to avoid one HMAC per event.
+    day_key: Mutex<Option<(NaiveDate, [u8; 32])>>,
+}
+
+impl std::fmt::Debug for IpHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpHash")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registered name.
+pub const NAME: &str = "ip_hash";
+
+impl IpHash {
+    /// Builds the plugin from the instance secret and its config.
+    ///
+    /// # Errors
+    /// [`PluginError::Config`] when the secret is shorter than 16 bytes.
+    pub fn from_config(secret: &[u8], config: IpHashConfig) -> Result<Self, PluginError> {
+        if secret.len() < 16 {
+            return Err(PluginError::Config {
+                plugin: NAME.to_owned(),
+                field: "secrets.ip_hash_key".to_owned(),
+                reason: "must be at least 16 bytes".to_owned(),
+            });
+        }
+        Ok(Self {
+            secret: secret.to_vec(),
+            config,
+            day_key: Mutex::new(None),
+        })
+    }
+
+    fn key_for(&self, day: NaiveDate) -> [u8; 32] {
+        let mut cached = self.day_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((d, k)) = *cached
+            && d == day
+        {
+            return k;
+        }
+        let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
+        mac.update(b"orrery/ip_hash/");
+        mac.update(day.to_string().as_bytes());
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        *cached = Some((day, key));
+        key
+    }
+}
+
+fn keyed_hex(key: &[u8; 32], parts: &[&[u8]]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        // Length-prefix each part so that ("ab","c") != ("a","bc").
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
+#[async_trait]
+impl Plugin for IpHash {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn process(&self, batch: &mut [Envelope]) -> Result<Vec<Verdict>, PluginError> {
+        for env in batch.iter_mut() {
+            let Some(ip) = env.context.ip else { continue };
+            let day = DateTime::from_timestamp_millis(env.event.received_at)
+                .unwrap_or_default()
+                .date_naive();
+            let key = self.key_for(day);
+            let project = env.event.project_id.as_bytes();
+            let ip_text = ip.to_canonical().to_string();
+            env.event.ip_hash = Some(keyed_hex(&key, &[project, ip_text.as_bytes()]));
+            if self.config.visitor_id {
+                let ua = env
+                    .event
+                    .user_agent
+                    .as_deref()
+                    .or(env.context.user_agent.as_deref())
+                    .unwrap_or("");
+                env.event.visitor_id = Some(keyed_hex(
+                    &key,
+                    &[project, ip_text.as_bytes(), ua.as_bytes()],
+                ));
+            }
+        }
+        Ok(vec![Verdict::Keep; batch.len()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+    use std::sync::Arc;
+
+    use orrery_core::event::{EventLimits, RequestContext, parse_event};
+    use uuid::Uuid;
+
+    use super::*;
+
+    const DAY1: i64 = 1_795_392_000_000; // 2026-11-23T00:00:00Z
+    const DAY2: i64 = DAY1 + 86_400_000;
+
+    fn envelope(ip: &str, at: i64, project: Uuid) -> Envelope {
+        let event = parse_event(
+            &serde_json::json!({"event": "pageview"}),
+            project,
+            at,
+            EventLimits {
+                max_event_bytes: 4096,
+            },
+        )
+        .unwrap();
+        Envelope {
+            event,
+            context: Arc::new(RequestContext {
+                ip: Some(ip.parse::<IpAddr>().unwrap()),
+                user_agent: Some("Mozilla/5.0".into()),
+                server_side: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn config_parses_and_rejects_unknown_fields() {
+        let c: IpHashConfig =
+            serde_json::from_value(serde_json::json!({"visitor_id": false})).unwrap();
+        assert!(!c.visitor_id);
+        let err =
+            serde_json::from_value::<IpHashConfig>(serde_json::json!({"salt": 1})).unwrap_err();
+        assert!(err.to_string().contains("salt"));
+    }
+
+    #[test]
+    fn short_secret_is_rejected() {
+        assert!(IpHash::from_config(b"short", IpHashConfig::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn hashes_are_stable_within_a_day_and_rotate_across_days() {
+        let plugin = IpHash::from_config(&[7u8; 32], IpHashConfig::default()).unwrap();
+        let p = Uuid::now_v7();
+        let mut batch = vec![
+            envelope("203.0.113.9", DAY1 + 1000, p),
+            envelope("203.0.113.9", DAY1 + 80_000_000, p),
+            envelope("203.0.113.9", DAY2 + 1000, p),
+            envelope("203.0.113.10", DAY1 + 1000, p),
+            envelope("203.0.113.9", DAY1 + 1000, Uuid::now_v7()),
+        ];
+        let verdicts = plugin.process(&mut batch).await.unwrap();
+        assert!(verdicts.iter().all(|v| *v == Verdict::Keep));
+        let h: Vec<&str> = batch
+            .iter()
+            .map(|e| e.event.ip_hash.as_deref().unwrap())
+            .collect();
+        assert_eq!(h[0], h[1], "same day, same IP");
+        assert_ne!(h[0], h[2], "next day rotates");
+        assert_ne!(h[0], h[3], "other IP");
+        assert_ne!(h[0], h[4], "other project");
+        assert_eq!(h[0].len(), 32);
+        assert!(!h[0].contains("203.0.113"));
+        assert!(batch[0].event.visitor_id.is_some());
+        assert_ne!(batch[0].event.visitor_id, batch[0].event.ip_hash);
+    }
+
+    #[tokio::test]
+    async fn events_without_ip_are_kept_unhashed() {
+        let plugin = IpHash::from_config(&[7u8; 32], IpHashConfig::default()).unwrap();
+        let mut env = envelope("203.0.113.9", DAY1, Uuid::nil());
+        env.context = Arc::new(RequestContext::default());
+        let mut batch = vec![env];
+        assert_eq!(
+            plugin.process(&mut batch).await.unwrap(),
+            vec![Verdict::Keep]
+        );
+        assert!(batch[0].event.ip_hash.is_none());
+    }
+}
