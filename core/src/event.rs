@@ -183,6 +183,12 @@ pub fn parse_event(
     };
     let properties = match obj.get("properties") {
         None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) if contains_nul(m) => {
+            return Err(EventRejection::new(
+                "properties",
+                "contains a NUL character (\\u0000), which cannot be stored",
+            ));
+        }
         Some(Value::Object(m)) => m.clone(),
         Some(v) => {
             return Err(EventRejection::new(
@@ -217,6 +223,20 @@ pub fn parse_event(
     })
 }
 
+/// Whether any key or string inside contains U+0000, which PostgreSQL
+/// cannot store in text or JSON.
+fn contains_nul(m: &Map<String, Value>) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(a) => a.iter().any(walk),
+            Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    m.iter().any(|(k, v)| k.contains('\0') || walk(v))
+}
+
 fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
@@ -241,6 +261,9 @@ fn ident(v: &Value, field: &str) -> Result<Option<String>, EventRejection> {
             ));
         }
     };
+    if s.contains('\0') {
+        return Err(EventRejection::new(field, "contains a NUL character"));
+    }
     if s.chars().count() > MAX_IDENT_CHARS {
         return Err(EventRejection::new(
             field,
@@ -258,6 +281,9 @@ fn text(v: Option<&Value>, field: &str, max: usize) -> Result<Option<String>, Ev
             format!("is longer than {max} bytes"),
         )),
         Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.contains('\0') => {
+            Err(EventRejection::new(field, "contains a NUL character"))
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(EventRejection::new(
             field,

@@ -136,10 +136,14 @@ fn state(req: &Request) -> &AppState {
 /// Key administration.
 pub struct KeysApi;
 
-#[OpenApi(prefix_path = "/api/v1/projects/:project_id", tag = "ApiTags::Keys")]
+#[OpenApi(prefix_path = "/api/v1/projects", tag = "ApiTags::Keys")]
 impl KeysApi {
     /// Create a key
-    #[oai(path = "/keys", method = "post", operation_id = "create_key")]
+    #[oai(
+        path = "/:project_id/keys",
+        method = "post",
+        operation_id = "create_key"
+    )]
     async fn create(
         &self,
         req: &Request,
@@ -174,7 +178,7 @@ impl KeysApi {
     }
 
     /// List keys
-    #[oai(path = "/keys", method = "get", operation_id = "list_keys")]
+    #[oai(path = "/:project_id/keys", method = "get", operation_id = "list_keys")]
     async fn list(
         &self,
         req: &Request,
@@ -195,7 +199,7 @@ impl KeysApi {
     ///
     /// The key stops working at once.
     #[oai(
-        path = "/keys/:key_id/revoke",
+        path = "/:project_id/keys/:key_id/revoke",
         method = "post",
         operation_id = "revoke_key"
     )]
@@ -220,7 +224,7 @@ impl KeysApi {
     /// Makes a new key with the same name and rights; the old one stops
     /// working at once, or after `grace_seconds`.
     #[oai(
-        path = "/keys/:key_id/rotate",
+        path = "/:project_id/keys/:key_id/rotate",
         method = "post",
         operation_id = "rotate_key"
     )]
