@@ -172,7 +172,12 @@ pub struct SecretKey(pub Principal);
 /// A project key (`pk_...` or `sk_...`) in the `X-API-Key` header. Browsers
 /// may instead send it as `api_key` in the JSON body or the query string.
 #[derive(SecurityScheme)]
-#[oai(ty = "api_key", key_name = "X-API-Key", key_in = "header")]
+#[oai(
+    rename = "ProjectKey",
+    ty = "api_key",
+    key_name = "X-API-Key",
+    key_in = "header"
+)]
 pub struct IngestKeyHeader(pub HeaderKey);
 
 /// The ingestion credential: the header, or else the body / query string.

@@ -34,8 +34,16 @@ pub fn figment(config_path: Option<&Path>, cli: &CliOverrides) -> Figment {
         Some(path) => fig = fig.merge(Toml::file_exact(path)),
         None => fig = fig.merge(Toml::file("orrery.toml")),
     }
-    fig.merge(Env::prefixed("ORRERY_").split("__"))
-        .merge(Serialized::defaults(cli))
+    fig.merge(
+        Env::prefixed("ORRERY_")
+            // ORRERY_TEST_* and ORRERY_BIN belong to the test suite.
+            .filter(|k| {
+                let k = k.as_str().to_ascii_lowercase();
+                !k.starts_with("test_") && k != "bin"
+            })
+            .split("__"),
+    )
+    .merge(Serialized::defaults(cli))
 }
 
 /// Loads and checks the configuration.

@@ -100,7 +100,7 @@ pub struct EventResult {
     pub index: u32,
     /// The event id, when the event was valid.
     pub id: Option<Uuid>,
-    /// The verdict.
+    // No doc comment: see `KeyOut::kind`.
     pub status: EventStatus,
     /// The offending field, for rejected events.
     pub field: Option<String>,

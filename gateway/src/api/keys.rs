@@ -42,7 +42,8 @@ pub struct KeyOut {
     pub project_id: Uuid,
     /// Display name.
     pub name: String,
-    /// Public or secret.
+    // No doc comment: poem-openapi would wrap the enum in `allOf`, which
+    // some client generators reject; `KeyKindOut` documents itself.
     pub kind: KeyKindOut,
     /// Administers every project (secret keys only).
     pub admin: bool,
@@ -99,7 +100,8 @@ impl From<NewKey> for CreatedKeyOut {
 pub struct KeyIn {
     /// Display name, 1 to 100 characters.
     pub name: String,
-    /// Public or secret.
+    // No doc comment: poem-openapi would wrap the enum in `allOf`, which
+    // some client generators reject; `KeyKindOut` documents itself.
     pub kind: KeyKindOut,
     /// Administer every project (secret keys; needs an admin key).
     #[oai(default)]
