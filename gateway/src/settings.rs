@@ -137,15 +137,16 @@ pub fn render(config: &Config) -> anyhow::Result<String> {
             *v = toml::Value::String("***".to_owned());
         }
     }
-    if let Some(url) = value.get_mut("database_url") {
-        if let Some(s) = url.as_str() {
-            *url = toml::Value::String(orrery_core::config::redact_url(s));
-        }
+    if let Some(url) = value.get_mut("database_url")
+        && let Some(s) = url.as_str()
+    {
+        *url = toml::Value::String(orrery_core::config::redact_url(s));
     }
     Ok(toml::to_string_pretty(&value)?)
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
     use figment::Jail;

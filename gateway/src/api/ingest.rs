@@ -70,6 +70,7 @@ pub struct BatchInput {
 /// The body of `POST /api/v1/events`.
 #[derive(Debug, Union)]
 #[oai(one_of)]
+#[allow(clippy::large_enum_variant)] // documentation only; never built
 pub enum IngestRequest {
     /// Several events.
     Batch(BatchInput),

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every Orrery test, installing what the tests need first.
+#
+# - the wasm32-wasip2 Rust target (plugin and sandbox examples);
+# - a Python virtualenv with openapi-python-client (openapi/.venv), for the
+#   generated-client test;
+# - the `orrery` binary, which the black-box tests in tests/ start.
+#
+# PostgreSQL tests run when ORRERY_TEST_DATABASE_URL is set, e.g.
+#   ORRERY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1/test tests/run.sh
+# and print that they were skipped otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x openapi/.venv/bin/openapi-python-client ]; then
+  "$python" -m venv openapi/.venv
+  openapi/.venv/bin/pip install -q openapi-python-client==0.29.1
+fi
+export ORRERY_PYTHON_VENV="$PWD/openapi/.venv"
+
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast
