@@ -148,7 +148,7 @@ pub fn parse_event(
             "unknown field; custom data belongs in `properties`",
         ));
     }
-    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(0);
+    let size = json_size(value);
     if size > limits.max_event_bytes {
         return Err(EventRejection::new(
             "$",
@@ -221,6 +221,24 @@ pub fn parse_event(
         visitor_id: None,
         enrichment: Map::new(),
     })
+}
+
+/// Length of the compact JSON encoding, without building it.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
 }
 
 /// Whether any key or string inside contains U+0000, which PostgreSQL

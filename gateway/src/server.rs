@@ -44,6 +44,9 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     let shutdown_timeout = Duration::from_secs(config.http.shutdown_timeout_secs);
     let projects = store.list_projects(None).await?.len();
     let state = State::new(config, store.clone(), pipeline);
+    // Install the handlers before announcing the address, so that a signal
+    // sent as soon as we listen is a graceful shutdown, not a kill.
+    let shutdown = shutdown_signal()?;
 
     println!("orrery listening on http://{local}");
     println!(
@@ -58,11 +61,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     info!(%local, "listening");
 
     poem::Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(
-            crate::app(state.clone()),
-            shutdown_signal(),
-            Some(shutdown_timeout),
-        )
+        .run_with_graceful_shutdown(crate::app(state.clone()), shutdown, Some(shutdown_timeout))
         .await
         .context("server error")?;
     info!("draining the write queue");
@@ -72,12 +71,16 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves at the first SIGINT or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    info!("shutdown requested");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        info!("shutdown requested");
+    })
 }

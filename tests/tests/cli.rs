@@ -239,3 +239,32 @@ async fn no_raw_ip_reaches_the_database_file() {
         assert!(!text.contains(ip), "raw IP {ip} found in the database file");
     }
 }
+
+#[test]
+fn serve_without_configuration_runs_and_says_how_to_start() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(orrery_bin())
+        .current_dir(tmp.path())
+        .env_clear()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref().take(3) {
+        seen.push(line.unwrap());
+    }
+    orrery_tests::send_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+    let text = seen.join("\n");
+    assert!(
+        text.contains("orrery listening on http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("sqlite://./data/orrery.db"), "{text}");
+    assert!(text.contains("orrery init"), "{text}");
+    assert!(tmp.path().join("data/orrery.db").exists());
+    assert!(tmp.path().join("data/secrets.toml").exists());
+}
