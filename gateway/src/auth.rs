@@ -21,7 +21,7 @@ use poem_openapi::auth::ApiKey as HeaderKey;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::state::AppState;
+use crate::state::app_state as state;
 
 /// How long a key lookup is trusted. Revocation through this instance's
 /// API takes effect at once (the cache is cleared); through another
@@ -139,11 +139,6 @@ impl KeyCache {
         }
         Ok(found)
     }
-}
-
-fn state(req: &Request) -> &AppState {
-    req.data::<AppState>()
-        .expect("AppState is attached to every route")
 }
 
 async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> {

@@ -69,3 +69,12 @@ impl State {
         })
     }
 }
+
+/// The state attached to every route (`Route::data` in [`crate::app`]).
+///
+/// # Panics
+/// Only if a route was built without the state, which `app` never does.
+pub fn app_state(req: &poem::Request) -> &AppState {
+    req.data::<AppState>()
+        .expect("AppState is attached to every route")
+}

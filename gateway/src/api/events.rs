@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::app_state;
 
 /// Default page size.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -158,7 +158,7 @@ impl EventsApi {
         /// Page size, 1 to 1000 (default 50).
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<EventPageOut>> {
-        let state = req.data::<AppState>().expect("state");
+        let state = app_state(req);
         auth.0.require_project(project_id.0)?;
         let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
         if !(1..=MAX_LIMIT).contains(&limit) {

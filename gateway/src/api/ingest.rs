@@ -29,7 +29,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::auth::IngestKey;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::{AppState, app_state};
 
 /// One event as a client sends it.
 #[derive(Debug, Object)]
@@ -165,9 +165,7 @@ impl<'a> ApiExtractor<'a> for IngestBody {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let state = req
-            .data::<AppState>()
-            .expect("AppState is attached to every route");
+        let state = app_state(req);
         let limits = &state.config.ingest;
         let mime = req.content_type().map(|c| {
             c.split(';')
@@ -298,7 +296,7 @@ impl IngestApi {
         auth: IngestKey,
         body: IngestBody,
     ) -> ApiResult<Json<IngestResponse>> {
-        let state = app_state(req);
+        let state = app_state(req).clone();
         let value: Value = serde_json::from_slice(&body.0).map_err(|e| {
             ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
         })?;
@@ -385,7 +383,7 @@ impl IngestApi {
         /// Session id.
         session_id: Query<Option<String>>,
     ) -> PixelResponse {
-        let state = app_state(req);
+        let state = app_state(req).clone();
         let Some(key) = api_key.0.or(k.0) else {
             state.core_metrics.count("rejected", 1);
             return PixelResponse::gif();
@@ -427,12 +425,6 @@ impl ApiError {
         self.code = code;
         self
     }
-}
-
-fn app_state(req: &Request) -> AppState {
-    req.data::<AppState>()
-        .expect("AppState is attached to every route")
-        .clone()
 }
 
 /// The client IP: the socket peer, or, when the peer is a trusted proxy,

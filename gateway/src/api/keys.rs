@@ -12,7 +12,7 @@ use crate::api::events::rfc3339_ms;
 use crate::api::projects::valid_name;
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::app_state as state;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
@@ -129,10 +129,6 @@ pub enum CreatedKey {
     /// Created; the key is shown only now.
     #[oai(status = 201)]
     Created(Json<CreatedKeyOut>),
-}
-
-fn state(req: &Request) -> &AppState {
-    req.data::<AppState>().expect("state")
 }
 
 /// Key administration.

@@ -5,7 +5,7 @@ use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::api::ApiTags;
-use crate::state::AppState;
+use crate::state::{AppState, app_state as state};
 
 /// Liveness.
 #[derive(Debug, Object)]
@@ -46,10 +46,6 @@ pub enum ReadyResponse {
     /// The database does not answer.
     #[oai(status = 503)]
     Unavailable(Json<ReadyOut>),
-}
-
-fn state(req: &Request) -> &AppState {
-    req.data::<AppState>().expect("state")
 }
 
 async fn readiness(state: &AppState) -> ReadyResponse {

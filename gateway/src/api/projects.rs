@@ -12,7 +12,7 @@ use crate::api::events::rfc3339_ms;
 use crate::api::keys::CreatedKeyOut;
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
-use crate::state::AppState;
+use crate::state::app_state as state;
 
 /// A project.
 #[derive(Debug, Object)]
@@ -89,10 +89,6 @@ pub fn valid_name(name: &str) -> ApiResult<String> {
         ));
     }
     Ok(name.to_owned())
-}
-
-fn state(req: &Request) -> &AppState {
-    req.data::<AppState>().expect("state")
 }
 
 /// Project administration.
