@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use sea_orm::{DbErr, TransactionTrait};
+use sea_orm::DbErr;
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -24,8 +24,8 @@ use tracing::{error, warn};
 use crate::event::Event;
 use crate::metrics::CoreMetrics;
 use crate::store::Store;
-use crate::store::dead_letters::{NewDeadLetter, insert_dead_letters};
-use crate::store::events::{InsertOutcome, insert_events};
+use crate::store::dead_letters::NewDeadLetter;
+use crate::store::events::InsertOutcome;
 
 /// Writer tuning (from `IngestConfig`).
 #[derive(Debug, Clone, Copy)]
@@ -229,17 +229,14 @@ async fn run(
     }
 }
 
-/// Commits `events` and `dead` in one transaction.
+/// Commits `events` and `dead` in one transaction, on the writer's own
+/// connection.
 async fn commit(
     store: &Store,
     events: &[&Event],
     dead: &[NewDeadLetter],
 ) -> Result<Vec<InsertOutcome>, DbErr> {
-    let txn = store.db().begin().await?;
-    let outcomes = insert_events(&txn, events).await?;
-    insert_dead_letters(&txn, dead).await?;
-    txn.commit().await?;
-    Ok(outcomes)
+    store.writer_db().commit(events, dead).await
 }
 
 fn is_connection_error(err: &DbErr) -> bool {

@@ -202,7 +202,12 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 elapsed_us = elapsed.as_micros() as u64,
                 "request"
             );
-            if resp.status().is_server_error() {
+            // A 503 is back-pressure (queue full, busy), counted by the
+            // metrics above; logging each one would flood the log exactly
+            // when the server is overloaded.
+            if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+                debug!(status, route, "request refused: overloaded");
+            } else if resp.status().is_server_error() {
                 tracing::warn!(status, route, "request failed");
             }
             resp

@@ -1,21 +1,13 @@
-//! Events: the writer's batch insert and the paginated query.
+//! Events: the paginated query, and the outcome of the writer's insert
+//! (which lives in [`super::writer_db`]).
 
-use std::collections::HashSet;
-
-use sea_orm::sea_query::{IntoColumnRef, OnConflict, Query, ReturningClause};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::entities::event;
 use super::{Store, StoreError};
 use crate::event::Event;
-
-/// Rows per INSERT statement: 15 columns x 500 rows stays far below the
-/// bound-parameter limits of SQLite (32766) and PostgreSQL (65535).
-const ROWS_PER_STATEMENT: usize = 500;
 
 /// What happened to one event of an insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,86 +16,6 @@ pub enum InsertOutcome {
     Inserted,
     /// An event with the same id was already stored for the project.
     Duplicate,
-}
-
-/// Inserts events in the caller's transaction; an event whose
-/// `(project_id, id)` is already stored, or repeats an earlier one of the
-/// same call, is a [`InsertOutcome::Duplicate`] and is not stored again.
-///
-/// # Errors
-/// The database error; the caller's transaction should then be rolled back.
-pub async fn insert_events<C: ConnectionTrait>(
-    conn: &C,
-    events: &[&Event],
-) -> Result<Vec<InsertOutcome>, DbErr> {
-    let mut outcomes = vec![InsertOutcome::Duplicate; events.len()];
-    // First occurrence of each (project, id) in this call; later ones are
-    // duplicates without asking the database.
-    let mut seen = HashSet::with_capacity(events.len());
-    let firsts: Vec<usize> = (0..events.len())
-        .filter(|&i| seen.insert((events[i].project_id, events[i].id)))
-        .collect();
-    let backend = conn.get_database_backend();
-    for chunk in firsts.chunks(ROWS_PER_STATEMENT) {
-        let mut stmt = Query::insert();
-        stmt.into_table(event::Entity).columns([
-            event::Column::Id,
-            event::Column::ProjectId,
-            event::Column::Name,
-            event::Column::DistinctId,
-            event::Column::SessionId,
-            event::Column::Timestamp,
-            event::Column::ReceivedAt,
-            event::Column::Url,
-            event::Column::Referrer,
-            event::Column::UserAgent,
-            event::Column::Properties,
-            event::Column::IpHash,
-            event::Column::VisitorId,
-            event::Column::Enrichment,
-        ]);
-        for &i in chunk {
-            let e = events[i];
-            stmt.values_panic([
-                e.id.into(),
-                e.project_id.into(),
-                e.name.clone().into(),
-                e.distinct_id.clone().into(),
-                e.session_id.clone().into(),
-                e.timestamp.into(),
-                e.received_at.into(),
-                e.url.clone().into(),
-                e.referrer.clone().into(),
-                e.user_agent.clone().into(),
-                Value::Object(e.properties.clone()).into(),
-                e.ip_hash.clone().into(),
-                e.visitor_id.clone().into(),
-                Value::Object(e.enrichment.clone()).into(),
-            ]);
-        }
-        stmt.on_conflict(
-            OnConflict::columns([event::Column::ProjectId, event::Column::Id])
-                .do_nothing()
-                .to_owned(),
-        );
-        stmt.returning(ReturningClause::Columns(vec![
-            event::Column::ProjectId.into_column_ref(),
-            event::Column::Id.into_column_ref(),
-        ]));
-        let rows = conn.query_all(backend.build(&stmt)).await?;
-        let mut inserted = HashSet::with_capacity(rows.len());
-        for row in rows {
-            let project: Uuid = row.try_get("", "project_id")?;
-            let id: Uuid = row.try_get("", "id")?;
-            inserted.insert((project, id));
-        }
-        for &i in chunk {
-            if inserted.contains(&(events[i].project_id, events[i].id)) {
-                outcomes[i] = InsertOutcome::Inserted;
-            }
-        }
-    }
-    Ok(outcomes)
 }
 
 /// Filters of the event query.

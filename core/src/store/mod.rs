@@ -22,12 +22,25 @@ pub mod keys;
 pub mod maintenance;
 pub mod migrations;
 pub mod projects;
+pub mod writer_db;
 
 pub use dead_letters::NewDeadLetter;
 pub use events::{EventFilter, EventPage, InsertOutcome};
 pub use keys::{ApiKey, KeyKind, NewKey};
 pub use maintenance::StoreStats;
 pub use projects::Project;
+pub use writer_db::WriterDb;
+
+/// Page cache of the SQLite writer connection, in KiB (SQLite's negative
+/// `cache_size`): big enough to keep the hot index pages of `events`.
+const SQLITE_WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// WAL pages after which the SQLite writer checkpoints on its own. The
+/// background checkpointer normally does that work first, so the writer's
+/// own checkpoint finds little left to copy; this bounds the WAL file
+/// (about 4 KiB per page) even when the background task falls behind.
+const SQLITE_WRITER_AUTOCHECKPOINT_PAGES: u32 = 4000;
+/// How often the background task checkpoints the SQLite WAL.
+const SQLITE_CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 /// What went wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +81,7 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     db: DatabaseConnection,
+    writer: WriterDb,
     sqlite_path: Option<PathBuf>,
 }
 
@@ -107,25 +121,52 @@ impl Store {
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.database.max_connections.max(2))
                 .acquire_timeout(timeout)
-                .connect_with(options)
+                .connect_with(options.clone())
                 .await
                 .map_err(connect_err)?;
+            // The writer's own connection: a warm page cache, and WAL
+            // checkpoints mostly left to the background task below.
+            let writer_options = options
+                .pragma("cache_size", (-SQLITE_WRITER_CACHE_KIB).to_string())
+                .pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+                );
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .acquire_timeout(timeout)
+                .connect_with(writer_options)
+                .await
+                .map_err(connect_err)?;
+            tokio::spawn(checkpoint_sqlite(pool.clone()));
             Ok(Self {
                 db: sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+                writer: WriterDb::sqlite(writer),
                 sqlite_path: Some(path),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let connect_err = |source| StoreError::Connect {
+                url: redact_url(&url),
+                source,
+            };
             let pool = PgPoolOptions::new()
                 .max_connections(config.database.max_connections.max(2))
                 .acquire_timeout(timeout)
                 .connect(&url)
                 .await
-                .map_err(|source| StoreError::Connect {
-                    url: redact_url(&url),
-                    source,
-                })?;
+                .map_err(connect_err)?;
+            let writer = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(timeout)
+                .connect(&url)
+                .await
+                .map_err(connect_err)?;
             Ok(Self {
                 db: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+                writer: WriterDb::postgres(writer),
                 sqlite_path: None,
             })
         } else {
@@ -145,6 +186,11 @@ impl Store {
     /// The sea-orm connection.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The writer's own connection (see [`WriterDb`]).
+    pub fn writer_db(&self) -> &WriterDb {
+        &self.writer
     }
 
     /// Which database this is.
@@ -171,7 +217,31 @@ impl Store {
     /// Closes the pool, waiting for connections to be returned.
     pub async fn close(&self) {
         // Closing a clone closes the shared pool.
+        self.writer.close().await;
         let _ = self.db.clone().close().await;
+    }
+}
+
+/// Checkpoints the SQLite WAL in the background, on a reader connection,
+/// so that commits rarely pay for copying pages into the database file.
+/// `PASSIVE` never blocks the writer or readers. Ends when the pool closes.
+async fn checkpoint_sqlite(pool: sqlx::SqlitePool) {
+    let mut tick = tokio::time::interval(SQLITE_CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            break;
+        }
+        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                break;
+            }
+            tracing::debug!(%err, "background WAL checkpoint failed");
+        }
     }
 }
 

@@ -1,0 +1,353 @@
+//! The writer's own connection and its insert path.
+//!
+//! The writer commits through a pool of exactly one connection, apart from
+//! the readers' pool: on SQLite its page cache stays warm from commit to
+//! commit and checkpoints are left to a background task (see
+//! [`super::Store::connect`]); on PostgreSQL it never waits behind readers.
+//!
+//! Events are inserted through sqlx directly, binding borrowed values:
+//! on SQLite with prepared multi-row statements of a few fixed sizes (the
+//! SQL text is built once per size and stays in the connection's statement
+//! cache), on PostgreSQL with one `INSERT ... SELECT FROM UNNEST(arrays)`
+//! per commit. Values are encoded exactly as sea-orm encodes them (uuids as
+//! 16-byte blobs on SQLite and `uuid` on PostgreSQL, JSON as its text), so
+//! the entities read them back unchanged.
+//!
+//! `ON CONFLICT (project_id, id) DO NOTHING` keeps duplicates out. The fast
+//! path only counts affected rows; when fewer rows than events were
+//! inserted (some were duplicates), the transaction is rolled back and
+//! redone in a mode that tells which event was which, so each event is
+//! reported exactly as [`InsertOutcome::Inserted`] or
+//! [`InsertOutcome::Duplicate`].
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use sea_orm::{ConnAcquireErr, DatabaseBackend, DbErr, RuntimeErr};
+use sqlx::{PgPool, Postgres, SqlitePool, Transaction};
+use uuid::Uuid;
+
+use super::dead_letters::NewDeadLetter;
+use super::events::InsertOutcome;
+use crate::event::{Event, now_ms};
+
+/// The inserted columns of `events`, in bind order.
+const EVENT_COLUMNS: &str = "id, project_id, name, distinct_id, session_id, \"timestamp\", \
+    received_at, url, referrer, user_agent, properties, ip_hash, visitor_id, enrichment";
+/// Number of [`EVENT_COLUMNS`].
+const EVENT_COLUMN_COUNT: usize = 14;
+/// Rows per SQLite statement, largest first: a group is cut greedily into
+/// these sizes, so at most a handful of distinct statements are prepared.
+/// 256 rows x 14 columns stays far below SQLite's 32766 bound parameters.
+const SQLITE_CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// The writer's connection: a pool of exactly one connection.
+#[derive(Clone, Debug)]
+pub struct WriterDb {
+    pool: WriterPool,
+}
+
+#[derive(Clone, Debug)]
+enum WriterPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// One event ready to bind: the event and its JSON columns as text.
+struct Row<'a> {
+    event: &'a Event,
+    properties: String,
+    enrichment: String,
+}
+
+impl WriterDb {
+    pub(super) fn sqlite(pool: SqlitePool) -> Self {
+        Self {
+            pool: WriterPool::Sqlite(pool),
+        }
+    }
+
+    pub(super) fn postgres(pool: PgPool) -> Self {
+        Self {
+            pool: WriterPool::Postgres(pool),
+        }
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> DatabaseBackend {
+        match self.pool {
+            WriterPool::Sqlite(_) => DatabaseBackend::Sqlite,
+            WriterPool::Postgres(_) => DatabaseBackend::Postgres,
+        }
+    }
+
+    /// Closes the connection.
+    pub async fn close(&self) {
+        match &self.pool {
+            WriterPool::Sqlite(p) => p.close().await,
+            WriterPool::Postgres(p) => p.close().await,
+        }
+    }
+
+    /// Inserts `events` and `dead` letters in one transaction and commits
+    /// it. An event whose `(project_id, id)` is already stored, or repeats
+    /// an earlier one of the same call, is a [`InsertOutcome::Duplicate`]
+    /// and is not stored again. Returns one outcome per event, in order.
+    ///
+    /// # Errors
+    /// The database error; nothing was stored then. Connection failures are
+    /// [`DbErr::Conn`] or [`DbErr::ConnectionAcquire`].
+    pub async fn commit(
+        &self,
+        events: &[&Event],
+        dead: &[NewDeadLetter],
+    ) -> Result<Vec<InsertOutcome>, DbErr> {
+        // First occurrence of each (project, id) in this call; later ones
+        // are duplicates without asking the database.
+        let mut seen = HashSet::with_capacity(events.len());
+        let mut firsts = Vec::with_capacity(events.len());
+        let mut rows = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            if seen.insert((e.project_id, e.id)) {
+                firsts.push(i);
+                rows.push(Row {
+                    event: e,
+                    properties: json_text(&e.properties)?,
+                    enrichment: json_text(&e.enrichment)?,
+                });
+            }
+        }
+        let inserted = match &self.pool {
+            WriterPool::Sqlite(pool) => match sqlite_commit(pool, &rows, dead, false).await? {
+                Some(inserted) => inserted,
+                None => sqlite_commit(pool, &rows, dead, true)
+                    .await?
+                    .ok_or_else(|| DbErr::Custom("insert outcomes unknown".into()))?,
+            },
+            WriterPool::Postgres(pool) => match pg_commit(pool, &rows, dead, false).await? {
+                Some(inserted) => inserted,
+                None => pg_commit(pool, &rows, dead, true)
+                    .await?
+                    .ok_or_else(|| DbErr::Custom("insert outcomes unknown".into()))?,
+            },
+        };
+        let mut outcomes = vec![InsertOutcome::Duplicate; events.len()];
+        for (&i, ok) in firsts.iter().zip(inserted) {
+            if ok {
+                outcomes[i] = InsertOutcome::Inserted;
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, DbErr> {
+    serde_json::to_string(map).map_err(|e| DbErr::Json(e.to_string()))
+}
+
+/// A statement's error, as sea-orm would report it.
+fn exec_err(err: sqlx::Error) -> DbErr {
+    match err {
+        sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+        sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+        e @ (sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed) => DbErr::Conn(RuntimeErr::SqlxError(e)),
+        e => DbErr::Exec(RuntimeErr::SqlxError(e)),
+    }
+}
+
+/// The SQLite insert of `rows` rows (one of [`SQLITE_CHUNKS`]), built once.
+fn sqlite_insert_sql(rows: usize) -> &'static str {
+    static CACHE: [OnceLock<String>; SQLITE_CHUNKS.len()] =
+        [const { OnceLock::new() }; SQLITE_CHUNKS.len()];
+    let slot = SQLITE_CHUNKS
+        .iter()
+        .position(|&c| c == rows)
+        .expect("a chunk size");
+    CACHE[slot].get_or_init(|| {
+        let row = format!("({})", vec!["?"; EVENT_COLUMN_COUNT].join(", "));
+        let mut sql = format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES {row}");
+        for _ in 1..rows {
+            sql.push_str(", ");
+            sql.push_str(&row);
+        }
+        sql.push_str(" ON CONFLICT (project_id, id) DO NOTHING");
+        sql
+    })
+}
+
+/// Inserts `rows` and `dead` in one SQLite transaction. Returns whether
+/// each row was inserted; `None` (after rolling back) when `exact` is off
+/// and some rows were duplicates, telling the caller to redo it exactly.
+async fn sqlite_commit(
+    pool: &SqlitePool,
+    rows: &[Row<'_>],
+    dead: &[NewDeadLetter],
+    exact: bool,
+) -> Result<Option<Vec<bool>>, DbErr> {
+    let mut tx = pool.begin().await.map_err(exec_err)?;
+    let mut inserted = Vec::with_capacity(rows.len());
+    let mut rest = rows;
+    while !rest.is_empty() {
+        // Exact mode goes row by row: the affected count tells each one.
+        let size = if exact {
+            1
+        } else {
+            SQLITE_CHUNKS
+                .into_iter()
+                .find(|&c| c <= rest.len())
+                .unwrap_or(1)
+        };
+        let (chunk, tail) = rest.split_at(size);
+        rest = tail;
+        let mut q = sqlx::query(sqlite_insert_sql(size));
+        for r in chunk {
+            let e = r.event;
+            q = q
+                .bind(e.id)
+                .bind(e.project_id)
+                .bind(e.name.as_str())
+                .bind(e.distinct_id.as_deref())
+                .bind(e.session_id.as_deref())
+                .bind(e.timestamp)
+                .bind(e.received_at)
+                .bind(e.url.as_deref())
+                .bind(e.referrer.as_deref())
+                .bind(e.user_agent.as_deref())
+                .bind(r.properties.as_str())
+                .bind(e.ip_hash.as_deref())
+                .bind(e.visitor_id.as_deref())
+                .bind(r.enrichment.as_str());
+        }
+        let affected = q.execute(&mut *tx).await.map_err(exec_err)?.rows_affected();
+        if exact {
+            inserted.push(affected == 1);
+        } else if affected == size as u64 {
+            inserted.extend(std::iter::repeat_n(true, size));
+        } else {
+            tx.rollback().await.map_err(exec_err)?;
+            return Ok(None);
+        }
+    }
+    let now = now_ms();
+    for l in dead {
+        let payload = serde_json::to_string(&l.payload).map_err(|e| DbErr::Json(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
+             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(l.project_id)
+        .bind(l.event_id)
+        .bind(payload)
+        .bind(l.plugin.as_str())
+        .bind(l.error.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(exec_err)?;
+    }
+    tx.commit().await.map_err(exec_err)?;
+    Ok(Some(inserted))
+}
+
+/// The PostgreSQL insert of a whole group: one statement over arrays.
+const PG_INSERT: &str = "INSERT INTO events (id, project_id, name, distinct_id, session_id, \
+    \"timestamp\", received_at, url, referrer, user_agent, properties, ip_hash, visitor_id, \
+    enrichment) \
+    SELECT id, project_id, name, distinct_id, session_id, ts, received_at, url, referrer, \
+    user_agent, properties::json, ip_hash, visitor_id, enrichment::json \
+    FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int8[], \
+    $7::int8[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[], \
+    $14::text[]) AS u(id, project_id, name, distinct_id, session_id, ts, received_at, url, \
+    referrer, user_agent, properties, ip_hash, visitor_id, enrichment) \
+    ON CONFLICT (project_id, id) DO NOTHING";
+
+/// One optional text column of `rows`, as an array to bind.
+fn column<'a>(rows: &[Row<'a>], f: impl Fn(&'a Event) -> Option<&'a str>) -> Vec<Option<&'a str>> {
+    rows.iter().map(|r| f(r.event)).collect()
+}
+
+/// Inserts `rows` and `dead` in one PostgreSQL transaction; see
+/// [`sqlite_commit`]. Exact mode asks the statement to return the keys
+/// it inserted.
+async fn pg_commit(
+    pool: &PgPool,
+    rows: &[Row<'_>],
+    dead: &[NewDeadLetter],
+    exact: bool,
+) -> Result<Option<Vec<bool>>, DbErr> {
+    let mut tx: Transaction<'_, Postgres> = pool.begin().await.map_err(exec_err)?;
+    let mut inserted = vec![true; rows.len()];
+    if !rows.is_empty() {
+        let ids: Vec<Uuid> = rows.iter().map(|r| r.event.id).collect();
+        let projects: Vec<Uuid> = rows.iter().map(|r| r.event.project_id).collect();
+        let names: Vec<&str> = rows.iter().map(|r| r.event.name.as_str()).collect();
+        let timestamps: Vec<i64> = rows.iter().map(|r| r.event.timestamp).collect();
+        let received: Vec<i64> = rows.iter().map(|r| r.event.received_at).collect();
+        let properties: Vec<&str> = rows.iter().map(|r| r.properties.as_str()).collect();
+        let enrichment: Vec<&str> = rows.iter().map(|r| r.enrichment.as_str()).collect();
+        let sql;
+        let q = sqlx::query(if exact {
+            sql = format!("{PG_INSERT} RETURNING project_id, id");
+            sql.as_str()
+        } else {
+            PG_INSERT
+        })
+        .bind(ids)
+        .bind(projects)
+        .bind(names)
+        .bind(column(rows, |e| e.distinct_id.as_deref()))
+        .bind(column(rows, |e| e.session_id.as_deref()))
+        .bind(timestamps)
+        .bind(received)
+        .bind(column(rows, |e| e.url.as_deref()))
+        .bind(column(rows, |e| e.referrer.as_deref()))
+        .bind(column(rows, |e| e.user_agent.as_deref()))
+        .bind(properties)
+        .bind(column(rows, |e| e.ip_hash.as_deref()))
+        .bind(column(rows, |e| e.visitor_id.as_deref()))
+        .bind(enrichment);
+        if exact {
+            use sqlx::Row as _;
+            let back = q.fetch_all(&mut *tx).await.map_err(exec_err)?;
+            let mut keys = HashSet::with_capacity(back.len());
+            for row in back {
+                let project: Uuid = row.try_get(0).map_err(exec_err)?;
+                let id: Uuid = row.try_get(1).map_err(exec_err)?;
+                keys.insert((project, id));
+            }
+            for (flag, r) in inserted.iter_mut().zip(rows) {
+                *flag = keys.contains(&(r.event.project_id, r.event.id));
+            }
+        } else {
+            let affected = q.execute(&mut *tx).await.map_err(exec_err)?.rows_affected();
+            if affected != rows.len() as u64 {
+                tx.rollback().await.map_err(exec_err)?;
+                return Ok(None);
+            }
+        }
+    }
+    let now = now_ms();
+    for l in dead {
+        let payload = serde_json::to_string(&l.payload).map_err(|e| DbErr::Json(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
+             created_at) VALUES ($1, $2, $3, $4::json, $5, $6, $7)",
+        )
+        .bind(Uuid::now_v7())
+        .bind(l.project_id)
+        .bind(l.event_id)
+        .bind(payload)
+        .bind(l.plugin.as_str())
+        .bind(l.error.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(exec_err)?;
+    }
+    tx.commit().await.map_err(exec_err)?;
+    Ok(Some(inserted))
+}
