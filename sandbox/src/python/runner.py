@@ -52,6 +52,7 @@ MODULE_DENY = {
 # Loaded lazily by allowed modules; importing them here keeps them working
 # once the child can no longer open files.
 LAZY_DEPENDENCIES = {"datetime": ["_strptime"], "re": ["sre_compile", "sre_parse"]}
+INTERNAL_MODULES = frozenset(m for deps in LAZY_DEPENDENCIES.values() for m in deps if m.startswith("_"))
 
 SAFE_BUILTIN_NAMES = """
 abs all any ascii bin bool bytearray bytes callable chr classmethod complex dict
@@ -264,6 +265,11 @@ def _make_importer(proxies):
     def restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
         if level:
             raise ImportError("relative imports are not allowed")
+        if name in INTERNAL_MODULES:
+            # C code of an allowed module importing its helper (datetime's
+            # strptime imports _strptime through builtins.__import__). User
+            # source cannot name these: the AST check refuses "_" imports.
+            return sys.modules[name]
         if name not in proxies:
             raise ImportError(f"import of module '{name}' is not allowed in the sandbox")
         if fromlist:
@@ -300,7 +306,7 @@ def prepare(config_json):
     """Import allowed modules once, in the zygote, before any fork."""
     config = json.loads(config_json)
     # Codec lookups import modules; do them while files can still be read.
-    for codec in ("utf-8", "ascii", "latin-1"):
+    for codec in ("utf-8", "ascii", "latin-1", "idna"):
         codecs.lookup(codec)
     for extra in config.get("preload", []):
         __import__(extra)
@@ -359,12 +365,14 @@ def _error(exc, lines, traceback=True):
     }
 
 
+def _writer(fd):
+    # Line-buffered: a printed line is one chunk, sent as soon as it ends.
+    raw = io.BufferedWriter(io.FileIO(fd, "w", closefd=False), buffer_size=16 * 1024)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True)
+
+
 def _streams(has_stdin):
-    out = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8",
-                           errors="backslashreplace", write_through=True)
-    err = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8",
-                           errors="backslashreplace", write_through=True)
-    sys.stdout, sys.stderr = out, err
+    sys.stdout, sys.stderr = _writer(1), _writer(2)
     sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8",
                                  errors="replace") if has_stdin else None
 

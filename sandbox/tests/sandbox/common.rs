@@ -1,5 +1,4 @@
 //! Shared helpers for the sandbox integration tests.
-#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -38,4 +37,32 @@ pub fn ok(result: &ExecutionResult) -> &str {
         "unexpected result: {result:#?}"
     );
     &result.stdout
+}
+
+/// Asserts the sandbox refused the code (wall 1) and returns the reason.
+pub fn rejected(result: &ExecutionResult) -> &str {
+    match &result.outcome {
+        Outcome::Rejected { reason } => reason,
+        other => panic!("expected a rejection, got {other:?}\n{result:#?}"),
+    }
+}
+
+/// Asserts the code raised and returns (type, message).
+pub fn error(result: &ExecutionResult) -> (&str, &str) {
+    match &result.outcome {
+        Outcome::Error {
+            error_type,
+            message,
+            ..
+        } => (error_type, message),
+        other => panic!("expected an exception, got {other:?}\n{result:#?}"),
+    }
+}
+
+/// Asserts a limit stopped the code and returns which.
+pub fn limit(result: &ExecutionResult) -> orrery_sandbox::Limit {
+    result
+        .limit_hit()
+        .unwrap_or_else(|| panic!("expected a limit hit, got {result:#?}"))
+        .what
 }
