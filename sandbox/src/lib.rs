@@ -12,6 +12,9 @@
 //!   request asks for (it may lower, never raise).
 //! - [`ExecutionResult`] / [`Outcome`]: the same result for every language:
 //!   stdout, stderr, value, error, the limit hit, duration.
+//! - [`WasmRuntime`]: runs WASI preview 1 modules, preview 2 components and
+//!   WAT in wasmtime with fuel, an epoch deadline and memory/table caps;
+//!   compiled code is cached by SHA-256. See [`wasm`].
 //! - [`Execution`]: a running Python execution; stream its
 //!   [`OutputChunk`]s, send stdin, cancel, wait.
 //!
@@ -57,8 +60,10 @@ pub mod error;
 pub mod limits;
 pub mod python;
 pub mod result;
+pub mod wasm;
 
 pub use error::SandboxError;
 pub use limits::{Limit, LimitExceeded, Limits, LimitsRequest};
 pub use python::{Execution, PythonConfig, PythonRequest, PythonRuntime};
 pub use result::{ExecutionResult, Outcome, OutputChunk, Stream};
+pub use wasm::{WasmConfig, WasmRequest, WasmRuntime};

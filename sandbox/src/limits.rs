@@ -37,7 +37,10 @@ impl Default for Limits {
             memory_bytes: 128 * 1024 * 1024,
             output_bytes: 64 * 1024,
             code_bytes: 64 * 1024,
-            fuel: 2_000_000_000,
+            // Around 10 s of tight-loop compute: by default the wall-clock
+            // deadline stops a program, fuel is for callers who want a
+            // deterministic budget.
+            fuel: 100_000_000_000,
             table_elements: 100_000,
         }
     }

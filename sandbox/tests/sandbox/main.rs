@@ -5,3 +5,4 @@ mod common;
 mod python;
 mod python_escapes;
 mod python_os_wall;
+mod wasm;
