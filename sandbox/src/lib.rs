@@ -15,6 +15,8 @@
 //! - [`WasmRuntime`]: runs WASI preview 1 modules, preview 2 components and
 //!   WAT in wasmtime with fuel, an epoch deadline and memory/table caps;
 //!   compiled code is cached by SHA-256. See [`wasm`].
+//! - [`ModuleStore`]: WASM programs uploaded once (validated, content
+//!   addressed by SHA-256, persisted in a directory) and run by id.
 //! - [`Execution`]: a running Python execution; stream its
 //!   [`OutputChunk`]s, send stdin, cancel, wait.
 //!
@@ -66,4 +68,4 @@ pub use error::SandboxError;
 pub use limits::{Limit, LimitExceeded, Limits, LimitsRequest};
 pub use python::{Execution, PythonConfig, PythonRequest, PythonRuntime};
 pub use result::{ExecutionResult, Outcome, OutputChunk, Stream};
-pub use wasm::{WasmConfig, WasmRequest, WasmRuntime};
+pub use wasm::{ModuleInfo, ModuleStore, ModuleStoreConfig, WasmConfig, WasmRequest, WasmRuntime};

@@ -17,6 +17,9 @@
 
 mod cache;
 mod run;
+mod store;
+
+pub use store::{ModuleInfo, ModuleStore, ModuleStoreConfig};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -189,6 +192,12 @@ impl WasmRuntime {
     #[must_use]
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The compiled program for `sha256`, if it is in the cache.
+    #[must_use]
+    pub fn cached(&self, sha256: &str) -> Option<Compiled> {
+        self.inner.cache.get(sha256)
     }
 
     /// Drops `sha256` from the compiled-code cache.
