@@ -91,34 +91,54 @@ def _check_format_string(fmt):
             _check_format_string(spec)
 
 
+def _plain(text):
+    # The characters str.format will really use: a str subclass cannot
+    # show one string to the check and another to the formatter.
+    return str.__str__(text)
+
+
 def _safe_format(self, *args, **kwargs):
-    _check_format_string(str(self))
-    return str.format(self, *args, **kwargs)
+    fmt = _plain(self)
+    _check_format_string(fmt)
+    return str.format(fmt, *args, **kwargs)
 
 
 def _safe_format_map(self, mapping):
-    _check_format_string(str(self))
-    return str.format_map(self, mapping)
+    fmt = _plain(self)
+    _check_format_string(fmt)
+    return str.format_map(fmt, mapping)
 
 
 _FORMATTERS = {"format": _safe_format, "format_map": _safe_format_map}
+_REAL_FORMATTERS = {str.format: _safe_format, str.format_map: _safe_format_map}
 
 
-def _is_str_type(obj):
-    return isinstance(obj, type) and issubclass(obj, str)
+def _wrap_formatter(value):
+    """str.format reached any way (instance, type, subclass, super()) -> checked."""
+    try:
+        if value in _REAL_FORMATTERS:
+            return _REAL_FORMATTERS[value]
+    except TypeError:  # unhashable
+        return value
+    if isinstance(value, types.BuiltinMethodType) and isinstance(value.__self__, str):
+        wrapped = _FORMATTERS.get(value.__name__)
+        if wrapped is not None:
+            return functools.partial(wrapped, value.__self__)
+    return value
+
+
+def _attr_name(name):
+    # Only exact str: a subclass could lie to startswith().
+    if type(name) is not str:
+        raise TypeError("attribute name must be a string")
+    return name
 
 
 def guarded_getattr(obj, name, *default):
-    """getattr for user code: blocked names refused, str.format wrapped."""
-    if not isinstance(name, str):
-        raise TypeError("attribute name must be a string")
-    _check_attr(name)
-    if name in _FORMATTERS:
-        if isinstance(obj, str):
-            return functools.partial(_FORMATTERS[name], obj)
-        if _is_str_type(obj):
-            return _FORMATTERS[name]
-    return getattr(obj, name, *default)
+    """getattr for user code: blocked names refused, str.format checked."""
+    _check_attr(_attr_name(name))
+    value = getattr(obj, name, *default)
+    return _wrap_formatter(value) if name in _FORMATTERS else value
 
 
 def _guarded_hasattr(obj, name):
@@ -130,16 +150,12 @@ def _guarded_hasattr(obj, name):
 
 
 def _guarded_setattr(obj, name, value):
-    if not isinstance(name, str):
-        raise TypeError("attribute name must be a string")
-    _check_attr(name)
+    _check_attr(_attr_name(name))
     setattr(obj, name, value)
 
 
 def _guarded_delattr(obj, name):
-    if not isinstance(name, str):
-        raise TypeError("attribute name must be a string")
-    _check_attr(name)
+    _check_attr(_attr_name(name))
     delattr(obj, name)
 
 

@@ -64,6 +64,11 @@ pub fn zygote_main() -> ! {
 }
 
 fn serve() -> Result<(), String> {
+    // Whatever the host had open and forgot to mark close-on-exec (a
+    // database file, a listening socket) is not ours to keep.
+    // SAFETY: closes descriptors 3.. of this fresh process; nothing in it
+    // owns them yet.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
     let path = std::env::args_os()
         .next_back()
         .ok_or("missing socket path argument")?;

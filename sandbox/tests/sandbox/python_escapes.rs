@@ -67,6 +67,9 @@ async fn runtime_attribute_gadgets_are_refused() {
         let r = run(&rt, code).await;
         assert!(rejected(&r).contains("not allowed"), "{code}");
     }
+    // A str subclass cannot lie to the name check.
+    let liar = "class Liar(str):\n    def startswith(self, *a):\n        return False\ngetattr((), Liar('__class__'))";
+    assert_eq!(error(&run(&rt, liar).await).0, "TypeError");
 }
 
 #[tokio::test]
@@ -80,6 +83,9 @@ async fn format_string_attribute_access_is_refused() {
         "f = getattr('{0.__class__}', 'format')\nf(1)",
         "'{0:{1.__class__}}'.format(1, 2)",
         "type('')('{0.__class__}').format(1)",
+        "class S(str):\n    pass\nsuper(S, S('{0.__class__}')).format(1)",
+        "class S(str):\n    def __str__(self):\n        return 'harmless'\nS('{0.__class__}').format(1)",
+        "import functools\nfunctools.partial(str.format, '{0.__class__}')(1)",
     ];
     for code in attempts {
         let r = run(&rt, code).await;
