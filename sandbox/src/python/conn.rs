@@ -38,7 +38,7 @@ pub(crate) struct ZygoteConn {
     pub(crate) isolation: Isolation,
     // Dropping the connection kills the zygote (kill_on_drop); with a PID
     // namespace its PID 1 follows through PR_SET_PDEATHSIG.
-    _child: Mutex<tokio::process::Child>,
+    child: Mutex<tokio::process::Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,9 +114,14 @@ impl ZygoteConn {
         Ok(Self {
             shared,
             isolation,
-            _child: Mutex::new(child),
+            child: Mutex::new(child),
             _dir: dir,
         })
+    }
+
+    /// SIGKILLs the zygote process (the runtime notices and restarts it).
+    pub(crate) fn kill(&self) {
+        let _ = self.child.lock().expect("child lock").start_kill();
     }
 
     pub(crate) fn is_alive(&self) -> bool {
@@ -148,7 +153,7 @@ impl ZygoteConn {
     }
 
     /// Asks the zygote to SIGKILL execution `id` (no-op once it exited).
-    pub(crate) async fn kill(&self, id: u64) {
+    pub(crate) async fn kill_child(&self, id: u64) {
         let _ = self
             .send(&protocol::encode(&ToZygote::Kill { id }), &[])
             .await;

@@ -320,7 +320,7 @@ async fn drive(
             () = budget.exceeded.notified(), if stop.is_none() => stop = Some(Stop::Limit(Limit::Output)),
         }
         if stop.is_some() {
-            conn.kill(job.id).await;
+            conn.kill_child(job.id).await;
         }
     };
     stdin.abort();

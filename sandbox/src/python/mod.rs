@@ -243,6 +243,13 @@ impl PythonRuntime {
         exec::start(conn, job).await
     }
 
+    /// Kills the zygote, as a crash would (running executions end as
+    /// `Crashed`); the next request starts a new one. For tests and for an
+    /// operator who wants a fresh interpreter.
+    pub async fn kill_zygote(&self) {
+        self.inner.conn.lock().await.kill();
+    }
+
     /// The live zygote connection, restarting the zygote if it died.
     async fn connection(&self) -> Result<Arc<conn::ZygoteConn>, SandboxError> {
         let mut guard = self.inner.conn.lock().await;

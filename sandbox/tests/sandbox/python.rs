@@ -230,3 +230,29 @@ async fn every_execution_gets_fresh_state_and_randomness() {
         "nothing survives between executions"
     );
 }
+
+#[tokio::test]
+async fn a_dead_zygote_is_replaced() {
+    let rt = common::python().await;
+    let request = PythonRequest {
+        interactive: true,
+        ..PythonRequest::new("print('up')\ninput()")
+    };
+    let mut running = rt.spawn(request).await.unwrap();
+    assert_eq!(running.next_output().await.unwrap().data, "up\n");
+    rt.kill_zygote().await;
+    let r = running.wait().await;
+    assert!(matches!(r.outcome, Outcome::Crashed { .. }), "{r:#?}");
+    // Give the reader task a moment to see the socket close.
+    let mut answer = None;
+    for _ in 0..50 {
+        if let Ok(r) = rt.execute(PythonRequest::new("print('back')")).await
+            && r.outcome == Outcome::Completed
+        {
+            answer = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer.expect("a new zygote answers").stdout, "back\n");
+}
