@@ -1,0 +1,243 @@
+//! Running one compiled program in a fresh store, and reading how it ended.
+
+use std::time::Instant;
+
+use wasmtime::component::{Component, ResourceTable};
+use wasmtime::{Engine, Module, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::WasmRequest;
+use crate::limits::{Limit, LimitExceeded, Limits};
+use crate::result::{ExecutionResult, Outcome};
+
+/// Longest trap message kept in a result.
+const MAX_MESSAGE: usize = 4096;
+
+pub(crate) struct RunContext<'a> {
+    pub engine: &'a Engine,
+    pub module_linker: &'a wasmtime::Linker<ModuleState>,
+    pub component_linker: &'a wasmtime::component::Linker<ComponentState>,
+    pub limits: Limits,
+    pub ticks: u64,
+    pub request: WasmRequest,
+}
+
+/// Memory and table caps that remember which one refused a grow.
+pub(crate) struct Limiter {
+    memory: usize,
+    table: usize,
+    hit: Option<Limit>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory {
+            self.hit = Some(Limit::Memory);
+            wasmtime::bail!("memory limit of {} bytes exceeded", self.memory);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.table {
+            self.hit = Some(Limit::Table);
+            wasmtime::bail!("table limit of {} elements exceeded", self.table);
+        }
+        Ok(true)
+    }
+}
+
+pub(crate) struct ModuleState {
+    wasi: WasiP1Ctx,
+    limiter: Limiter,
+}
+
+pub(crate) struct ComponentState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    limiter: Limiter,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Linkers built once per runtime.
+pub(crate) fn linkers(
+    engine: &Engine,
+) -> wasmtime::Result<(
+    wasmtime::Linker<ModuleState>,
+    wasmtime::component::Linker<ComponentState>,
+)> {
+    let mut module_linker = wasmtime::Linker::new(engine);
+    wasmtime_wasi::p1::add_to_linker_sync(&mut module_linker, |s: &mut ModuleState| &mut s.wasi)?;
+    let mut component_linker = wasmtime::component::Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut component_linker)?;
+    Ok((module_linker, component_linker))
+}
+
+struct Io {
+    stdout: MemoryOutputPipe,
+    stderr: MemoryOutputPipe,
+    capacity: usize,
+}
+
+/// A WASI context with arguments and stdin, captured output, and nothing
+/// else: no preopened directory, no environment, no network.
+fn wasi(request: &WasmRequest, limits: &Limits) -> (WasiCtxBuilder, Io) {
+    let capacity = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+    let io = Io {
+        stdout: MemoryOutputPipe::new(capacity),
+        stderr: MemoryOutputPipe::new(capacity),
+        capacity,
+    };
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .stdin(MemoryInputPipe::new(request.stdin.clone()))
+        .stdout(io.stdout.clone())
+        .stderr(io.stderr.clone())
+        .arg("main")
+        .args(&request.args)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    (builder, io)
+}
+
+fn limiter(limits: &Limits) -> Limiter {
+    Limiter {
+        memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+        table: limits.table_elements as usize,
+        hit: None,
+    }
+}
+
+fn prepare<T>(store: &mut Store<T>, ctx: &RunContext<'_>) -> wasmtime::Result<()> {
+    store.set_fuel(ctx.limits.fuel)?;
+    store.set_epoch_deadline(ctx.ticks);
+    store.epoch_deadline_trap();
+    Ok(())
+}
+
+pub(crate) fn module(ctx: RunContext<'_>, module: &Module) -> ExecutionResult {
+    let started = Instant::now();
+    let (mut builder, io) = wasi(&ctx.request, &ctx.limits);
+    let state = ModuleState {
+        wasi: builder.build_p1(),
+        limiter: limiter(&ctx.limits),
+    };
+    let mut store = Store::new(ctx.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let ended = prepare(&mut store, &ctx).and_then(|()| {
+        let instance = ctx.module_linker.instantiate(&mut store, module)?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call(&mut store, ())
+    });
+    let hit = store.data().limiter.hit;
+    finish(ended.map(|()| 0), hit, &io, &ctx.limits, started)
+}
+
+pub(crate) fn component(ctx: RunContext<'_>, component: &Component) -> ExecutionResult {
+    let started = Instant::now();
+    let (mut builder, io) = wasi(&ctx.request, &ctx.limits);
+    let state = ComponentState {
+        ctx: builder.build(),
+        table: ResourceTable::new(),
+        limiter: limiter(&ctx.limits),
+    };
+    let mut store = Store::new(ctx.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    let ended = prepare(&mut store, &ctx).and_then(|()| {
+        let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
+            &mut store,
+            component,
+            ctx.component_linker,
+        )?;
+        command.wasi_cli_run().call_run(&mut store)
+    });
+    let hit = store.data().limiter.hit;
+    finish(
+        ended.map(|ok| if ok.is_ok() { 0 } else { 1 }),
+        hit,
+        &io,
+        &ctx.limits,
+        started,
+    )
+}
+
+fn finish(
+    ended: wasmtime::Result<i32>,
+    hit: Option<Limit>,
+    io: &Io,
+    limits: &Limits,
+    started: Instant,
+) -> ExecutionResult {
+    let stdout = io.stdout.contents();
+    let stderr = io.stderr.contents();
+    let truncated = stdout.len() >= io.capacity || stderr.len() >= io.capacity;
+    let limit = |what| Outcome::LimitExceeded(LimitExceeded::of(what, limits));
+    let (outcome, exit_code) = match ended {
+        Ok(code) => (Outcome::Completed, Some(code)),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                (Outcome::Completed, Some(exit.0))
+            } else if truncated {
+                (limit(Limit::Output), None)
+            } else if let Some(what) = hit {
+                (limit(what), None)
+            } else {
+                match e.downcast_ref::<Trap>() {
+                    Some(Trap::OutOfFuel) => (limit(Limit::Fuel), None),
+                    Some(Trap::Interrupt) => (limit(Limit::WallTime), None),
+                    _ => {
+                        let mut message = format!("{e:#}");
+                        message.truncate(message.floor_char_boundary(MAX_MESSAGE));
+                        (
+                            Outcome::Error {
+                                error_type: "trap".into(),
+                                message,
+                                traceback: None,
+                            },
+                            None,
+                        )
+                    }
+                }
+            }
+        }
+    };
+    let mut result = ExecutionResult::new(outcome);
+    result.stdout = String::from_utf8_lossy(&stdout).into_owned();
+    result.stderr = String::from_utf8_lossy(&stderr).into_owned();
+    result.output_truncated = truncated;
+    result.exit_code = exit_code;
+    result.duration = started.elapsed();
+    result
+}
+
+pub(crate) fn code_too_large(limits: &Limits) -> ExecutionResult {
+    ExecutionResult::new(Outcome::LimitExceeded(LimitExceeded::of(
+        Limit::CodeSize,
+        limits,
+    )))
+}
+
+pub(crate) fn crashed(reason: String) -> ExecutionResult {
+    ExecutionResult::new(Outcome::Crashed { reason })
+}
