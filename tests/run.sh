@@ -21,7 +21,7 @@ if [ ! -x openapi/.venv/bin/openapi-python-client ]; then
   "$python" -m venv openapi/.venv
   openapi/.venv/bin/pip install -q openapi-python-client==0.29.1
 fi
-export ORRERY_PYTHON_VENV="$PWD/openapi/.venv"
+export ORRERY_TEST_PYTHON_VENV="$PWD/openapi/.venv"
 
 cargo build --workspace --bins
 cargo test --workspace --no-fail-fast

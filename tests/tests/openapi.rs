@@ -73,10 +73,10 @@ fn every_operation_is_documented() {
     assert!(count >= 16, "{count} operations");
 }
 
-/// The virtualenv with openapi-python-client: `$ORRERY_PYTHON_VENV`, or
+/// The virtualenv with openapi-python-client: `$ORRERY_TEST_PYTHON_VENV`, or
 /// `openapi/.venv`, created here when missing.
 fn generator_venv() -> PathBuf {
-    let venv = std::env::var("ORRERY_PYTHON_VENV")
+    let venv = std::env::var("ORRERY_TEST_PYTHON_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|_| repo().join("openapi/.venv"));
     let generator = venv.join("bin/openapi-python-client");
