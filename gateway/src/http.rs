@@ -208,7 +208,9 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 elapsed_us = elapsed.as_micros() as u64,
                 "request"
             );
-            if resp.status().is_server_error() {
+            // A 503 is back-pressure (queue full, busy), counted in the
+            // metrics; logging each would flood the log when it matters most.
+            if resp.status().is_server_error() && resp.status() != StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(status, route, "request failed");
             }
             resp

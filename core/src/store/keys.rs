@@ -48,10 +48,10 @@ impl KeyKind {
     }
 
     fn parse(s: &str) -> Self {
-        if s == "secret" {
-            Self::Secret
-        } else {
-            Self::Public
+        match s {
+            "secret" => Self::Secret,
+            "execute" => Self::Execute,
+            _ => Self::Public,
         }
     }
 }

@@ -212,16 +212,15 @@ async fn run_one(
             }
             Event::Client(Some(msg)) => match parse(&msg) {
                 None => {}
-                Some(Ok(ClientMsg::Stdin { data })) => {
-                    if !exec.write_stdin(data.into_bytes()) {
-                        let _ = tx
-                            .send(error_msg(
-                                "stdin_closed",
-                                "stdin is closed (send `interactive: true` to keep it open)",
-                            ))
-                            .await;
-                    }
+                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(data.into_bytes()) => {
+                    let _ = tx
+                        .send(error_msg(
+                            "stdin_closed",
+                            "stdin is closed (send `interactive: true` to keep it open)",
+                        ))
+                        .await;
                 }
+                Some(Ok(ClientMsg::Stdin { .. })) => {}
                 Some(Ok(ClientMsg::StdinClose)) => exec.close_stdin(),
                 Some(Ok(ClientMsg::Cancel)) => exec.cancel(),
                 Some(Ok(ClientMsg::Execute(_))) => {
