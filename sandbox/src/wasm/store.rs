@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{WasmKind, WasmRequest, WasmRuntime};
+use super::{WasmExecution, WasmKind, WasmRequest, WasmRuntime};
 use crate::SandboxError;
 use crate::result::ExecutionResult;
 
@@ -201,7 +201,8 @@ impl ModuleStore {
         Ok(())
     }
 
-    /// Runs the module with this id (compiling it only if it is not cached).
+    /// Runs the module with this id to the end (compiling it only if it is
+    /// not cached).
     ///
     /// # Errors
     /// [`SandboxError::ModuleNotFound`], or an I/O error reading it.
@@ -210,14 +211,26 @@ impl ModuleStore {
         id: &str,
         request: WasmRequest,
     ) -> Result<ExecutionResult, SandboxError> {
+        Ok(self.start(id, request).await?.wait().await)
+    }
+
+    /// Starts the module with this id; the handle streams its output.
+    ///
+    /// # Errors
+    /// As [`Self::run`].
+    pub async fn start(
+        &self,
+        id: &str,
+        request: WasmRequest,
+    ) -> Result<WasmExecution, SandboxError> {
         self.get(id)?;
         if let Some(compiled) = self.runtime.cached(id) {
-            return Ok(self.runtime.run(compiled, request).await);
+            return Ok(self.runtime.spawn(compiled, request));
         }
         let bytes = tokio::fs::read(wasm_path(&self.config.dir, id))
             .await
             .map_err(SandboxError::io("reading the module"))?;
-        self.runtime.execute(bytes, request).await
+        self.runtime.start(bytes, request).await
     }
 }
 
