@@ -62,6 +62,9 @@ pub struct ModuleStore {
     config: ModuleStoreConfig,
     runtime: WasmRuntime,
     index: Mutex<HashMap<String, ModuleInfo>>,
+    // One upload at a time past validation, so the size check and the
+    // write cannot interleave.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl ModuleStore {
@@ -93,6 +96,7 @@ impl ModuleStore {
             config,
             runtime,
             index: Mutex::new(index),
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -119,6 +123,7 @@ impl ModuleStore {
             tokio::task::spawn_blocking(move || runtime.compile(&bytes).map(|c| (c, bytes)))
                 .await
                 .map_err(|e| SandboxError::Engine(format!("compile task failed: {e}")))??;
+        let _writing = self.writing.lock().await;
         if let Some(existing) = self.index.lock().expect("index lock").get(&compiled.sha256) {
             return Ok(existing.clone());
         }
