@@ -126,3 +126,20 @@ print(os.getuid() if os.getuid() != 0 else 'root')
         assert_eq!(lines[2], uid.to_string());
     }
 }
+
+#[tokio::test]
+async fn without_namespaces_seccomp_and_rlimits_still_hold() {
+    // What a machine that forbids namespaces gets: no restricted builtins
+    // either, only the process, its uid, rlimits and seccomp.
+    let mut config = common::config();
+    config.restricted = false;
+    config.namespaces = false;
+    config.preload = ["os", "socket"].map(String::from).to_vec();
+    let rt = PythonRuntime::start(config).await.unwrap();
+    let isolation = rt.isolation().await;
+    assert!(!isolation.network_namespace && !isolation.pid_namespace && !isolation.empty_root);
+    assert_permission_denied(&run(&rt, "open('/etc/passwd').read()").await, "read");
+    assert_permission_denied(&run(&rt, "import os\nos.fork()").await, "fork");
+    assert_permission_denied(&run(&rt, "import socket\nsocket.socket()").await, "socket");
+    assert_eq!(ok(&run(&rt, "print(6 * 7)").await), "42\n");
+}
