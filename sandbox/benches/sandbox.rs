@@ -75,9 +75,17 @@ async fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(400);
-    let zygote = ZygoteCommand {
-        program: PathBuf::from(env!("CARGO_BIN_EXE_orrery-sandbox-host")),
-        args: vec![ZYGOTE_SUBCOMMAND.into()],
+    let host = PathBuf::from(env!("CARGO_BIN_EXE_orrery-sandbox-host"));
+    // BENCH_ZYGOTE_WRAPPER=/path/to/script runs the zygote under e.g. strace.
+    let zygote = match std::env::var_os("BENCH_ZYGOTE_WRAPPER") {
+        Some(wrapper) => ZygoteCommand {
+            program: wrapper.into(),
+            args: vec![host.into(), ZYGOTE_SUBCOMMAND.into()],
+        },
+        None => ZygoteCommand {
+            program: host,
+            args: vec![ZYGOTE_SUBCOMMAND.into()],
+        },
     };
     let python = PythonRuntime::start(PythonConfig::new(zygote))
         .await

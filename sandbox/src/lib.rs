@@ -68,4 +68,6 @@ pub use error::SandboxError;
 pub use limits::{Limit, LimitExceeded, Limits, LimitsRequest};
 pub use python::{Execution, PythonConfig, PythonRequest, PythonRuntime};
 pub use result::{ExecutionResult, Outcome, OutputChunk, Stream};
-pub use wasm::{ModuleInfo, ModuleStore, ModuleStoreConfig, WasmConfig, WasmRequest, WasmRuntime};
+pub use wasm::{
+    ModuleInfo, ModuleStore, ModuleStoreConfig, WasmConfig, WasmExecution, WasmRequest, WasmRuntime,
+};

@@ -151,3 +151,30 @@ pub(crate) fn send_with_fds(
     )
     .map_err(io::Error::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_split_anywhere_are_reassembled() {
+        let mut wire = encode(&ToZygote::Kill { id: 7 });
+        wire.extend(encode(&ToZygote::Kill { id: 8 }));
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for byte in wire {
+            buf.push(byte);
+            while let Some(ToZygote::Kill { id }) = take_frame::<ToZygote>(&mut buf).unwrap() {
+                got.push(id);
+            }
+        }
+        assert_eq!(got, vec![7, 8]);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn oversized_frames_are_refused() {
+        let mut buf = u32::MAX.to_le_bytes().to_vec();
+        assert!(take_frame::<ToZygote>(&mut buf).is_err());
+    }
+}

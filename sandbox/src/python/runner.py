@@ -400,8 +400,8 @@ def run(code, options_json):
     has_stdin = opts.get("stdin", False)
     try:
         _streams(has_stdin)
-        if "random" in sys.modules:
-            sys.modules["random"].seed()  # children must not share the zygote's sequence
+        # No reseeding here: random registers an after-fork hook that reseeds
+        # each child from getrandom, so children never share a sequence.
         result = _run(code, restricted, has_stdin)
     except MemoryError:
         result = {"status": "limit", "limit": "memory"}

@@ -10,12 +10,17 @@
 //!   every `epoch_tick`; a store traps once its wall time is spent;
 //! - a resource limiter: linear memory and table elements, checked on
 //!   instantiation and on every grow;
-//! - output capped per stream at the output limit.
+//! - output: stdout and stderr share the output limit; past it the guest
+//!   traps and the result is flagged truncated.
+//!
+//! Output is delivered as chunks while the guest runs ([`WasmExecution`]);
+//! stdin is given whole at the start.
 //!
 //! Compiled code is cached by the SHA-256 of the submitted bytes (an
 //! in-memory LRU), so running a module a second time does not compile it.
 
 mod cache;
+mod output;
 mod run;
 mod store;
 
@@ -26,12 +31,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, ExternType, Module};
 
 use crate::SandboxError;
 use crate::limits::{Limits, LimitsRequest};
-use crate::result::ExecutionResult;
+use crate::result::{ExecutionResult, OutputChunk};
 use cache::Lru;
 
 /// Configuration of a [`WasmRuntime`].
@@ -126,7 +133,6 @@ struct Inner {
     module_linker: wasmtime::Linker<run::ModuleState>,
     component_linker: wasmtime::component::Linker<run::ComponentState>,
     limits: Limits,
-    epoch_tick: Duration,
     cache: Lru<Compiled>,
     compilations: AtomicU64,
     ticker_stop: Arc<AtomicBool>,
@@ -180,7 +186,6 @@ impl WasmRuntime {
                 module_linker,
                 component_linker,
                 limits: config.limits,
-                epoch_tick: config.epoch_tick,
                 cache: Lru::new(config.cache_entries),
                 compilations: AtomicU64::new(0),
                 ticker_stop,
@@ -234,7 +239,7 @@ impl WasmRuntime {
         Ok(compiled)
     }
 
-    /// Compiles (or finds in the cache) and runs `bytes`.
+    /// Compiles (or finds in the cache) and runs `bytes` to the end.
     ///
     /// # Errors
     /// [`SandboxError::InvalidModule`] when the bytes are not a runnable
@@ -244,51 +249,112 @@ impl WasmRuntime {
         bytes: Vec<u8>,
         request: WasmRequest,
     ) -> Result<ExecutionResult, SandboxError> {
+        Ok(self.start(bytes, request).await?.wait().await)
+    }
+
+    /// Compiles (or finds in the cache) and starts `bytes`; the handle
+    /// streams its output.
+    ///
+    /// # Errors
+    /// As [`Self::execute`].
+    pub async fn start(
+        &self,
+        bytes: Vec<u8>,
+        request: WasmRequest,
+    ) -> Result<WasmExecution, SandboxError> {
         let limits = self.inner.limits.clamp(&request.limits);
         if bytes.len() as u64 > limits.code_bytes {
-            return Ok(run::code_too_large(&limits));
+            return Ok(WasmExecution::finished(run::code_too_large(&limits)));
         }
         let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let compiled = this.compile(&bytes)?;
-            Ok(this.run_blocking(&compiled, request, limits))
-        })
-        .await
-        .map_err(|e| SandboxError::Engine(format!("execution task failed: {e}")))?
-    }
-
-    /// Runs an already compiled program.
-    pub async fn run(&self, compiled: Compiled, request: WasmRequest) -> ExecutionResult {
-        let limits = self.inner.limits.clamp(&request.limits);
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.run_blocking(&compiled, request, limits))
+        let compiled = tokio::task::spawn_blocking(move || this.compile(&bytes))
             .await
-            .unwrap_or_else(|e| run::crashed(format!("execution task failed: {e}")))
+            .map_err(|e| SandboxError::Engine(format!("compile task failed: {e}")))??;
+        Ok(self.spawn(compiled, request))
     }
 
-    fn run_blocking(
-        &self,
-        compiled: &Compiled,
-        request: WasmRequest,
-        limits: Limits,
-    ) -> ExecutionResult {
-        let ticks = limits
-            .wall_time
-            .as_nanos()
-            .div_ceil(self.inner.epoch_tick.as_nanos().max(1));
-        let ticks = u64::try_from(ticks).unwrap_or(u64::MAX).max(1);
-        let ctx = run::RunContext {
-            engine: &self.inner.engine,
-            module_linker: &self.inner.module_linker,
-            component_linker: &self.inner.component_linker,
-            limits,
-            ticks,
-            request,
-        };
-        match &compiled.program {
-            Program::Module(module) => run::module(ctx, module),
-            Program::Component(component) => run::component(ctx, component),
+    /// Runs an already compiled program to the end.
+    pub async fn run(&self, compiled: Compiled, request: WasmRequest) -> ExecutionResult {
+        self.spawn(compiled, request).wait().await
+    }
+
+    /// Starts an already compiled program (on tokio's blocking pool).
+    #[must_use]
+    pub fn spawn(&self, compiled: Compiled, request: WasmRequest) -> WasmExecution {
+        let limits = self.inner.limits.clamp(&request.limits);
+        let (tx, output) = mpsc::unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let this = self.clone();
+        let flag = cancel.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let ctx = run::RunContext {
+                engine: &this.inner.engine,
+                module_linker: &this.inner.module_linker,
+                component_linker: &this.inner.component_linker,
+                limits,
+                request,
+                chunks: Some(tx),
+                cancel: flag,
+            };
+            match &compiled.program {
+                Program::Module(module) => run::module(ctx, module),
+                Program::Component(component) => run::component(ctx, component),
+            }
+        });
+        WasmExecution {
+            output,
+            cancel: CancelOnDrop(cancel),
+            done,
         }
+    }
+}
+
+/// A running WASM execution: its output as produced, cancel, result.
+/// Dropping it cancels the execution.
+#[derive(Debug)]
+pub struct WasmExecution {
+    output: mpsc::UnboundedReceiver<OutputChunk>,
+    cancel: CancelOnDrop,
+    done: JoinHandle<ExecutionResult>,
+}
+
+#[derive(Debug)]
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl WasmExecution {
+    fn finished(result: ExecutionResult) -> Self {
+        let (_, output) = mpsc::unbounded_channel();
+        let done = tokio::spawn(async move { result });
+        Self {
+            output,
+            cancel: CancelOnDrop(Arc::new(AtomicBool::new(false))),
+            done,
+        }
+    }
+
+    /// The next piece of stdout/stderr; `None` once the program ended.
+    pub async fn next_output(&mut self) -> Option<OutputChunk> {
+        self.output.recv().await
+    }
+
+    /// Stops the program at the next epoch tick; its result says
+    /// `Cancelled`.
+    pub fn cancel(&self) {
+        self.cancel.0.store(true, Ordering::Release);
+    }
+
+    /// Waits for the end and returns the result (full output included).
+    pub async fn wait(self) -> ExecutionResult {
+        let WasmExecution { done, cancel, .. } = self;
+        let result = done.await;
+        drop(cancel);
+        result.unwrap_or_else(|e| run::crashed(format!("execution task failed: {e}")))
     }
 }
 

@@ -1,16 +1,20 @@
 //! Running one compiled program in a fresh store, and reading how it ended.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use tokio::sync::mpsc::UnboundedSender;
 use wasmtime::component::{Component, ResourceTable};
-use wasmtime::{Engine, Module, ResourceLimiter, Store, Trap};
+use wasmtime::{Engine, Module, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p1::WasiP1Ctx;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{I32Exit, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::WasmRequest;
+use super::output::{Budget, OutputSink};
 use crate::limits::{Limit, LimitExceeded, Limits};
-use crate::result::{ExecutionResult, Outcome};
+use crate::result::{ExecutionResult, Outcome, OutputChunk, Stream};
 
 /// Longest trap message kept in a result.
 const MAX_MESSAGE: usize = 4096;
@@ -20,8 +24,16 @@ pub(crate) struct RunContext<'a> {
     pub module_linker: &'a wasmtime::Linker<ModuleState>,
     pub component_linker: &'a wasmtime::component::Linker<ComponentState>,
     pub limits: Limits,
-    pub ticks: u64,
     pub request: WasmRequest,
+    pub chunks: Option<UnboundedSender<OutputChunk>>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// Why the epoch callback stopped the guest.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    WallTime,
+    Cancelled,
 }
 
 /// Memory and table caps that remember which one refused a grow.
@@ -94,27 +106,27 @@ pub(crate) fn linkers(
 }
 
 struct Io {
-    stdout: MemoryOutputPipe,
-    stderr: MemoryOutputPipe,
-    capacity: usize,
+    stdout: OutputSink,
+    stderr: OutputSink,
+    budget: Arc<Budget>,
 }
 
 /// A WASI context with arguments and stdin, captured output, and nothing
 /// else: no preopened directory, no environment, no network.
-fn wasi(request: &WasmRequest, limits: &Limits) -> (WasiCtxBuilder, Io) {
-    let capacity = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX);
+fn wasi(ctx: &RunContext<'_>) -> (WasiCtxBuilder, Io) {
+    let budget = Budget::new(ctx.limits.output_bytes);
     let io = Io {
-        stdout: MemoryOutputPipe::new(capacity),
-        stderr: MemoryOutputPipe::new(capacity),
-        capacity,
+        stdout: OutputSink::new(Stream::Stdout, budget.clone(), ctx.chunks.clone()),
+        stderr: OutputSink::new(Stream::Stderr, budget.clone(), ctx.chunks.clone()),
+        budget,
     };
     let mut builder = WasiCtxBuilder::new();
     builder
-        .stdin(MemoryInputPipe::new(request.stdin.clone()))
+        .stdin(MemoryInputPipe::new(ctx.request.stdin.clone()))
         .stdout(io.stdout.clone())
         .stderr(io.stderr.clone())
         .arg("main")
-        .args(&request.args)
+        .args(&ctx.request.args)
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false);
@@ -129,34 +141,60 @@ fn limiter(limits: &Limits) -> Limiter {
     }
 }
 
-fn prepare<T>(store: &mut Store<T>, ctx: &RunContext<'_>) -> wasmtime::Result<()> {
+/// Fuel, and an epoch callback (every tick) that ends the guest at its
+/// wall-clock deadline or when the caller cancels.
+fn prepare<T>(
+    store: &mut Store<T>,
+    ctx: &RunContext<'_>,
+    started: Instant,
+    flag: StopFlag,
+) -> wasmtime::Result<()> {
     store.set_fuel(ctx.limits.fuel)?;
-    store.set_epoch_deadline(ctx.ticks);
-    store.epoch_deadline_trap();
+    let (cancel, deadline) = (ctx.cancel.clone(), started + ctx.limits.wall_time);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        let why = if cancel.load(Ordering::Acquire) {
+            Stop::Cancelled
+        } else if Instant::now() >= deadline {
+            Stop::WallTime
+        } else {
+            return Ok(UpdateDeadline::Continue(1));
+        };
+        *flag.lock().expect("stop lock") = Some(why);
+        Err(Trap::Interrupt.into())
+    });
     Ok(())
 }
 
 pub(crate) fn module(ctx: RunContext<'_>, module: &Module) -> ExecutionResult {
     let started = Instant::now();
-    let (mut builder, io) = wasi(&ctx.request, &ctx.limits);
+    let (mut builder, io) = wasi(&ctx);
     let state = ModuleState {
         wasi: builder.build_p1(),
         limiter: limiter(&ctx.limits),
     };
     let mut store = Store::new(ctx.engine, state);
     store.limiter(|s| &mut s.limiter);
-    let ended = prepare(&mut store, &ctx).and_then(|()| {
+    let stop = StopFlag::default();
+    let ended = prepare(&mut store, &ctx, started, stop.clone()).and_then(|()| {
         let instance = ctx.module_linker.instantiate(&mut store, module)?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call(&mut store, ())
     });
     let hit = store.data().limiter.hit;
-    finish(ended.map(|()| 0), hit, &io, &ctx.limits, started)
+    finish(
+        ended.map(|()| 0),
+        hit,
+        stopped(&stop),
+        &io,
+        &ctx.limits,
+        started,
+    )
 }
 
 pub(crate) fn component(ctx: RunContext<'_>, component: &Component) -> ExecutionResult {
     let started = Instant::now();
-    let (mut builder, io) = wasi(&ctx.request, &ctx.limits);
+    let (mut builder, io) = wasi(&ctx);
     let state = ComponentState {
         ctx: builder.build(),
         table: ResourceTable::new(),
@@ -164,7 +202,8 @@ pub(crate) fn component(ctx: RunContext<'_>, component: &Component) -> Execution
     };
     let mut store = Store::new(ctx.engine, state);
     store.limiter(|s| &mut s.limiter);
-    let ended = prepare(&mut store, &ctx).and_then(|()| {
+    let stop = StopFlag::default();
+    let ended = prepare(&mut store, &ctx, started, stop.clone()).and_then(|()| {
         let command = wasmtime_wasi::p2::bindings::sync::Command::instantiate(
             &mut store,
             component,
@@ -173,25 +212,27 @@ pub(crate) fn component(ctx: RunContext<'_>, component: &Component) -> Execution
         command.wasi_cli_run().call_run(&mut store)
     });
     let hit = store.data().limiter.hit;
-    finish(
-        ended.map(|ok| if ok.is_ok() { 0 } else { 1 }),
-        hit,
-        &io,
-        &ctx.limits,
-        started,
-    )
+    let ended = ended.map(|ok| if ok.is_ok() { 0 } else { 1 });
+    finish(ended, hit, stopped(&stop), &io, &ctx.limits, started)
+}
+
+type StopFlag = Arc<Mutex<Option<Stop>>>;
+
+fn stopped(flag: &StopFlag) -> Option<Stop> {
+    *flag.lock().expect("stop lock")
 }
 
 fn finish(
     ended: wasmtime::Result<i32>,
     hit: Option<Limit>,
+    stop: Option<Stop>,
     io: &Io,
     limits: &Limits,
     started: Instant,
 ) -> ExecutionResult {
-    let stdout = io.stdout.contents();
-    let stderr = io.stderr.contents();
-    let truncated = stdout.len() >= io.capacity || stderr.len() >= io.capacity;
+    let stdout = io.stdout.text();
+    let stderr = io.stderr.text();
+    let truncated = io.budget.truncated();
     let limit = |what| Outcome::LimitExceeded(LimitExceeded::of(what, limits));
     let (outcome, exit_code) = match ended {
         Ok(code) => (Outcome::Completed, Some(code)),
@@ -200,6 +241,11 @@ fn finish(
                 (Outcome::Completed, Some(exit.0))
             } else if truncated {
                 (limit(Limit::Output), None)
+            } else if let Some(why) = stop {
+                match why {
+                    Stop::WallTime => (limit(Limit::WallTime), None),
+                    Stop::Cancelled => (Outcome::Cancelled, None),
+                }
             } else if let Some(what) = hit {
                 (limit(what), None)
             } else {
@@ -223,8 +269,8 @@ fn finish(
         }
     };
     let mut result = ExecutionResult::new(outcome);
-    result.stdout = String::from_utf8_lossy(&stdout).into_owned();
-    result.stderr = String::from_utf8_lossy(&stderr).into_owned();
+    result.stdout = stdout;
+    result.stderr = stderr;
     result.output_truncated = truncated;
     result.exit_code = exit_code;
     result.duration = started.elapsed();

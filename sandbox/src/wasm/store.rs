@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use super::{WasmKind, WasmRequest, WasmRuntime};
+use super::{WasmExecution, WasmKind, WasmRequest, WasmRuntime};
 use crate::SandboxError;
 use crate::result::ExecutionResult;
 
@@ -62,6 +62,9 @@ pub struct ModuleStore {
     config: ModuleStoreConfig,
     runtime: WasmRuntime,
     index: Mutex<HashMap<String, ModuleInfo>>,
+    // One upload at a time past validation, so the size check and the
+    // write cannot interleave.
+    writing: tokio::sync::Mutex<()>,
 }
 
 impl ModuleStore {
@@ -93,6 +96,7 @@ impl ModuleStore {
             config,
             runtime,
             index: Mutex::new(index),
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -119,6 +123,7 @@ impl ModuleStore {
             tokio::task::spawn_blocking(move || runtime.compile(&bytes).map(|c| (c, bytes)))
                 .await
                 .map_err(|e| SandboxError::Engine(format!("compile task failed: {e}")))??;
+        let _writing = self.writing.lock().await;
         if let Some(existing) = self.index.lock().expect("index lock").get(&compiled.sha256) {
             return Ok(existing.clone());
         }
@@ -201,7 +206,8 @@ impl ModuleStore {
         Ok(())
     }
 
-    /// Runs the module with this id (compiling it only if it is not cached).
+    /// Runs the module with this id to the end (compiling it only if it is
+    /// not cached).
     ///
     /// # Errors
     /// [`SandboxError::ModuleNotFound`], or an I/O error reading it.
@@ -210,14 +216,26 @@ impl ModuleStore {
         id: &str,
         request: WasmRequest,
     ) -> Result<ExecutionResult, SandboxError> {
+        Ok(self.start(id, request).await?.wait().await)
+    }
+
+    /// Starts the module with this id; the handle streams its output.
+    ///
+    /// # Errors
+    /// As [`Self::run`].
+    pub async fn start(
+        &self,
+        id: &str,
+        request: WasmRequest,
+    ) -> Result<WasmExecution, SandboxError> {
         self.get(id)?;
         if let Some(compiled) = self.runtime.cached(id) {
-            return Ok(self.runtime.run(compiled, request).await);
+            return Ok(self.runtime.spawn(compiled, request));
         }
         let bytes = tokio::fs::read(wasm_path(&self.config.dir, id))
             .await
             .map_err(SandboxError::io("reading the module"))?;
-        self.runtime.execute(bytes, request).await
+        self.runtime.start(bytes, request).await
     }
 }
 

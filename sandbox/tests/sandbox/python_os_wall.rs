@@ -93,3 +93,53 @@ async fn the_os_wall_alone_stops_processes() {
     assert!(r.value.as_deref() != Some("0"), "system() failed: {r:#?}");
     assert!(!std::path::Path::new(path).exists());
 }
+
+#[tokio::test]
+async fn the_child_holds_nothing_of_the_host() {
+    assert!(std::env::var_os("PATH").is_some() && std::env::var_os("CARGO").is_some());
+    let rt = unrestricted().await;
+    let code = r#"
+import os
+print(sorted(os.environ))
+open_fds = []
+for fd in range(64):
+    try:
+        os.fstat(fd)
+        open_fds.append(fd)
+    except OSError:
+        pass
+print(open_fds)
+print(os.getuid() if os.getuid() != 0 else 'root')
+"#;
+    let r = run(&rt, code).await;
+    let lines: Vec<&str> = ok(&r).lines().collect();
+    assert_eq!(
+        lines[0], "['PYTHONDONTWRITEBYTECODE']",
+        "no PATH, HOME, CARGO... from the host"
+    );
+    assert_eq!(
+        lines[1], "[0, 1, 2, 3]",
+        "only stdin, stdout, stderr and the result pipe"
+    );
+    let isolation = rt.isolation().await;
+    if let Some(uid) = isolation.uid {
+        assert_eq!(lines[2], uid.to_string());
+    }
+}
+
+#[tokio::test]
+async fn without_namespaces_seccomp_and_rlimits_still_hold() {
+    // What a machine that forbids namespaces gets: no restricted builtins
+    // either, only the process, its uid, rlimits and seccomp.
+    let mut config = common::config();
+    config.restricted = false;
+    config.namespaces = false;
+    config.preload = ["os", "socket"].map(String::from).to_vec();
+    let rt = PythonRuntime::start(config).await.unwrap();
+    let isolation = rt.isolation().await;
+    assert!(!isolation.network_namespace && !isolation.pid_namespace && !isolation.empty_root);
+    assert_permission_denied(&run(&rt, "open('/etc/passwd').read()").await, "read");
+    assert_permission_denied(&run(&rt, "import os\nos.fork()").await, "fork");
+    assert_permission_denied(&run(&rt, "import socket\nsocket.socket()").await, "socket");
+    assert_eq!(ok(&run(&rt, "print(6 * 7)").await), "42\n");
+}

@@ -275,3 +275,55 @@ async fn invalid_programs_are_refused_with_the_reason() {
         }
     }
 }
+
+#[tokio::test]
+async fn output_streams_while_the_guest_runs_and_cancel_stops_it() {
+    let rt = shared();
+    // The output arrives as chunks on the handle, then the result.
+    let mut exec = rt
+        .start(guest_component().to_vec(), with_args(&["hello"]))
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while let Some(chunk) = exec.next_output().await {
+        seen.push_str(&chunk.data);
+    }
+    assert!(seen.contains("hello from a component"), "{seen}");
+    assert_eq!(exec.wait().await.outcome, Outcome::Completed);
+
+    let spin = LimitsRequest {
+        wall_time: Some(Duration::from_secs(30)),
+        ..LimitsRequest::default()
+    };
+    let exec = rt
+        .start(
+            LOOP_WAT.as_bytes().to_vec(),
+            WasmRequest {
+                limits: spin,
+                ..WasmRequest::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let cancelled_at = std::time::Instant::now();
+    exec.cancel();
+    let r = exec.wait().await;
+    assert_eq!(r.outcome, Outcome::Cancelled, "{r:#?}");
+    assert!(cancelled_at.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn streamed_chunks_arrive_before_the_end() {
+    // A flood: chunks arrive while the guest is still writing, then the
+    // output limit (shared by stdout and stderr) stops it.
+    let mut exec = runtime()
+        .start(FLOOD_WAT.as_bytes().to_vec(), WasmRequest::default())
+        .await
+        .unwrap();
+    let first = exec.next_output().await.expect("a chunk");
+    assert_eq!(first.stream, orrery_sandbox::Stream::Stdout);
+    let r = exec.wait().await;
+    assert_eq!(common::limit(&r), Limit::Output);
+    assert_eq!(r.stdout.len(), 64 * 1024, "kept exactly up to the limit");
+}
