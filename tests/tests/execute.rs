@@ -23,7 +23,10 @@ async fn exec(server: &Server, key: &str, body: Value) -> (u16, Value) {
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    let retry = resp.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
     let mut v: Value = resp.json().await.unwrap_or(Value::Null);
     if let Some(r) = retry {
         v["retry_after_header"] = json!(r);
@@ -32,7 +35,12 @@ async fn exec(server: &Server, key: &str, body: Value) -> (u16, Value) {
 }
 
 async fn py(server: &Server, code: &str) -> Value {
-    let (status, v) = exec(server, &server.keys.secret_key, json!({"language": "python", "code": code})).await;
+    let (status, v) = exec(
+        server,
+        &server.keys.secret_key,
+        json!({"language": "python", "code": code}),
+    )
+    .await;
     assert_eq!(status, 200, "{code}: {v}");
     v
 }
@@ -60,7 +68,12 @@ async fn python_over_rest() {
     let v = py(&s, "import json, statistics, math, random, datetime, collections\nprint(json.dumps(statistics.mean([1, 2, 3])))").await;
     assert_eq!(v["stdout"], "2\n", "{v}");
 
-    let (_, v) = exec(&s, &s.keys.secret_key, json!({"language": "python", "code": "print(input()[::-1])", "stdin": "abc\n"})).await;
+    let (_, v) = exec(
+        &s,
+        &s.keys.secret_key,
+        json!({"language": "python", "code": "print(input()[::-1])", "stdin": "abc\n"}),
+    )
+    .await;
     assert_eq!(v["stdout"], "cba\n", "{v}");
 
     let v = py(&s, "print('héllo ✓ 🌍')").await;
@@ -71,7 +84,10 @@ async fn python_over_rest() {
     assert_eq!(v["error"]["type"], "ZeroDivisionError");
     let tb = v["error"]["traceback"].as_str().unwrap();
     assert!(tb.contains("line 2"), "{tb}");
-    assert!(!tb.contains("orrery") && !tb.contains(".py\""), "only the user's lines: {tb}");
+    assert!(
+        !tb.contains("orrery") && !tb.contains(".py\""),
+        "only the user's lines: {tb}"
+    );
 
     let (status, v) = exec(
         &s,
@@ -81,13 +97,21 @@ async fn python_over_rest() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(v["status"], "limit_exceeded", "{v}");
-    assert!(["wall_time", "cpu_time"].contains(&v["limit"]["what"].as_str().unwrap()), "{v}");
+    assert!(
+        ["wall_time", "cpu_time"].contains(&v["limit"]["what"].as_str().unwrap()),
+        "{v}"
+    );
 
     let (status, v) = exec(&s, &s.keys.secret_key, json!({"language": "python"})).await;
     assert_eq!(status, 400);
     assert_eq!(v["code"], "invalid_request");
     assert!(v["message"].as_str().unwrap().contains("code"));
-    let (status, _) = exec(&s, &s.keys.secret_key, json!({"language": "cobol", "code": "x"})).await;
+    let (status, _) = exec(
+        &s,
+        &s.keys.secret_key,
+        json!({"language": "cobol", "code": "x"}),
+    )
+    .await;
     assert_eq!(status, 400);
 }
 
@@ -108,7 +132,10 @@ async fn escapes_over_http_are_contained_and_the_gateway_keeps_serving() {
             ["rejected", "error"].contains(&v["status"].as_str().unwrap()),
             "{code} was not stopped: {v}"
         );
-        assert!(!v["stdout"].as_str().unwrap().contains("root:"), "{code}: {v}");
+        assert!(
+            !v["stdout"].as_str().unwrap().contains("root:"),
+            "{code}: {v}"
+        );
     }
     let v = py(&s, "x = 'a' * (10 ** 10)").await;
     assert_eq!(v["status"], "limit_exceeded", "{v}");
@@ -121,7 +148,12 @@ async fn escapes_over_http_are_contained_and_the_gateway_keeps_serving() {
 async fn execution_needs_the_execute_right() {
     let s = server(&[]).await;
     let body = json!({"language": "python", "code": "print(1)"});
-    let resp = client().post(s.url("/api/v1/execute")).json(&body).send().await.unwrap();
+    let resp = client()
+        .post(s.url("/api/v1/execute"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 401, "anonymous callers cannot run code");
     let (status, v) = exec(&s, &s.keys.public_key, body.clone()).await;
     assert_eq!(status, 403);
@@ -135,7 +167,10 @@ async fn execution_needs_the_execute_right() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    let xk = resp.json::<Value>().await.unwrap()["key"].as_str().unwrap().to_owned();
+    let xk = resp.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(xk.starts_with("xk_"));
     let (status, v) = exec(&s, &xk, body).await;
     assert_eq!(status, 200, "{v}");
@@ -180,7 +215,9 @@ async fn wasm_inline_and_uploaded_modules_persist() {
     assert_eq!(resp.status(), 400);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["code"], "invalid_module");
-    let resp = upload(b"(module (func (export \"main\")))".to_vec()).await.unwrap();
+    let resp = upload(b"(module (func (export \"main\")))".to_vec())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 400, "a module without _start");
     let v: Value = resp.json().await.unwrap();
     assert!(v["message"].as_str().unwrap().contains("_start"), "{v}");
@@ -220,23 +257,40 @@ async fn wasm_inline_and_uploaded_modules_persist() {
     assert_eq!(status, 404, "{v}");
     // Hostile WASM is stopped by its limits.
     let spin = "(module (func (export \"_start\") (loop (br 0))))";
-    let (_, v) = exec(&s, &sk, json!({"language": "wasm", "code": spin, "limits": {"wall_time_ms": 300}})).await;
+    let (_, v) = exec(
+        &s,
+        &sk,
+        json!({"language": "wasm", "code": spin, "limits": {"wall_time_ms": 300}}),
+    )
+    .await;
     assert_eq!(v["status"], "limit_exceeded", "{v}");
     let grow = "(module (memory 1) (func (export \"_start\") (loop (drop (memory.grow (i32.const 100))) (br 0))))";
-    let (_, v) = exec(&s, &sk, json!({"language": "wasm", "code": grow, "limits": {"wall_time_ms": 2000}})).await;
-    assert!(["limit_exceeded", "error"].contains(&v["status"].as_str().unwrap()), "{v}");
+    let (_, v) = exec(
+        &s,
+        &sk,
+        json!({"language": "wasm", "code": grow, "limits": {"wall_time_ms": 2000}}),
+    )
+    .await;
+    assert!(
+        ["limit_exceeded", "error"].contains(&v["status"].as_str().unwrap()),
+        "{v}"
+    );
     let (status, v) = exec(&s, &sk, json!({"language": "wasm", "module": "%%%"})).await;
     assert_eq!(status, 400, "{v}");
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(s: &Server) -> Ws {
     let url = s.url("/api/v1/execute/ws").replace("http://", "ws://");
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
         .insert("X-API-Key", s.keys.secret_key.parse().unwrap());
-    tokio_tungstenite::connect_async(req).await.expect("websocket").0
+    tokio_tungstenite::connect_async(req)
+        .await
+        .expect("websocket")
+        .0
 }
 
 async fn ws_send(ws: &mut Ws, v: Value) {
@@ -268,7 +322,11 @@ async fn websocket_streams_output_as_it_is_written() {
     let s = server(&[]).await;
     let mut ws = ws_connect(&s).await;
     let code = "import datetime\nprint('first', flush=True)\nt = datetime.datetime.now()\nwhile (datetime.datetime.now() - t).total_seconds() < 0.6:\n    pass\nprint('second')";
-    ws_send(&mut ws, json!({"type": "execute", "language": "python", "code": code})).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "language": "python", "code": code}),
+    )
+    .await;
     let msgs = ws_until_result(&mut ws).await;
     let first = msgs
         .iter()
@@ -283,36 +341,59 @@ async fn websocket_streams_output_as_it_is_written() {
     );
 
     // Same connection: interactive stdin.
-    ws_send(&mut ws, json!({"type": "execute", "language": "python", "interactive": true,
-        "code": "name = input()\nprint('hi ' + name)"})).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "language": "python", "interactive": true,
+        "code": "name = input()\nprint('hi ' + name)"}),
+    )
+    .await;
     ws_send(&mut ws, json!({"type": "stdin", "data": "bob\n"})).await;
     let msgs = ws_until_result(&mut ws).await;
     assert_eq!(msgs.last().unwrap().1["stdout"], "hi bob\n", "{msgs:?}");
 
     // A malformed message gets an error; the connection stays usable.
     ws.send(Message::Text("{nope".into())).await.unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let err: Value = serde_json::from_str(err.to_text().unwrap()).unwrap();
     assert_eq!(err["type"], "error");
     assert_eq!(err["code"], "invalid_message");
 
     // Cancel.
-    ws_send(&mut ws, json!({"type": "execute", "language": "python", "code": "while True: pass"})).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "language": "python", "code": "while True: pass"}),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     ws_send(&mut ws, json!({"type": "cancel"})).await;
     let msgs = ws_until_result(&mut ws).await;
     assert_eq!(msgs.last().unwrap().1["status"], "cancelled");
 
     // WASM over the socket.
-    ws_send(&mut ws, json!({"type": "execute", "language": "wasm", "code": HELLO_WAT})).await;
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "language": "wasm", "code": HELLO_WAT}),
+    )
+    .await;
     let msgs = ws_until_result(&mut ws).await;
-    assert!(msgs.iter().any(|(_, v)| v["type"] == "stdout" && v["data"] == "hi\n"));
+    assert!(
+        msgs.iter()
+            .any(|(_, v)| v["type"] == "stdout" && v["data"] == "hi\n")
+    );
     assert_eq!(msgs.last().unwrap().1["status"], "completed");
 }
 
 #[tokio::test]
 async fn saturation_answers_503_and_normal_work_continues() {
-    let s = server(&[("ORRERY_EXECUTE__MAX_RUNNING", "1"), ("ORRERY_EXECUTE__MAX_QUEUED", "1")]).await;
+    let s = server(&[
+        ("ORRERY_EXECUTE__MAX_RUNNING", "1"),
+        ("ORRERY_EXECUTE__MAX_QUEUED", "1"),
+    ])
+    .await;
     let mut tasks = Vec::new();
     for _ in 0..5 {
         let (url, key) = (s.url("/api/v1/execute"), s.keys.secret_key.clone());
@@ -336,8 +417,14 @@ async fn saturation_answers_503_and_normal_work_continues() {
             busy += 1;
         }
     }
-    assert!(busy >= 2, "1 running + 1 queued: the rest must be refused ({busy})");
-    assert_eq!(py(&s, "print('still here')").await["stdout"], "still here\n");
+    assert!(
+        busy >= 2,
+        "1 running + 1 queued: the rest must be refused ({busy})"
+    );
+    assert_eq!(
+        py(&s, "print('still here')").await["stdout"],
+        "still here\n"
+    );
 }
 
 #[tokio::test]
@@ -346,7 +433,12 @@ async fn per_key_rate_limit_answers_429() {
     for _ in 0..3 {
         py(&s, "1").await;
     }
-    let (status, v) = exec(&s, &s.keys.secret_key, json!({"language": "python", "code": "1"})).await;
+    let (status, v) = exec(
+        &s,
+        &s.keys.secret_key,
+        json!({"language": "python", "code": "1"}),
+    )
+    .await;
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["code"], "rate_limited");
     assert!(v["retry_after_header"].as_str().is_some());

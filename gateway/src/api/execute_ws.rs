@@ -212,7 +212,7 @@ async fn run_one(
             }
             Event::Client(Some(msg)) => match parse(&msg) {
                 None => {}
-                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(data.into_bytes()) => {
+                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(data.as_bytes()) => {
                     let _ = tx
                         .send(error_msg(
                             "stdin_closed",
