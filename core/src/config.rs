@@ -53,6 +53,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The code-execution service (Python and WebAssembly).
+    pub execute: ExecuteConfig,
     /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
     /// (mode 0600) when not given here.
     pub secrets: SecretsConfig,
@@ -68,6 +70,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             http: HttpConfig::default(),
             log: LogConfig::default(),
+            execute: ExecuteConfig::default(),
             secrets: SecretsConfig::default(),
         }
     }
@@ -206,6 +209,68 @@ impl Default for LogConfig {
         Self {
             format: LogFormat::Pretty,
             filter: "orrery=info,orrery_core=info,orrery_gateway=info,warn".to_owned(),
+        }
+    }
+}
+
+/// The code-execution service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExecuteConfig {
+    /// Offer `/api/v1/execute` and `/api/v1/wasm/modules` at all.
+    pub enabled: bool,
+    /// Start the Python sandbox (a zygote process) with the server.
+    pub python: bool,
+    /// Executions running at once; 0 means twice the number of cores.
+    pub max_running: usize,
+    /// Executions waiting for a slot; beyond it, 503 with `Retry-After`.
+    pub max_queued: usize,
+    /// Executions per key per minute; beyond it, 429 with `Retry-After`.
+    pub rate_per_minute: u32,
+    /// Most wall-clock time of one execution, in ms.
+    pub wall_time_ms: u64,
+    /// Most CPU time of one execution, in ms.
+    pub cpu_time_ms: u64,
+    /// Most memory of one execution, in bytes.
+    pub memory_bytes: u64,
+    /// Most stdout plus stderr kept, in bytes (the rest is cut and flagged).
+    pub output_bytes: u64,
+    /// Largest Python source, in bytes.
+    pub code_bytes: u64,
+    /// Most WebAssembly fuel (roughly, instructions) of one execution.
+    pub wasm_fuel: u64,
+    /// Largest WebAssembly module or component, in bytes (inline or upload).
+    pub wasm_module_bytes: u64,
+    /// Total size of uploaded modules, in bytes.
+    pub wasm_store_bytes: u64,
+    /// Modules Python code may import; empty means the built-in list
+    /// (math, random, datetime, json, statistics, itertools, functools,
+    /// collections, re, string, decimal, fractions, heapq, bisect,
+    /// textwrap, unicodedata).
+    pub python_modules: Vec<String>,
+    /// Put each Python execution in its own user, network, mount and PID
+    /// namespaces where the kernel allows it.
+    pub namespaces: bool,
+}
+
+impl Default for ExecuteConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            python: true,
+            max_running: 0,
+            max_queued: 64,
+            rate_per_minute: 600,
+            wall_time_ms: 5000,
+            cpu_time_ms: 5000,
+            memory_bytes: 128 * 1024 * 1024,
+            output_bytes: 64 * 1024,
+            code_bytes: 64 * 1024,
+            wasm_fuel: 10_000_000_000,
+            wasm_module_bytes: 8 * 1024 * 1024,
+            wasm_store_bytes: 256 * 1024 * 1024,
+            python_modules: Vec::new(),
+            namespaces: true,
         }
     }
 }

@@ -98,10 +98,10 @@ impl KeyCache {
     /// 401 `invalid_key`, `key_revoked` or `key_expired`.
     pub async fn authenticate(&self, store: &Store, key: &str) -> Result<ApiKey, ApiError> {
         let key = key.trim();
-        if !(key.starts_with("pk_") || key.starts_with("sk_")) {
+        if !(key.starts_with("pk_") || key.starts_with("sk_") || key.starts_with("xk_")) {
             return Err(ApiError::unauthorized(
                 "invalid_key",
-                "unknown API key: keys start with pk_ or sk_",
+                "unknown API key: keys start with pk_, sk_ or xk_",
             ));
         }
         let hash = hash_key(key);
@@ -152,6 +152,40 @@ async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> 
     }
     Ok(Principal { key })
 }
+
+async fn check_execute(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
+    let state = state(req);
+    let key = state.keys.authenticate(&state.store, &key.key).await?;
+    if !matches!(key.kind, KeyKind::Secret | KeyKind::Execute) {
+        return Err(ApiError::forbidden(
+            "code execution needs a secret key (sk_) or an execute key (xk_)",
+        )
+        .into());
+    }
+    Ok(Principal { key })
+}
+
+/// A key allowed to run code: a secret key (`sk_...`) or an execute key
+/// (`xk_...`), in the `X-API-Key` header.
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "X-API-Key",
+    key_in = "header",
+    checker = "check_execute"
+)]
+pub struct ExecuteKey(pub Principal);
+
+/// An execute or secret key in the `api_key` query parameter (WebSocket
+/// from a browser).
+#[derive(SecurityScheme)]
+#[oai(
+    ty = "api_key",
+    key_name = "api_key",
+    key_in = "query",
+    checker = "check_execute"
+)]
+pub struct ExecuteKeyQuery(pub Principal);
 
 /// A secret key (`sk_...`) in the `X-API-Key` header: reads and
 /// administers its project; an admin secret key administers all projects.

@@ -152,7 +152,13 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
             // Body limit of everything but ingestion (which has its own).
             if !is_ingestion(&path) && matches!(method, Method::POST | Method::PUT | Method::PATCH)
             {
-                let limit = self.state.config.http.max_body_bytes;
+                let limit = if path == "/api/v1/execute" || path.starts_with("/api/v1/wasm/") {
+                    // Modules come inline (base64) or uploaded.
+                    let module = self.state.config.execute.wasm_module_bytes as usize;
+                    (module / 3 * 4 + 64 * 1024).max(self.state.config.http.max_body_bytes)
+                } else {
+                    self.state.config.http.max_body_bytes
+                };
                 match req.take_body().into_bytes_limit(limit).await {
                     Ok(bytes) => req.set_body(bytes),
                     Err(_) => {

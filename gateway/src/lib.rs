@@ -12,6 +12,7 @@ pub mod api;
 pub mod auth;
 pub mod commands;
 pub mod error;
+pub mod exec;
 pub mod http;
 pub mod server;
 pub mod settings;

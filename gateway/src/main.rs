@@ -87,6 +87,11 @@ fn init_logging(config: &Config) {
 }
 
 fn main() -> ExitCode {
+    // The Python sandbox's zygote is this binary re-executed; it must take
+    // over before anything else (no runtime, no logging, no config).
+    if std::env::args().nth(1).as_deref() == Some(orrery_sandbox::python::ZYGOTE_SUBCOMMAND) {
+        orrery_sandbox::python::zygote_main();
+    }
     let cli = Cli::parse();
     if let Command::Openapi = cli.command {
         println!("{}", orrery_gateway::openapi_json());

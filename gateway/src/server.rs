@@ -43,7 +43,12 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .unwrap_or_else(|| config.listen.clone());
     let shutdown_timeout = Duration::from_secs(config.http.shutdown_timeout_secs);
     let projects = store.list_projects(None).await?.len();
-    let state = State::new(config, store.clone(), pipeline);
+    let exec = if config.execute.enabled {
+        Some(crate::exec::Executor::start(&config, crate::exec::ExecMetrics::default()).await?)
+    } else {
+        None
+    };
+    let state = State::new(config, store.clone(), pipeline, exec);
     // Install the handlers before announcing the address, so that a signal
     // sent as soon as we listen is a graceful shutdown, not a kill.
     let shutdown = shutdown_signal()?;

@@ -11,6 +11,7 @@ use orrery_core::writer::{Writer, WriterConfig};
 use prometheus_client::registry::Registry;
 
 use crate::auth::KeyCache;
+use crate::exec::Executor;
 use crate::http::HttpMetrics;
 
 /// Everything a handler needs; shared behind an `Arc`.
@@ -30,7 +31,9 @@ pub struct State {
     pub core_metrics: CoreMetrics,
     /// HTTP metrics.
     pub http_metrics: HttpMetrics,
-    /// The registry holding both.
+    /// The code-execution service, unless switched off.
+    pub exec: Option<Arc<Executor>>,
+    /// The registry holding all metrics.
     pub registry: Registry,
     /// When the server started.
     pub started: Instant,
@@ -41,12 +44,20 @@ pub type AppState = Arc<State>;
 
 impl State {
     /// Builds the state and starts the writer (needs a tokio runtime).
-    pub fn new(config: Config, store: Store, pipeline: Pipeline) -> AppState {
+    pub fn new(
+        config: Config,
+        store: Store,
+        pipeline: Pipeline,
+        exec: Option<Executor>,
+    ) -> AppState {
         let core_metrics = CoreMetrics::default();
         let http_metrics = HttpMetrics::default();
         let mut registry = Registry::default();
         core_metrics.register(&mut registry);
         http_metrics.register(&mut registry);
+        if let Some(ex) = &exec {
+            ex.metrics.register(&mut registry);
+        }
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -64,6 +75,7 @@ impl State {
             keys: KeyCache::default(),
             core_metrics,
             http_metrics,
+            exec: exec.map(Arc::new),
             registry,
             started: Instant::now(),
         })

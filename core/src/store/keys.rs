@@ -1,9 +1,9 @@
 //! API keys: generated here, shown once, stored as SHA-256 hashes.
 //!
-//! A key is `pk_` (public: can only ingest, safe to embed in a web page)
-//! or `sk_` (secret: reads and administers its project; an *admin* secret
-//! key administers every project) followed by 32 random URL-safe
-//! characters.
+//! A key is `pk_` (public: can only ingest, safe to embed in a web page),
+//! `sk_` (secret: reads and administers its project; an *admin* secret
+//! key administers every project) or `xk_` (execute: may only run code on
+//! the execution service), followed by 32 random URL-safe characters.
 
 use base64::Engine;
 use rand::RngCore;
@@ -22,8 +22,11 @@ use crate::event::now_ms;
 pub enum KeyKind {
     /// `pk_`: ingestion only.
     Public,
-    /// `sk_`: ingestion, reading and administration of its project.
+    /// `sk_`: ingestion, reading and administration of its project, and
+    /// code execution.
     Secret,
+    /// `xk_`: code execution only.
+    Execute,
 }
 
 impl KeyKind {
@@ -32,6 +35,7 @@ impl KeyKind {
         match self {
             Self::Public => "public",
             Self::Secret => "secret",
+            Self::Execute => "execute",
         }
     }
 
@@ -39,14 +43,15 @@ impl KeyKind {
         match self {
             Self::Public => "pk_",
             Self::Secret => "sk_",
+            Self::Execute => "xk_",
         }
     }
 
     fn parse(s: &str) -> Self {
-        if s == "secret" {
-            Self::Secret
-        } else {
-            Self::Public
+        match s {
+            "secret" => Self::Secret,
+            "execute" => Self::Execute,
+            _ => Self::Public,
         }
     }
 }
@@ -259,6 +264,7 @@ mod tests {
         assert!(a.starts_with("pk_") && a.len() == 35, "{a}");
         assert_ne!(a, b);
         assert!(generate(KeyKind::Secret).starts_with("sk_"));
+        assert!(generate(KeyKind::Execute).starts_with("xk_"));
         assert_eq!(hash_key("x").len(), 64);
     }
 }

@@ -311,6 +311,11 @@ impl IngestApi {
             }
         };
         let is_batch = value.get("batch").is_some();
+        if key.kind == KeyKind::Execute {
+            return Err(ApiError::forbidden(
+                "an execute key (xk_) can only run code; send events with a pk_ or sk_ key",
+            ));
+        }
         let values = match value {
             Value::Object(mut obj) if is_batch => match obj.remove("batch") {
                 Some(Value::Array(items)) => {
@@ -388,7 +393,18 @@ impl IngestApi {
             state.core_metrics.count("rejected", 1);
             return PixelResponse::gif();
         };
-        let Ok(key) = state.keys.authenticate(&state.store, &key).await else {
+        let Ok(key) = state
+            .keys
+            .authenticate(&state.store, &key)
+            .await
+            .and_then(|k| {
+                if k.kind == KeyKind::Execute {
+                    Err(ApiError::forbidden("execute keys cannot send events"))
+                } else {
+                    Ok(k)
+                }
+            })
+        else {
             state.core_metrics.count("rejected", 1);
             return PixelResponse::gif();
         };

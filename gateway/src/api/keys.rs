@@ -20,8 +20,11 @@ use crate::state::app_state as state;
 pub enum KeyKindOut {
     /// `pk_`: can only send events; safe to embed in a web page.
     Public,
-    /// `sk_`: reads and administers the project. Keep it on servers.
+    /// `sk_`: reads and administers the project, runs code. Keep it on
+    /// servers.
     Secret,
+    /// `xk_`: may only run code on the execution service.
+    Execute,
 }
 
 impl From<KeyKind> for KeyKindOut {
@@ -29,6 +32,7 @@ impl From<KeyKind> for KeyKindOut {
         match k {
             KeyKind::Public => Self::Public,
             KeyKind::Secret => Self::Secret,
+            KeyKind::Execute => Self::Execute,
         }
     }
 }
@@ -165,6 +169,7 @@ impl KeysApi {
         let kind = match body.kind {
             KeyKindOut::Public => KeyKind::Public,
             KeyKindOut::Secret => KeyKind::Secret,
+            KeyKindOut::Execute => KeyKind::Execute,
         };
         let state = state(req);
         let key = state

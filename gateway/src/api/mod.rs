@@ -3,10 +3,13 @@
 use poem_openapi::{OpenApiService, Tags};
 
 pub mod events;
+pub mod execute;
+pub mod execute_ws;
 pub mod ingest;
 pub mod keys;
 pub mod ops;
 pub mod projects;
+pub mod wasm_modules;
 
 /// The API's tags.
 #[derive(Tags)]
@@ -19,6 +22,8 @@ pub enum ApiTags {
     Projects,
     /// API keys of a project (admin).
     Keys,
+    /// Running untrusted Python and WebAssembly in the sandbox.
+    Execute,
     /// Health and readiness.
     Ops,
 }
@@ -29,6 +34,8 @@ pub type Api = (
     events::EventsApi,
     projects::ProjectsApi,
     keys::KeysApi,
+    execute::ExecuteApi,
+    wasm_modules::WasmModulesApi,
     ops::OpsApi,
 );
 
@@ -42,6 +49,8 @@ pub fn service() -> OpenApiService<Api, ()> {
             events::EventsApi,
             projects::ProjectsApi,
             keys::KeysApi,
+            execute::ExecuteApi,
+            wasm_modules::WasmModulesApi,
             ops::OpsApi,
         ),
         "Orrery",

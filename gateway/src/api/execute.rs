@@ -1,0 +1,405 @@
+//! The code-execution service: `POST /api/v1/execute` and the WebSocket
+//! `/api/v1/execute/ws` (see `execute_ws`). Untrusted Python runs in the
+//! sandbox's forked, walled-in processes, never in the gateway; WebAssembly
+//! runs in wasmtime with fuel, a deadline and memory caps.
+
+use std::time::Duration;
+
+use base64::Engine;
+use orrery_sandbox::{
+    ExecutionResult, LimitsRequest, Outcome, PythonRequest, SandboxError, WasmRequest,
+};
+use poem::Request;
+use poem::web::websocket::{BoxWebSocketUpgraded, WebSocket};
+use poem_openapi::SecurityScheme;
+use poem_openapi::payload::Json;
+use poem_openapi::{Enum, Object, OpenApi};
+use serde::Deserialize;
+
+use crate::api::ApiTags;
+use crate::auth::{ExecuteKey, ExecuteKeyQuery};
+use crate::error::{ApiError, ApiResult};
+use crate::exec::{Executor, outcome_name};
+use crate::state::{AppState, app_state};
+
+/// The language of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum, Deserialize)]
+#[oai(rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
+pub enum Language {
+    /// Python 3 source in `code`.
+    Python,
+    /// WebAssembly: WAT text in `code`, a base64 `module`, or an uploaded
+    /// `module_id`. WASI preview 1 command modules and preview 2 components.
+    Wasm,
+}
+
+impl Language {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Python => "python",
+            Self::Wasm => "wasm",
+        }
+    }
+}
+
+/// Lower limits for one execution; each is capped by the server's maximum
+/// (`execute.*` settings), never raised.
+#[derive(Debug, Clone, Default, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsIn {
+    /// Wall-clock time, ms.
+    pub wall_time_ms: Option<u64>,
+    /// CPU time, ms (Python).
+    pub cpu_time_ms: Option<u64>,
+    /// Memory, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Output kept (stdout plus stderr), bytes.
+    pub output_bytes: Option<u64>,
+    /// Source or module size, bytes.
+    pub code_bytes: Option<u64>,
+    /// WebAssembly fuel.
+    pub fuel: Option<u64>,
+}
+
+impl From<&LimitsIn> for LimitsRequest {
+    fn from(l: &LimitsIn) -> Self {
+        LimitsRequest {
+            wall_time: l.wall_time_ms.map(Duration::from_millis),
+            cpu_time: l.cpu_time_ms.map(Duration::from_millis),
+            memory_bytes: l.memory_bytes,
+            output_bytes: l.output_bytes,
+            code_bytes: l.code_bytes,
+            fuel: l.fuel,
+            table_elements: None,
+        }
+    }
+}
+
+/// An execution request.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteIn {
+    // No doc comment: see `KeyOut::kind`.
+    pub language: Language,
+    /// Python source, or WAT text for `wasm`.
+    pub code: Option<String>,
+    /// An uploaded module's id (`wasm`).
+    pub module_id: Option<String>,
+    /// A WebAssembly binary, base64 (`wasm`).
+    pub module: Option<String>,
+    /// Standard input.
+    pub stdin: Option<String>,
+    /// Arguments (`wasm`; `argv[0]` is `main`).
+    pub args: Option<Vec<String>>,
+    /// WebSocket only: keep stdin open for `stdin` messages until
+    /// `stdin_close` (Python).
+    pub interactive: Option<bool>,
+    /// Lower limits for this execution.
+    pub limits: Option<LimitsIn>,
+}
+
+/// How an execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "snake_case")]
+pub enum ExecStatus {
+    /// Ran to its end.
+    Completed,
+    /// Raised an exception (Python) or trapped / exited non-zero (WASM).
+    Error,
+    /// Refused before running (forbidden construct, bad syntax).
+    Rejected,
+    /// Stopped by a limit; `limit` says which.
+    LimitExceeded,
+    /// Cancelled by the client.
+    Cancelled,
+    /// The sandbox process died unexpectedly.
+    Crashed,
+}
+
+/// An exception.
+#[derive(Debug, Clone, Object)]
+pub struct ExecErrorOut {
+    /// Exception type, e.g. `ZeroDivisionError`, or `trap`.
+    #[oai(rename = "type")]
+    pub error_type: String,
+    /// Its message.
+    pub message: String,
+    /// Traceback of the user's own lines.
+    pub traceback: Option<String>,
+}
+
+/// The limit that stopped an execution.
+#[derive(Debug, Clone, Object)]
+pub struct LimitOut {
+    /// `wall_time`, `cpu_time`, `memory`, `output`, `code_size`, `fuel`, `table`.
+    pub what: String,
+    /// Its value (ms for times, bytes for sizes).
+    pub limit: u64,
+}
+
+/// The result of an execution.
+#[derive(Debug, Clone, Object)]
+pub struct ExecuteOut {
+    // No doc comment: see `KeyOut::kind`.
+    pub status: ExecStatus,
+    /// Standard output (cut at the output limit).
+    pub stdout: String,
+    /// Standard error (cut at the output limit).
+    pub stderr: String,
+    /// Whether output was cut.
+    pub output_truncated: bool,
+    /// `repr()` of the final expression's value, when the code ends with one.
+    pub value: Option<String>,
+    /// Exit code (WASM).
+    pub exit_code: Option<i32>,
+    /// The exception, when `status` is `error`.
+    pub error: Option<ExecErrorOut>,
+    /// The limit hit, when `status` is `limit_exceeded`.
+    pub limit: Option<LimitOut>,
+    /// Why it was rejected or crashed.
+    pub reason: Option<String>,
+    /// Duration, ms.
+    pub duration_ms: f64,
+}
+
+impl From<ExecutionResult> for ExecuteOut {
+    fn from(r: ExecutionResult) -> Self {
+        let (status, error, limit, reason) = match r.outcome {
+            Outcome::Completed => (ExecStatus::Completed, None, None, None),
+            Outcome::Error {
+                error_type,
+                message,
+                traceback,
+            } => (
+                ExecStatus::Error,
+                Some(ExecErrorOut {
+                    error_type,
+                    message,
+                    traceback,
+                }),
+                None,
+                None,
+            ),
+            Outcome::Rejected { reason } => (ExecStatus::Rejected, None, None, Some(reason)),
+            Outcome::LimitExceeded(hit) => (
+                ExecStatus::LimitExceeded,
+                None,
+                Some(LimitOut {
+                    what: hit.what.as_str().to_owned(),
+                    limit: hit.limit,
+                }),
+                None,
+            ),
+            Outcome::Cancelled => (ExecStatus::Cancelled, None, None, None),
+            Outcome::Crashed { reason } => (ExecStatus::Crashed, None, None, Some(reason)),
+        };
+        Self {
+            status,
+            stdout: r.stdout,
+            stderr: r.stderr,
+            output_truncated: r.output_truncated,
+            value: r.value,
+            exit_code: r.exit_code,
+            error,
+            limit,
+            reason,
+            duration_ms: r.duration.as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// The executor, or 404 when the service is switched off.
+pub fn executor(state: &AppState) -> ApiResult<&Executor> {
+    state.exec.as_deref().ok_or_else(|| {
+        ApiError::new(
+            poem::http::StatusCode::NOT_FOUND,
+            "execution_disabled",
+            "the code-execution service is switched off (execute.enabled = false)",
+        )
+    })
+}
+
+/// Maps sandbox failures to API errors.
+pub fn sandbox_error(err: SandboxError) -> ApiError {
+    match err {
+        SandboxError::InvalidModule(why) => ApiError::bad_request("invalid_module", why),
+        SandboxError::ModuleNotFound(id) => ApiError::not_found(&format!("module {id}")),
+        SandboxError::ModuleTooLarge { size, limit } => ApiError::too_large(format!(
+            "module is {size} bytes, more than the limit of {limit} (execute.wasm_module_bytes)"
+        )),
+        SandboxError::StoreFull { limit } => ApiError::new(
+            poem::http::StatusCode::INSUFFICIENT_STORAGE,
+            "module_store_full",
+            format!(
+                "the project's modules already use {limit} bytes (execute.wasm_store_bytes); delete some"
+            ),
+        ),
+        SandboxError::Zygote(_) | SandboxError::ZygoteDied => {
+            ApiError::unavailable("python_unavailable", err.to_string(), 5)
+        }
+        other => ApiError::internal(&other),
+    }
+}
+
+/// Checks that the fields fit the language.
+///
+/// # Errors
+/// 400 `invalid_request` naming the field.
+pub fn validate(input: &ExecuteIn) -> ApiResult<()> {
+    let bad = |field: &str, why: &str| {
+        Err(ApiError::bad_request(
+            "invalid_request",
+            format!("`{field}` {why}"),
+        ))
+    };
+    match input.language {
+        Language::Python => {
+            if input.code.is_none() {
+                return bad("code", "is required for python");
+            }
+            if input.module.is_some() || input.module_id.is_some() {
+                return bad("module", "is only for wasm");
+            }
+            if input.args.as_ref().is_some_and(|a| !a.is_empty()) {
+                return bad("args", "is only for wasm");
+            }
+        }
+        Language::Wasm => {
+            let given = [
+                input.code.is_some(),
+                input.module.is_some(),
+                input.module_id.is_some(),
+            ]
+            .iter()
+            .filter(|g| **g)
+            .count();
+            if given != 1 {
+                return bad(
+                    "code",
+                    "for wasm give exactly one of `code` (WAT), `module` (base64) or `module_id`",
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The Python request for an input.
+pub fn python_request(input: &ExecuteIn) -> PythonRequest {
+    PythonRequest {
+        code: input.code.clone().unwrap_or_default(),
+        stdin: input.stdin.clone(),
+        interactive: input.interactive.unwrap_or(false),
+        limits: input.limits.as_ref().map(Into::into).unwrap_or_default(),
+    }
+}
+
+/// Runs a WASM input to its end.
+///
+/// # Errors
+/// 400 for a bad module, 404 for an unknown module id.
+pub async fn run_wasm(
+    state: &AppState,
+    project: uuid::Uuid,
+    input: &ExecuteIn,
+) -> ApiResult<ExecutionResult> {
+    let ex = executor(state)?;
+    let request = WasmRequest {
+        args: input.args.clone().unwrap_or_default(),
+        stdin: input.stdin.clone().unwrap_or_default().into_bytes(),
+        limits: input.limits.as_ref().map(Into::into).unwrap_or_default(),
+    };
+    if let Some(id) = &input.module_id {
+        let store = ex.modules(project)?;
+        return store.run(id, request).await.map_err(sandbox_error);
+    }
+    let bytes = match (&input.code, &input.module) {
+        (Some(wat), _) => wat.clone().into_bytes(),
+        (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+            .decode(b64.trim())
+            .map_err(|e| {
+                ApiError::bad_request("invalid_module", format!("`module` is not base64: {e}"))
+            })?,
+        (None, None) => Vec::new(),
+    };
+    ex.wasm.execute(bytes, request).await.map_err(sandbox_error)
+}
+
+/// The WebSocket's credential: the header, or `api_key` in the query string
+/// for browsers (which cannot set headers on a WebSocket).
+#[derive(SecurityScheme)]
+pub enum WsAuth {
+    /// `X-API-Key` header.
+    Header(ExecuteKey),
+    /// `api_key` query parameter.
+    Query(ExecuteKeyQuery),
+}
+
+/// Code execution.
+pub struct ExecuteApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Execute")]
+impl ExecuteApi {
+    /// Run code
+    ///
+    /// Runs Python or WebAssembly in the sandbox and answers its output,
+    /// final value, error and the limit hit, if any. A limit hit is an
+    /// ordinary answer (`status: limit_exceeded`), not an error. Needs a
+    /// secret key or an execute key; rate-limited per key; 503 with
+    /// `Retry-After` when every slot and the queue are busy.
+    #[oai(path = "/execute", method = "post", operation_id = "execute")]
+    async fn execute(
+        &self,
+        req: &Request,
+        auth: ExecuteKey,
+        body: Json<ExecuteIn>,
+    ) -> ApiResult<Json<ExecuteOut>> {
+        let state = app_state(req);
+        let ex = executor(state)?;
+        let input = body.0;
+        validate(&input)?;
+        ex.check_rate(auth.0.key.id)?;
+        let _slot = ex.slot().await?;
+        let result = match input.language {
+            Language::Python => ex
+                .python()?
+                .execute(python_request(&input))
+                .await
+                .map_err(sandbox_error)?,
+            Language::Wasm => run_wasm(state, auth.0.project_id(), &input).await?,
+        };
+        ex.metrics.record(input.language.label(), &result);
+        tracing::debug!(
+            language = input.language.label(),
+            outcome = outcome_name(&result.outcome),
+            "executed"
+        );
+        Ok(Json(result.into()))
+    }
+
+    /// Run code, streaming
+    ///
+    /// A WebSocket: send `{"type": "execute", ...}` with the fields of
+    /// `POST /execute`; receive `stdout` / `stderr` chunks as the program
+    /// writes them, then one `result`. Also `stdin`, `stdin_close` and
+    /// `cancel` messages. The protocol is described in the README.
+    #[oai(path = "/execute/ws", method = "get", operation_id = "execute_ws")]
+    async fn ws(
+        &self,
+        req: &Request,
+        auth: WsAuth,
+        ws: WebSocket,
+    ) -> ApiResult<BoxWebSocketUpgraded> {
+        let state = app_state(req).clone();
+        executor(&state)?;
+        let principal = match auth {
+            WsAuth::Header(k) => k.0,
+            WsAuth::Query(k) => k.0,
+        };
+        Ok(ws
+            .on_upgrade(move |socket| crate::api::execute_ws::session(state, principal, socket))
+            .boxed())
+    }
+}

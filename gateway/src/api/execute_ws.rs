@@ -1,0 +1,248 @@
+//! `GET /api/v1/execute/ws`: run code and stream its output.
+//!
+//! The protocol, one JSON object per text message:
+//!
+//! client → server
+//! - `{"type": "execute", "language": "python", "code": "...", "stdin": "...",
+//!   "interactive": true, "limits": {...}}` (the fields of `POST /execute`)
+//! - `{"type": "stdin", "data": "..."}`: more input (interactive Python)
+//! - `{"type": "stdin_close"}`: end of input
+//! - `{"type": "cancel"}`: stop the running execution
+//!
+//! server → client
+//! - `{"type": "started"}`
+//! - `{"type": "stdout", "data": "..."}` / `{"type": "stderr", "data": "..."}`,
+//!   as the program writes (Python; WASM output comes when it ends)
+//! - `{"type": "result", ...}`: the fields of the `POST /execute` answer
+//! - `{"type": "error", "code": "...", "message": "..."}`: a malformed
+//!   message, a refused execution (rate limit, busy) or a message that does
+//!   not fit now; the connection stays open.
+//!
+//! One connection runs any number of executions, one at a time.
+
+use futures_util::{SinkExt, StreamExt};
+use orrery_sandbox::Stream;
+use poem::web::websocket::{Message, WebSocketStream};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::execute::{
+    ExecuteIn, ExecuteOut, Language, executor, python_request, run_wasm, sandbox_error, validate,
+};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum ClientMsg {
+    Execute(Box<ExecuteIn>),
+    Stdin { data: String },
+    StdinClose,
+    Cancel,
+}
+
+fn error_msg(code: &str, message: impl Into<String>) -> Message {
+    Message::Text(json!({"type": "error", "code": code, "message": message.into()}).to_string())
+}
+
+fn api_error_msg(e: &ApiError) -> Message {
+    let mut v = json!({"type": "error", "code": e.code, "message": e.message});
+    if let Some(secs) = e.retry_after {
+        v["retry_after"] = json!(secs);
+    }
+    Message::Text(v.to_string())
+}
+
+fn result_msg(out: ExecuteOut) -> Message {
+    let mut v = serde_json::to_value(ResultWire::from(out)).unwrap_or(Value::Null);
+    v["type"] = json!("result");
+    Message::Text(v.to_string())
+}
+
+/// Serialisable copy of [`ExecuteOut`] (poem-openapi objects are not serde).
+#[derive(serde::Serialize)]
+struct ResultWire {
+    status: Value,
+    stdout: String,
+    stderr: String,
+    output_truncated: bool,
+    value: Option<String>,
+    exit_code: Option<i32>,
+    error: Option<Value>,
+    limit: Option<Value>,
+    reason: Option<String>,
+    duration_ms: f64,
+}
+
+impl From<ExecuteOut> for ResultWire {
+    fn from(o: ExecuteOut) -> Self {
+        use poem_openapi::types::ToJSON;
+        Self {
+            status: o.status.to_json().unwrap_or(Value::Null),
+            stdout: o.stdout,
+            stderr: o.stderr,
+            output_truncated: o.output_truncated,
+            value: o.value,
+            exit_code: o.exit_code,
+            error: o.error.and_then(|e| e.to_json()),
+            limit: o.limit.and_then(|l| l.to_json()),
+            reason: o.reason,
+            duration_ms: o.duration_ms,
+        }
+    }
+}
+
+fn parse(msg: &Message) -> Option<Result<ClientMsg, String>> {
+    match msg {
+        Message::Text(t) => Some(serde_json::from_str(t).map_err(|e| e.to_string())),
+        Message::Binary(b) => Some(serde_json::from_slice(b).map_err(|e| e.to_string())),
+        _ => None,
+    }
+}
+
+/// Serves one WebSocket connection.
+pub async fn session(state: AppState, principal: Principal, socket: WebSocketStream) {
+    let (mut tx, mut rx) = socket.split();
+    while let Some(Ok(msg)) = rx.next().await {
+        if matches!(msg, Message::Close(_)) {
+            break;
+        }
+        let input = match parse(&msg) {
+            None => continue,
+            Some(Err(e)) => {
+                let _ = tx
+                    .send(error_msg(
+                        "invalid_message",
+                        format!("not a valid message: {e}"),
+                    ))
+                    .await;
+                continue;
+            }
+            Some(Ok(ClientMsg::Execute(input))) => *input,
+            Some(Ok(_)) => {
+                let _ = tx
+                    .send(error_msg(
+                        "nothing_running",
+                        "send an `execute` message first",
+                    ))
+                    .await;
+                continue;
+            }
+        };
+        match run_one(&state, &principal, input, &mut tx, &mut rx).await {
+            Ok(true) => {}
+            Ok(false) => return, // the client went away
+            Err(e) => {
+                if tx.send(api_error_msg(&e)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+type Tx = futures_util::stream::SplitSink<WebSocketStream, Message>;
+type Rx = futures_util::stream::SplitStream<WebSocketStream>;
+
+/// Runs one execution; `Ok(false)` when the client disconnected.
+async fn run_one(
+    state: &AppState,
+    principal: &Principal,
+    input: ExecuteIn,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Result<bool, ApiError> {
+    let ex = executor(state)?;
+    validate(&input)?;
+    ex.check_rate(principal.key.id)?;
+    let _slot = ex.slot().await?;
+    if tx
+        .send(Message::Text(json!({"type": "started"}).to_string()))
+        .await
+        .is_err()
+    {
+        return Ok(false);
+    }
+    if input.language == Language::Wasm {
+        let result = run_wasm(state, principal.project_id(), &input).await?;
+        ex.metrics.record("wasm", &result);
+        for (stream, data) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
+            if !data.is_empty() {
+                let _ = tx
+                    .send(Message::Text(
+                        json!({"type": stream, "data": data}).to_string(),
+                    ))
+                    .await;
+            }
+        }
+        return Ok(tx.send(result_msg(result.into())).await.is_ok());
+    }
+    let mut exec = ex
+        .python()?
+        .spawn(python_request(&input))
+        .await
+        .map_err(sandbox_error)?;
+    let mut connected = true;
+    loop {
+        enum Event {
+            Output(Option<orrery_sandbox::OutputChunk>),
+            Client(Option<Message>),
+        }
+        let event = tokio::select! {
+            chunk = exec.next_output() => Event::Output(chunk),
+            msg = rx.next(), if connected => Event::Client(msg.and_then(Result::ok)),
+        };
+        match event {
+            Event::Output(None) => break,
+            Event::Output(Some(chunk)) => {
+                let stream = match chunk.stream {
+                    Stream::Stdout => "stdout",
+                    Stream::Stderr => "stderr",
+                };
+                let text = json!({"type": stream, "data": chunk.data}).to_string();
+                if tx.send(Message::Text(text)).await.is_err() {
+                    exec.cancel();
+                    connected = false;
+                }
+            }
+            Event::Client(None) | Event::Client(Some(Message::Close(_))) => {
+                exec.cancel();
+                connected = false;
+            }
+            Event::Client(Some(msg)) => match parse(&msg) {
+                None => {}
+                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(data.as_bytes()) => {
+                    let _ = tx
+                        .send(error_msg(
+                            "stdin_closed",
+                            "stdin is closed (send `interactive: true` to keep it open)",
+                        ))
+                        .await;
+                }
+                Some(Ok(ClientMsg::Stdin { .. })) => {}
+                Some(Ok(ClientMsg::StdinClose)) => exec.close_stdin(),
+                Some(Ok(ClientMsg::Cancel)) => exec.cancel(),
+                Some(Ok(ClientMsg::Execute(_))) => {
+                    let _ = tx
+                        .send(error_msg("busy", "an execution is running on this connection; wait for its result or cancel it"))
+                        .await;
+                }
+                Some(Err(e)) => {
+                    let _ = tx
+                        .send(error_msg(
+                            "invalid_message",
+                            format!("not a valid message: {e}"),
+                        ))
+                        .await;
+                }
+            },
+        }
+    }
+    let result = exec.wait().await;
+    ex.metrics.record("python", &result);
+    if !connected {
+        return Ok(false);
+    }
+    Ok(tx.send(result_msg(result.into())).await.is_ok())
+}
