@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use orrery_core::config::{Config, redact_url};
 use orrery_core::store::Store;
-use poem::listener::{Acceptor, Listener, TcpListener};
+use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
+use poem::web::{LocalAddr, RemoteAddr};
 use tracing::info;
 
 use crate::state::State;
@@ -65,7 +66,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     }
     info!(%local, "listening");
 
-    poem::Server::new_with_acceptor(acceptor)
+    poem::Server::new_with_acceptor(NoDelay(acceptor))
         .run_with_graceful_shutdown(crate::app(state.clone()), shutdown, Some(shutdown_timeout))
         .await
         .context("server error")?;
@@ -88,4 +89,28 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
         }
         info!("shutdown requested");
     })
+}
+
+/// Sets `TCP_NODELAY` on every accepted connection: answers and WebSocket
+/// messages are small, and Nagle's algorithm would hold a second small
+/// write (a streamed chunk after a `started` message, say) until the
+/// client's delayed ACK, some 40 ms later.
+struct NoDelay(TcpAcceptor);
+
+impl Acceptor for NoDelay {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(
+        &mut self,
+    ) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
+        let (io, local, remote, scheme) = self.0.accept().await?;
+        if let Err(error) = io.set_nodelay(true) {
+            tracing::debug!(%error, "TCP_NODELAY not set");
+        }
+        Ok((io, local, remote, scheme))
+    }
 }

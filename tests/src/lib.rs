@@ -19,18 +19,21 @@ pub fn orrery_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/orrery
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile> directory");
-    let bin = dir.join("orrery");
-    assert!(
-        bin.exists(),
-        "{} not found: run `cargo build -p orrery-gateway` first (or set ORRERY_BIN)",
-        bin.display()
-    );
-    bin
+    // Tests live in target/<profile>/deps/, tool binaries (the benches) in
+    // target/<profile>/: the orrery binary is next to one or the other.
+    let dir = exe.parent().expect("target directory");
+    let candidates = [Some(dir), dir.parent()];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(|d| d.join("orrery"))
+        .find(|p| p.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "no orrery binary next to {}: run `cargo build -p orrery-gateway` first (or set ORRERY_BIN)",
+            exe.display()
+        )
+    })
 }
 
 /// Which database a test runs on.

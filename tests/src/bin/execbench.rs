@@ -191,6 +191,7 @@ async fn main() -> Result<()> {
     let upload = reqwest::Client::new()
         .post(server.url("/api/v1/wasm/modules?name=bench"))
         .header("X-API-Key", &server.keys.secret_key)
+        .header("content-type", "application/wasm")
         .body(WAT)
         .send()
         .await?;
