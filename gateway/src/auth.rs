@@ -141,28 +141,39 @@ impl KeyCache {
     }
 }
 
-async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
+/// Authenticates `key` and checks that its kind is one of `allowed`.
+async fn principal(
+    req: &Request,
+    key: HeaderKey,
+    allowed: &[KeyKind],
+    refusal: &'static str,
+) -> poem::Result<Principal> {
     let state = state(req);
     let key = state.keys.authenticate(&state.store, &key.key).await?;
-    if key.kind != KeyKind::Secret {
-        return Err(ApiError::forbidden(
-            "a public key (pk_) can only send events; reading and administration need a secret key (sk_)",
-        )
-        .into());
+    if !allowed.contains(&key.kind) {
+        return Err(ApiError::forbidden(refusal).into());
     }
     Ok(Principal { key })
 }
 
+async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
+    principal(
+        req,
+        key,
+        &[KeyKind::Secret],
+        "reading and administration need a secret key (sk_): a public key (pk_) can only send events, an execute key (xk_) only run code",
+    )
+    .await
+}
+
 async fn check_execute(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
-    let state = state(req);
-    let key = state.keys.authenticate(&state.store, &key.key).await?;
-    if !matches!(key.kind, KeyKind::Secret | KeyKind::Execute) {
-        return Err(ApiError::forbidden(
-            "code execution needs a secret key (sk_) or an execute key (xk_)",
-        )
-        .into());
-    }
-    Ok(Principal { key })
+    principal(
+        req,
+        key,
+        &[KeyKind::Secret, KeyKind::Execute],
+        "code execution needs a secret key (sk_) or an execute key (xk_)",
+    )
+    .await
 }
 
 /// A key allowed to run code: a secret key (`sk_...`) or an execute key

@@ -373,6 +373,18 @@ async fn websocket_streams_output_as_it_is_written() {
     let msgs = ws_until_result(&mut ws).await;
     assert_eq!(msgs.last().unwrap().1["status"], "cancelled");
 
+    // A WASM loop, cancelled.
+    let spin = "(module (func (export \"_start\") (loop (br 0))))";
+    ws_send(
+        &mut ws,
+        json!({"type": "execute", "language": "wasm", "code": spin}),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws_send(&mut ws, json!({"type": "cancel"})).await;
+    let msgs = ws_until_result(&mut ws).await;
+    assert_eq!(msgs.last().unwrap().1["status"], "cancelled", "{msgs:?}");
+
     // WASM over the socket.
     ws_send(
         &mut ws,

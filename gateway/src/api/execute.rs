@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use orrery_sandbox::wasm::WasmExecution;
 use orrery_sandbox::{
     ExecutionResult, LimitsRequest, Outcome, PythonRequest, SandboxError, WasmRequest,
 };
@@ -296,15 +297,15 @@ pub fn python_request(input: &ExecuteIn) -> PythonRequest {
     }
 }
 
-/// Runs a WASM input to its end.
+/// Starts a WASM input; the handle streams its output.
 ///
 /// # Errors
 /// 400 for a bad module, 404 for an unknown module id.
-pub async fn run_wasm(
+pub async fn start_wasm(
     state: &AppState,
     project: uuid::Uuid,
     input: &ExecuteIn,
-) -> ApiResult<ExecutionResult> {
+) -> ApiResult<WasmExecution> {
     let ex = executor(state)?;
     let request = WasmRequest {
         args: input.args.clone().unwrap_or_default(),
@@ -313,7 +314,7 @@ pub async fn run_wasm(
     };
     if let Some(id) = &input.module_id {
         let store = ex.modules(project)?;
-        return store.run(id, request).await.map_err(sandbox_error);
+        return store.start(id, request).await.map_err(sandbox_error);
     }
     let bytes = match (&input.code, &input.module) {
         (Some(wat), _) => wat.clone().into_bytes(),
@@ -324,7 +325,7 @@ pub async fn run_wasm(
             })?,
         (None, None) => Vec::new(),
     };
-    ex.wasm.execute(bytes, request).await.map_err(sandbox_error)
+    ex.wasm.start(bytes, request).await.map_err(sandbox_error)
 }
 
 /// The WebSocket's credential: the header, or `api_key` in the query string
@@ -368,7 +369,12 @@ impl ExecuteApi {
                 .execute(python_request(&input))
                 .await
                 .map_err(sandbox_error)?,
-            Language::Wasm => run_wasm(state, auth.0.project_id(), &input).await?,
+            Language::Wasm => {
+                start_wasm(state, auth.0.project_id(), &input)
+                    .await?
+                    .wait()
+                    .await
+            }
         };
         ex.metrics.record(input.language.label(), &result);
         tracing::debug!(

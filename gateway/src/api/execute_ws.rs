@@ -12,7 +12,7 @@
 //! server → client
 //! - `{"type": "started"}`
 //! - `{"type": "stdout", "data": "..."}` / `{"type": "stderr", "data": "..."}`,
-//!   as the program writes (Python; WASM output comes when it ends)
+//!   as the program writes
 //! - `{"type": "result", ...}`: the fields of the `POST /execute` answer
 //! - `{"type": "error", "code": "...", "message": "..."}`: a malformed
 //!   message, a refused execution (rate limit, busy) or a message that does
@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::api::execute::{
-    ExecuteIn, ExecuteOut, Language, executor, python_request, run_wasm, sandbox_error, validate,
+    ExecuteIn, ExecuteOut, Language, executor, python_request, sandbox_error, start_wasm, validate,
 };
 use crate::auth::Principal;
 use crate::error::ApiError;
@@ -142,6 +142,49 @@ pub async fn session(state: AppState, principal: Principal, socket: WebSocketStr
     }
 }
 
+/// A running execution of either language.
+enum Running {
+    Python(orrery_sandbox::Execution),
+    Wasm(orrery_sandbox::wasm::WasmExecution),
+}
+
+impl Running {
+    async fn next_output(&mut self) -> Option<orrery_sandbox::OutputChunk> {
+        match self {
+            Self::Python(e) => e.next_output().await,
+            Self::Wasm(e) => e.next_output().await,
+        }
+    }
+
+    /// False when stdin is closed (WASM gets all of its stdin at the start).
+    fn write_stdin(&self, data: &str) -> bool {
+        match self {
+            Self::Python(e) => e.write_stdin(data.as_bytes()),
+            Self::Wasm(_) => false,
+        }
+    }
+
+    fn close_stdin(&mut self) {
+        if let Self::Python(e) = self {
+            e.close_stdin();
+        }
+    }
+
+    fn cancel(&mut self) {
+        match self {
+            Self::Python(e) => e.cancel(),
+            Self::Wasm(e) => e.cancel(),
+        }
+    }
+
+    async fn wait(self) -> orrery_sandbox::ExecutionResult {
+        match self {
+            Self::Python(e) => e.wait().await,
+            Self::Wasm(e) => e.wait().await,
+        }
+    }
+}
+
 type Tx = futures_util::stream::SplitSink<WebSocketStream, Message>;
 type Rx = futures_util::stream::SplitStream<WebSocketStream>;
 
@@ -164,25 +207,15 @@ async fn run_one(
     {
         return Ok(false);
     }
-    if input.language == Language::Wasm {
-        let result = run_wasm(state, principal.project_id(), &input).await?;
-        ex.metrics.record("wasm", &result);
-        for (stream, data) in [("stdout", &result.stdout), ("stderr", &result.stderr)] {
-            if !data.is_empty() {
-                let _ = tx
-                    .send(Message::Text(
-                        json!({"type": stream, "data": data}).to_string(),
-                    ))
-                    .await;
-            }
-        }
-        return Ok(tx.send(result_msg(result.into())).await.is_ok());
-    }
-    let mut exec = ex
-        .python()?
-        .spawn(python_request(&input))
-        .await
-        .map_err(sandbox_error)?;
+    let mut exec = match input.language {
+        Language::Python => Running::Python(
+            ex.python()?
+                .spawn(python_request(&input))
+                .await
+                .map_err(sandbox_error)?,
+        ),
+        Language::Wasm => Running::Wasm(start_wasm(state, principal.project_id(), &input).await?),
+    };
     let mut connected = true;
     loop {
         enum Event {
@@ -212,7 +245,7 @@ async fn run_one(
             }
             Event::Client(Some(msg)) => match parse(&msg) {
                 None => {}
-                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(data.as_bytes()) => {
+                Some(Ok(ClientMsg::Stdin { data })) if !exec.write_stdin(&data) => {
                     let _ = tx
                         .send(error_msg(
                             "stdin_closed",
@@ -240,7 +273,7 @@ async fn run_one(
         }
     }
     let result = exec.wait().await;
-    ex.metrics.record("python", &result);
+    ex.metrics.record(input.language.label(), &result);
     if !connected {
         return Ok(false);
     }
