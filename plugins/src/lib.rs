@@ -2,6 +2,8 @@
 //!
 //! - [`ip_hash`]: mandatory and first; replaces the client IP by a
 //!   daily-rotating keyed hash and derives a cookieless visitor id.
+//! - [`referrer`]: source classification (direct, search, social, email,
+//!   internal, other), UTM parameters, page host and path.
 //!
 //! Registration is one explicit line per plugin in [`default_pipeline`].
 
@@ -12,21 +14,30 @@ use orrery_core::pipeline::{Pipeline, Stage};
 use orrery_core::plugin::{OnError, PluginError};
 
 pub mod ip_hash;
+pub mod referrer;
 
 /// Time limit of one plugin call on a batch, by default.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// The pipeline every project gets: `ip_hash` first.
+/// The pipeline every project gets: `ip_hash` first, then `referrer`.
 ///
 /// # Errors
 /// [`PluginError::Config`] when the IP-hash secret is unusable.
 pub fn default_pipeline(ip_hash_secret: &[u8]) -> Result<Pipeline, PluginError> {
     let ip_hash = ip_hash::IpHash::from_config(ip_hash_secret, ip_hash::IpHashConfig::default())?;
-    Ok(Pipeline::new(vec![Stage {
-        plugin: Arc::new(ip_hash),
-        // The IP must never be stored: an event ip_hash cannot process is
-        // not kept without its hash.
-        on_error: OnError::Drop,
-        timeout: DEFAULT_PLUGIN_TIMEOUT,
-    }]))
+    let referrer = referrer::Referrer::from_config(referrer::ReferrerConfig::default())?;
+    Ok(Pipeline::new(vec![
+        Stage {
+            plugin: Arc::new(ip_hash),
+            // The IP must never be stored: an event ip_hash cannot process
+            // is not kept without its hash.
+            on_error: OnError::Drop,
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+        },
+        Stage {
+            plugin: Arc::new(referrer),
+            on_error: OnError::Skip,
+            timeout: DEFAULT_PLUGIN_TIMEOUT,
+        },
+    ]))
 }

@@ -73,6 +73,11 @@ async fn single_and_batch_events_are_stored_and_read_back() {
             "ip hashed"
         );
         assert!(signup["visitor_id"].is_string());
+        // The default pipeline's referrer plugin.
+        let enrichment = &signup["enrichment"];
+        assert_eq!(enrichment["referrer_source"], "search", "{signup}");
+        assert_eq!(enrichment["referrer_name"], "Google");
+        assert_eq!(enrichment["page_path"], "/join");
         // Newest first: the batch came after the signup.
         assert_eq!(events.last().unwrap()["event"], "signup");
         drop(server);
