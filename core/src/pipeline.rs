@@ -1,11 +1,14 @@
 //! The pipeline: a project's ordered plugins, applied to a batch.
 //!
-//! Each plugin call is bounded by a time limit; a plugin that fails, times
-//! out or returns a malformed answer has its `on_error` policy applied to
-//! the events concerned, and the batch goes on.
+//! Each plugin call is bounded by a time limit; a plugin that fails,
+//! panics, times out or returns a malformed answer has its `on_error`
+//! policy applied to the events concerned, and the batch goes on.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::FutureExt;
 
 use tracing::warn;
 
@@ -86,16 +89,23 @@ impl Pipeline {
                 break;
             }
             let name = stage.plugin.name();
-            let outcome =
-                tokio::time::timeout(stage.timeout, stage.plugin.process(&mut work)).await;
+            // A panic inside the plugin is caught here and treated as a
+            // failure of the batch: the events were only borrowed by it.
+            let call = AssertUnwindSafe(stage.plugin.process(&mut work)).catch_unwind();
+            let outcome = tokio::time::timeout(stage.timeout, call).await;
             let verdicts: Vec<Verdict> = match outcome {
-                Ok(Ok(v)) if v.len() == work.len() => v,
-                Ok(Ok(v)) => {
+                Ok(Err(_panic)) => {
+                    let reason = "panicked".to_owned();
+                    warn!(plugin = %name, "plugin panicked");
+                    vec![Verdict::Fail(reason); work.len()]
+                }
+                Ok(Ok(Ok(v))) if v.len() == work.len() => v,
+                Ok(Ok(Ok(v))) => {
                     let reason = format!("returned {} verdicts for {} events", v.len(), work.len());
                     warn!(plugin = %name, %reason, "plugin misbehaved");
                     vec![Verdict::Fail(reason); work.len()]
                 }
-                Ok(Err(error)) => {
+                Ok(Ok(Err(error))) => {
                     warn!(plugin = %name, %error, "plugin failed on a batch");
                     vec![Verdict::Fail(error.to_string()); work.len()]
                 }
@@ -141,5 +151,168 @@ impl Pipeline {
             done[pos] = Some((env, Fate::Store));
         }
         done.into_iter().flatten().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use async_trait::async_trait;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::event::{EventLimits, RequestContext, parse_event};
+    use crate::plugin::PluginError;
+
+    /// A plugin that behaves as told, per event name.
+    struct Scripted {
+        name: &'static str,
+        behaviour: &'static str,
+    }
+
+    #[async_trait]
+    impl Plugin for Scripted {
+        fn name(&self) -> &str {
+            self.name
+        }
+
+        async fn process(&self, batch: &mut [Envelope]) -> Result<Vec<Verdict>, PluginError> {
+            match self.behaviour {
+                "panic" => panic!("plugin bug"),
+                "sleep" => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok(vec![Verdict::Keep; batch.len()])
+                }
+                "error" => Err(PluginError::Failed {
+                    plugin: self.name.to_owned(),
+                    reason: "backend down".to_owned(),
+                }),
+                "short" => Ok(Vec::new()),
+                _ => Ok(batch
+                    .iter_mut()
+                    .map(|e| {
+                        e.event.enrichment.insert(self.name.to_owned(), json!(true));
+                        match e.event.name.as_str() {
+                            "drop-me" => Verdict::Drop("unwanted".to_owned()),
+                            "fail-me" => Verdict::Fail("cannot".to_owned()),
+                            _ => Verdict::Keep,
+                        }
+                    })
+                    .collect()),
+            }
+        }
+    }
+
+    fn stage(name: &'static str, behaviour: &'static str, on_error: OnError) -> Stage {
+        Stage {
+            plugin: Arc::new(Scripted { name, behaviour }),
+            on_error,
+            timeout: Duration::from_millis(50),
+        }
+    }
+
+    fn batch(names: &[&str]) -> Vec<Envelope> {
+        let ctx = Arc::new(RequestContext {
+            ip: Some("203.0.113.1".parse::<IpAddr>().unwrap()),
+            ..RequestContext::default()
+        });
+        names
+            .iter()
+            .map(|n| Envelope {
+                event: parse_event(
+                    &json!({ "event": n }),
+                    Uuid::nil(),
+                    1_795_430_000_000,
+                    EventLimits {
+                        max_event_bytes: 1024,
+                    },
+                )
+                .unwrap(),
+                context: ctx.clone(),
+            })
+            .collect()
+    }
+
+    fn fates(out: &[(Envelope, Fate)]) -> Vec<&'static str> {
+        out.iter()
+            .map(|(_, f)| match f {
+                Fate::Store => "store",
+                Fate::Dropped { .. } => "dropped",
+                Fate::DeadLetter { .. } => "dead_letter",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn plugins_run_in_order_and_verdicts_apply_per_event() {
+        let p = Pipeline::new(vec![
+            stage("first", "ok", OnError::Skip),
+            stage("second", "ok", OnError::DeadLetter),
+        ]);
+        let out = p.run(batch(&["a", "drop-me", "fail-me", "b"])).await;
+        // `fail-me` goes on past `first` (skip), then `second` fails it
+        // under dead_letter.
+        assert_eq!(fates(&out), ["store", "dropped", "dead_letter", "store"]);
+        let out = Pipeline::new(vec![stage("first", "ok", OnError::Skip)])
+            .run(batch(&["fail-me"]))
+            .await;
+        assert_eq!(fates(&out), ["store"]);
+        let (env, _) = &p.run(batch(&["a"])).await[0];
+        assert_eq!(env.event.enrichment["first"], true);
+        assert_eq!(env.event.enrichment["second"], true);
+        // A dropped event is not seen by later plugins.
+        let out = p.run(batch(&["drop-me"])).await;
+        assert!(!out[0].0.event.enrichment.contains_key("second"));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_plugin_is_contained_by_its_policy() {
+        for (policy, want) in [
+            (OnError::Skip, "store"),
+            (OnError::Drop, "dropped"),
+            (OnError::DeadLetter, "dead_letter"),
+        ] {
+            let p = Pipeline::new(vec![
+                stage("bad", "panic", policy),
+                stage("after", "ok", OnError::Skip),
+            ]);
+            let out = p.run(batch(&["a", "b"])).await;
+            assert_eq!(fates(&out), [want, want], "{policy:?}");
+            if policy == OnError::Skip {
+                assert_eq!(
+                    out[0].0.event.enrichment["after"], true,
+                    "the batch goes on"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_plugin_past_its_time_limit_is_cut_off() {
+        let p = Pipeline::new(vec![stage("slow", "sleep", OnError::DeadLetter)]);
+        let started = std::time::Instant::now();
+        let out = p.run(batch(&["a"])).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        match &out[0].1 {
+            Fate::DeadLetter { plugin, error } => {
+                assert_eq!(plugin, "slow");
+                assert!(error.contains("timed out"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn errors_and_malformed_answers_apply_the_policy() {
+        let out = Pipeline::new(vec![stage("e", "error", OnError::Drop)])
+            .run(batch(&["a"]))
+            .await;
+        assert_eq!(fates(&out), ["dropped"]);
+        let out = Pipeline::new(vec![stage("s", "short", OnError::DeadLetter)])
+            .run(batch(&["a", "b"]))
+            .await;
+        assert_eq!(fates(&out), ["dead_letter", "dead_letter"]);
     }
 }
