@@ -160,8 +160,6 @@ pub struct Executor {
     /// Uploaded modules, one store per project.
     stores: Mutex<HashMap<Uuid, std::sync::Arc<ModuleStore>>>,
     modules_root: std::path::PathBuf,
-    /// The configured maximum limits of Python.
-    pub python_limits: Limits,
     /// Metrics.
     pub metrics: ExecMetrics,
     config: ExecuteConfig,
@@ -244,7 +242,6 @@ impl Executor {
             wasm,
             stores: Mutex::new(HashMap::new()),
             modules_root: config.data_dir.join("wasm"),
-            python_limits: limits,
             metrics,
             config: ex.clone(),
             slots: std::sync::Arc::new(Semaphore::new(running)),

@@ -117,19 +117,14 @@ impl WriterDb {
                 });
             }
         }
-        let inserted = match &self.pool {
-            WriterPool::Sqlite(pool) => match sqlite_commit(pool, &rows, dead, false).await? {
-                Some(inserted) => inserted,
-                None => sqlite_commit(pool, &rows, dead, true)
-                    .await?
-                    .ok_or_else(|| DbErr::Custom("insert outcomes unknown".into()))?,
-            },
-            WriterPool::Postgres(pool) => match pg_commit(pool, &rows, dead, false).await? {
-                Some(inserted) => inserted,
-                None => pg_commit(pool, &rows, dead, true)
-                    .await?
-                    .ok_or_else(|| DbErr::Custom("insert outcomes unknown".into()))?,
-            },
+        // Fast first; when some rows turned out to be duplicates, again in
+        // the mode that tells which.
+        let inserted = match self.insert(&rows, dead, false).await? {
+            Some(inserted) => inserted,
+            None => self
+                .insert(&rows, dead, true)
+                .await?
+                .ok_or_else(|| DbErr::Custom("insert outcomes unknown".into()))?,
         };
         let mut outcomes = vec![InsertOutcome::Duplicate; events.len()];
         for (&i, ok) in firsts.iter().zip(inserted) {
@@ -139,6 +134,44 @@ impl WriterDb {
         }
         Ok(outcomes)
     }
+}
+
+impl WriterDb {
+    /// One transaction on this backend; see [`sqlite_commit`].
+    async fn insert(
+        &self,
+        rows: &[Row<'_>],
+        dead: &[NewDeadLetter],
+        exact: bool,
+    ) -> Result<Option<Vec<bool>>, DbErr> {
+        match &self.pool {
+            WriterPool::Sqlite(pool) => sqlite_commit(pool, rows, dead, exact).await,
+            WriterPool::Postgres(pool) => pg_commit(pool, rows, dead, exact).await,
+        }
+    }
+}
+
+/// Writes dead letters in an open transaction `$tx` with the backend's
+/// `$sql` (the two backends differ only in placeholders and a JSON cast).
+macro_rules! insert_dead_letters {
+    ($tx:expr, $sql:expr, $dead:expr) => {{
+        let now = now_ms();
+        for l in $dead {
+            let payload =
+                serde_json::to_string(&l.payload).map_err(|e| DbErr::Json(e.to_string()))?;
+            sqlx::query($sql)
+                .bind(Uuid::now_v7())
+                .bind(l.project_id)
+                .bind(l.event_id)
+                .bind(payload)
+                .bind(l.plugin.as_str())
+                .bind(l.error.as_str())
+                .bind(now)
+                .execute(&mut *$tx)
+                .await
+                .map_err(exec_err)?;
+        }
+    }};
 }
 
 fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, DbErr> {
@@ -231,24 +264,12 @@ async fn sqlite_commit(
             return Ok(None);
         }
     }
-    let now = now_ms();
-    for l in dead {
-        let payload = serde_json::to_string(&l.payload).map_err(|e| DbErr::Json(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
-             created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(l.project_id)
-        .bind(l.event_id)
-        .bind(payload)
-        .bind(l.plugin.as_str())
-        .bind(l.error.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(exec_err)?;
-    }
+    insert_dead_letters!(
+        tx,
+        "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
+         created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        dead
+    );
     tx.commit().await.map_err(exec_err)?;
     Ok(Some(inserted))
 }
@@ -330,24 +351,12 @@ async fn pg_commit(
             }
         }
     }
-    let now = now_ms();
-    for l in dead {
-        let payload = serde_json::to_string(&l.payload).map_err(|e| DbErr::Json(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
-             created_at) VALUES ($1, $2, $3, $4::json, $5, $6, $7)",
-        )
-        .bind(Uuid::now_v7())
-        .bind(l.project_id)
-        .bind(l.event_id)
-        .bind(payload)
-        .bind(l.plugin.as_str())
-        .bind(l.error.as_str())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(exec_err)?;
-    }
+    insert_dead_letters!(
+        tx,
+        "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
+         created_at) VALUES ($1, $2, $3, $4::json, $5, $6, $7)",
+        dead
+    );
     tx.commit().await.map_err(exec_err)?;
     Ok(Some(inserted))
 }

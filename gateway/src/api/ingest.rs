@@ -302,7 +302,7 @@ impl IngestApi {
         })?;
         let body_key = value.get("api_key").and_then(Value::as_str);
         let key = match auth.header().or(body_key) {
-            Some(k) => state.keys.authenticate(&state.store, k).await?,
+            Some(k) => ingest_key(&state, k).await?,
             None => {
                 return Err(ApiError::unauthorized(
                     "missing_key",
@@ -311,11 +311,6 @@ impl IngestApi {
             }
         };
         let is_batch = value.get("batch").is_some();
-        if key.kind == KeyKind::Execute {
-            return Err(ApiError::forbidden(
-                "an execute key (xk_) can only run code; send events with a pk_ or sk_ key",
-            ));
-        }
         let values = match value {
             Value::Object(mut obj) if is_batch => match obj.remove("batch") {
                 Some(Value::Array(items)) => {
@@ -393,18 +388,7 @@ impl IngestApi {
             state.core_metrics.count("rejected", 1);
             return PixelResponse::gif();
         };
-        let Ok(key) = state
-            .keys
-            .authenticate(&state.store, &key)
-            .await
-            .and_then(|k| {
-                if k.kind == KeyKind::Execute {
-                    Err(ApiError::forbidden("execute keys cannot send events"))
-                } else {
-                    Ok(k)
-                }
-            })
-        else {
+        let Ok(key) = ingest_key(&state, &key).await else {
             state.core_metrics.count("rejected", 1);
             return PixelResponse::gif();
         };
@@ -435,12 +419,18 @@ impl IngestApi {
     }
 }
 
-impl ApiError {
-    /// The same error with another code.
-    pub fn with_code(mut self, code: &'static str) -> Self {
-        self.code = code;
-        self
+/// Authenticates a key that may send events (public or secret).
+///
+/// # Errors
+/// 401 for an unknown, revoked or expired key; 403 for an execute key.
+async fn ingest_key(state: &AppState, key: &str) -> ApiResult<ApiKey> {
+    let key = state.keys.authenticate(&state.store, key).await?;
+    if key.kind == KeyKind::Execute {
+        return Err(ApiError::forbidden(
+            "an execute key (xk_) can only run code; send events with a pk_ or sk_ key",
+        ));
     }
+    Ok(key)
 }
 
 /// The client IP: the socket peer, or, when the peer is a trusted proxy,
