@@ -4,6 +4,8 @@
 //!   daily-rotating keyed hash and derives a cookieless visitor id.
 //! - [`referrer`]: source classification (direct, search, social, email,
 //!   internal, other), UTM parameters, page host and path.
+//! - [`geoip`]: country, region, city, coordinates, time zone and AS of the
+//!   client IP, from MaxMind-format databases and optionally ipinfo.io.
 //!
 //! Registration is one explicit line per plugin in [`default_pipeline`].
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 use orrery_core::pipeline::{Pipeline, Stage};
 use orrery_core::plugin::{OnError, PluginError};
 
+pub mod geoip;
 pub mod ip_hash;
 pub mod referrer;
 
