@@ -4,6 +4,8 @@
 //!   daily-rotating keyed hash and derives a cookieless visitor id.
 //! - [`referrer`]: source classification (direct, search, social, email,
 //!   internal, other), UTM parameters, page host and path.
+//! - [`user_agent`]: browser, OS, device type (desktop, mobile, tablet,
+//!   bot) and bot flag, with uap-core's regexes; can drop bots.
 //!
 //! Registration is one explicit line per plugin in [`default_pipeline`].
 
@@ -15,6 +17,7 @@ use orrery_core::plugin::{OnError, PluginError};
 
 pub mod ip_hash;
 pub mod referrer;
+pub mod user_agent;
 
 /// Time limit of one plugin call on a batch, by default.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
