@@ -6,6 +6,8 @@
 //!   internal, other), UTM parameters, page host and path.
 //! - [`geoip`]: country, region, city, coordinates, time zone and AS of the
 //!   client IP, from MaxMind-format databases and optionally ipinfo.io.
+//! - [`user_agent`]: browser, OS, device type (desktop, mobile, tablet,
+//!   bot) and bot flag, with uap-core's regexes; can drop bots.
 //!
 //! Registration is one explicit line per plugin in [`default_pipeline`].
 
@@ -18,6 +20,7 @@ use orrery_core::plugin::{OnError, PluginError};
 pub mod geoip;
 pub mod ip_hash;
 pub mod referrer;
+pub mod user_agent;
 
 /// Time limit of one plugin call on a batch, by default.
 pub const DEFAULT_PLUGIN_TIMEOUT: Duration = Duration::from_millis(100);
