@@ -55,6 +55,10 @@ pub struct Config {
     pub log: LogConfig,
     /// The code-execution service (Python and WebAssembly).
     pub execute: ExecuteConfig,
+    /// Enrichment pipelines: instance-wide defaults for every project.
+    pub pipeline: PipelineConfig,
+    /// Periodic insights (summary, trend, anomaly).
+    pub insights: InsightsConfig,
     /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
     /// (mode 0600) when not given here.
     pub secrets: SecretsConfig,
@@ -71,6 +75,8 @@ impl Default for Config {
             http: HttpConfig::default(),
             log: LogConfig::default(),
             execute: ExecuteConfig::default(),
+            pipeline: PipelineConfig::default(),
+            insights: InsightsConfig::default(),
             secrets: SecretsConfig::default(),
         }
     }
@@ -83,6 +89,62 @@ impl Config {
         match &self.database_url {
             Some(url) if !url.trim().is_empty() => url.trim().to_owned(),
             _ => format!("sqlite://{}", self.data_dir.join("orrery.db").display()),
+        }
+    }
+}
+
+/// Enrichment pipelines: instance-wide defaults. A project's own pipeline
+/// (`PUT /api/v1/projects/{id}/pipeline`) overrides the stages; these
+/// values fill what a stage leaves out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Time limit of one plugin call on a batch, in ms, unless a stage sets
+    /// its own `timeout_ms`.
+    pub plugin_timeout_ms: u64,
+    /// MaxMind-format city (or country) database for the `geoip` plugin,
+    /// unless a stage sets its own `database`. Empty: no offline geoip (the
+    /// plugin warns at start and skips).
+    pub geoip_database: Option<PathBuf>,
+    /// MaxMind-format ASN database for the `geoip` plugin (optional).
+    pub geoip_asn_database: Option<PathBuf>,
+    /// Seconds a project's pipeline is cached before it is read again from
+    /// the database, so that a change made through another instance
+    /// sharing the database takes effect here too. Changes made through
+    /// this instance take effect at once.
+    pub reload_secs: u64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            plugin_timeout_ms: 100,
+            geoip_database: None,
+            geoip_asn_database: None,
+            reload_secs: 10,
+        }
+    }
+}
+
+/// Periodic insights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InsightsConfig {
+    /// Run the insights job periodically (it can always be run through
+    /// `POST /api/v1/projects/{id}/insights/generate`).
+    pub enabled: bool,
+    /// Minutes between two runs.
+    pub interval_minutes: u64,
+    /// Robust z-score beyond which an hourly count is an anomaly.
+    pub anomaly_threshold: f64,
+}
+
+impl Default for InsightsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_minutes: 60,
+            anomaly_threshold: 3.5,
         }
     }
 }

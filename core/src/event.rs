@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -26,8 +26,9 @@ pub const MAX_FUTURE_SKEW_MS: i64 = 24 * 3600 * 1000;
 /// Earliest accepted client timestamp: 2000-01-01T00:00:00Z, in ms.
 pub const MIN_TIMESTAMP_MS: i64 = 946_684_800_000;
 
-/// An event as it goes through the pipeline and into the store.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// An event as it goes through the pipeline and into the store. Its JSON
+/// form (serde) is what a dead letter keeps and what replay reads back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Unique per project; a client may choose it to make retries idempotent.
     pub id: Uuid,

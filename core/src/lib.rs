@@ -10,6 +10,7 @@
 //!   [`pipeline::Pipeline`] runs a project's steps in order, with limits.
 //! - [`store::Store`]: SQLite or PostgreSQL through sea-orm, migrations,
 //!   queries.
+//! - [`insights`]: summary, trend and anomaly findings from stored counts.
 //! - [`writer::Writer`]: group commit; a request is answered only after its
 //!   events are committed.
 //!
@@ -26,6 +27,7 @@
 
 pub mod config;
 pub mod event;
+pub mod insights;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;

@@ -16,6 +16,81 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// Labels of a plugin's event counts.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginOutcomeLabel {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `in`, `kept`, `dropped` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Label of a plugin's latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginLabel {
+    /// The plugin's name.
+    pub plugin: String,
+}
+
+fn plugin_seconds() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+}
+
+/// Per-plugin metrics of the pipelines; clones share the same series.
+#[derive(Clone, Debug)]
+pub struct PluginMetrics {
+    /// Events by plugin and outcome (`in`, `kept`, `dropped`, `failed`).
+    pub events: Family<PluginOutcomeLabel, Counter>,
+    /// Seconds per plugin call on a batch.
+    pub seconds: Family<PluginLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for PluginMetrics {
+    fn default() -> Self {
+        Self {
+            events: Family::default(),
+            seconds: Family::new_with_constructor(plugin_seconds),
+        }
+    }
+}
+
+impl PluginMetrics {
+    /// Registers the metrics under the `orrery_plugin` prefix.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "orrery_plugin_events",
+            "Events seen by each plugin, by outcome (in, kept, dropped, failed)",
+            self.events.clone(),
+        );
+        registry.register(
+            "orrery_plugin_duration_seconds",
+            "Duration of one plugin call on a batch",
+            self.seconds.clone(),
+        );
+    }
+
+    /// Counts `n` events of `plugin` with `outcome`.
+    pub fn count(&self, plugin: &str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.events
+                .get_or_create(&PluginOutcomeLabel {
+                    plugin: plugin.to_owned(),
+                    outcome,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Records one call of `plugin` that took `seconds`.
+    pub fn observe(&self, plugin: &str, seconds: f64) {
+        self.seconds
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_owned(),
+            })
+            .observe(seconds);
+    }
+}
+
 /// Metrics of ingestion and the writer; clones share the same series.
 #[derive(Clone, Debug)]
 pub struct CoreMetrics {

@@ -6,14 +6,36 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
-
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use tracing::warn;
 
 use crate::event::Envelope;
+use crate::metrics::PluginMetrics;
 use crate::plugin::{OnError, Plugin, Verdict};
+
+/// One stage of a project's pipeline as configured and stored: which
+/// plugin, its config, its `on_error` policy and time limit. The plugin
+/// registry turns a list of these into a [`Pipeline`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// The registered plugin name, e.g. `geoip`.
+    pub plugin: String,
+    /// The plugin's own configuration (a JSON object; `{}` for defaults).
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// What happens to an event the plugin fails on.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Time limit of one call on a batch, in milliseconds; the instance
+    /// default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
 
 /// One configured plugin in a pipeline.
 #[derive(Clone)]
@@ -61,12 +83,23 @@ pub enum Fate {
 #[derive(Debug, Clone, Default)]
 pub struct Pipeline {
     stages: Vec<Stage>,
+    metrics: Option<PluginMetrics>,
 }
 
 impl Pipeline {
     /// A pipeline of the given stages, in order.
     pub fn new(stages: Vec<Stage>) -> Self {
-        Self { stages }
+        Self {
+            stages,
+            metrics: None,
+        }
+    }
+
+    /// Counts events and times calls per plugin in `metrics`.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: PluginMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The stages, in order.
@@ -92,7 +125,12 @@ impl Pipeline {
             // A panic inside the plugin is caught here and treated as a
             // failure of the batch: the events were only borrowed by it.
             let call = AssertUnwindSafe(stage.plugin.process(&mut work)).catch_unwind();
+            let started = Instant::now();
             let outcome = tokio::time::timeout(stage.timeout, call).await;
+            if let Some(m) = &self.metrics {
+                m.observe(name, started.elapsed().as_secs_f64());
+                m.count(name, "in", work.len() as u64);
+            }
             let verdicts: Vec<Verdict> = match outcome {
                 Ok(Err(_panic)) => {
                     let reason = "panicked".to_owned();
@@ -115,6 +153,19 @@ impl Pipeline {
                     vec![Verdict::Fail(reason); work.len()]
                 }
             };
+            if let Some(m) = &self.metrics {
+                let (mut kept, mut dropped, mut failed) = (0, 0, 0);
+                for v in &verdicts {
+                    match v {
+                        Verdict::Keep => kept += 1,
+                        Verdict::Drop(_) => dropped += 1,
+                        Verdict::Fail(_) => failed += 1,
+                    }
+                }
+                m.count(name, "kept", kept);
+                m.count(name, "dropped", dropped);
+                m.count(name, "failed", failed);
+            }
             let mut next_work = Vec::with_capacity(work.len());
             let mut next_positions = Vec::with_capacity(work.len());
             for ((pos, verdict), env) in positions.into_iter().zip(verdicts).zip(work) {

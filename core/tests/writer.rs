@@ -211,3 +211,58 @@ async fn projects_and_keys_round_trip() {
         db.drop_db().await;
     }
 }
+
+#[tokio::test]
+async fn a_job_lease_has_one_holder_until_it_expires() {
+    for backend in backends("a_job_lease_has_one_holder_until_it_expires") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = open(backend, &dir).await;
+        let later = now_ms() + 60_000;
+        assert!(store.acquire_lease("insights", "a", later).await.unwrap());
+        assert!(!store.acquire_lease("insights", "b", later).await.unwrap());
+        // The holder renews; another job is independent.
+        assert!(
+            store
+                .acquire_lease("insights", "a", later + 1)
+                .await
+                .unwrap()
+        );
+        assert!(store.acquire_lease("rollups", "b", later).await.unwrap());
+        // An expired lease can be taken over.
+        assert!(
+            store
+                .acquire_lease("expiring", "a", now_ms() - 1)
+                .await
+                .unwrap()
+        );
+        assert!(store.acquire_lease("expiring", "b", later).await.unwrap());
+        assert!(!store.acquire_lease("expiring", "a", later).await.unwrap());
+        store.close().await;
+        db.drop_db().await;
+    }
+}
+
+#[tokio::test]
+async fn stored_pipelines_round_trip_and_reset() {
+    use orrery_core::pipeline::StageSpec;
+    for backend in backends("stored_pipelines_round_trip_and_reset") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap();
+        assert_eq!(store.get_pipeline(project.id).await.unwrap(), None);
+        let stages: Vec<StageSpec> = serde_json::from_value(serde_json::json!([
+            {"plugin": "ip_hash"},
+            {"plugin": "session", "config": {"inactivity_minutes": 5}, "on_error": "dead_letter", "timeout_ms": 20}
+        ]))
+        .unwrap();
+        store.put_pipeline(project.id, &stages).await.unwrap();
+        store.put_pipeline(project.id, &stages[..1]).await.unwrap();
+        store.put_pipeline(project.id, &stages).await.unwrap();
+        let got = store.get_pipeline(project.id).await.unwrap().unwrap();
+        assert_eq!(got.stages, stages);
+        store.delete_pipeline(project.id).await.unwrap();
+        assert_eq!(store.get_pipeline(project.id).await.unwrap(), None);
+        store.close().await;
+        db.drop_db().await;
+    }
+}

@@ -14,6 +14,8 @@ pub mod commands;
 pub mod error;
 pub mod exec;
 pub mod http;
+pub mod jobs;
+pub mod pipelines;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -31,7 +31,25 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .as_ref()
         .map(|s| s.expose().as_bytes().to_vec())
         .unwrap_or_default();
-    let pipeline = orrery_plugins::default_pipeline(&secret)?;
+    // Compile the user-agent regexes now rather than in the first request.
+    tokio::task::spawn_blocking(orrery_plugins::user_agent::warm_up)
+        .await
+        .context("warming up the user-agent parser")??;
+    let registry = orrery_plugins::Registry::new(
+        &secret,
+        orrery_plugins::RegistryConfig {
+            timeout: Duration::from_millis(config.pipeline.plugin_timeout_ms),
+            geoip_database: config.pipeline.geoip_database.clone(),
+            geoip_asn_database: config.pipeline.geoip_asn_database.clone(),
+        },
+        Some(store.clone()),
+        orrery_core::metrics::PluginMetrics::default(),
+    );
+    let pipelines = crate::pipelines::Pipelines::new(
+        registry,
+        Duration::from_secs(config.pipeline.reload_secs),
+    )
+    .context("building the default pipeline (see [pipeline] in the configuration)")?;
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await
@@ -49,7 +67,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
-    let state = State::new(config, store.clone(), pipeline, exec);
+    let state = State::new(config, store.clone(), pipelines, exec);
     // Install the handlers before announcing the address, so that a signal
     // sent as soon as we listen is a graceful shutdown, not a kill.
     let shutdown = shutdown_signal()?;
@@ -65,6 +83,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         );
     }
     info!(%local, "listening");
+    crate::jobs::spawn_insights(state.clone());
 
     poem::Server::new_with_acceptor(NoDelay(acceptor))
         .run_with_graceful_shutdown(crate::app(state.clone()), shutdown, Some(shutdown_timeout))

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use orrery_core::config::Config;
 use orrery_core::metrics::CoreMetrics;
-use orrery_core::pipeline::Pipeline;
 use orrery_core::store::Store;
 use orrery_core::writer::{Writer, WriterConfig};
 use prometheus_client::registry::Registry;
@@ -13,6 +12,7 @@ use prometheus_client::registry::Registry;
 use crate::auth::KeyCache;
 use crate::exec::Executor;
 use crate::http::HttpMetrics;
+use crate::pipelines::Pipelines;
 
 /// Everything a handler needs; shared behind an `Arc`.
 #[derive(Debug)]
@@ -23,8 +23,8 @@ pub struct State {
     pub store: Store,
     /// The group-commit writer.
     pub writer: Writer,
-    /// The pipeline every project's events go through.
-    pub pipeline: Pipeline,
+    /// Each project's pipeline.
+    pub pipelines: Pipelines,
     /// Key lookups.
     pub keys: KeyCache,
     /// Core metrics (events, writer).
@@ -47,7 +47,7 @@ impl State {
     pub fn new(
         config: Config,
         store: Store,
-        pipeline: Pipeline,
+        pipelines: Pipelines,
         exec: Option<Executor>,
     ) -> AppState {
         let core_metrics = CoreMetrics::default();
@@ -55,6 +55,7 @@ impl State {
         let mut registry = Registry::default();
         core_metrics.register(&mut registry);
         http_metrics.register(&mut registry);
+        pipelines.registry().metrics().register(&mut registry);
         if let Some(ex) = &exec {
             ex.metrics.register(&mut registry);
         }
@@ -71,7 +72,7 @@ impl State {
             config,
             store,
             writer,
-            pipeline,
+            pipelines,
             keys: KeyCache::default(),
             core_metrics,
             http_metrics,

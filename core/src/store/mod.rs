@@ -18,17 +18,23 @@ use crate::config::{Config, SqliteSynchronous as SyncSetting, redact_url};
 pub mod dead_letters;
 pub mod entities;
 pub mod events;
+pub mod insights;
 pub mod keys;
 pub mod maintenance;
 pub mod migrations;
+pub mod pipelines;
 pub mod projects;
+pub mod sessions;
 pub mod writer_db;
 
-pub use dead_letters::NewDeadLetter;
+pub use dead_letters::{DeadLetter, DeadLetterFilter, NewDeadLetter};
 pub use events::{EventFilter, EventPage, InsertOutcome};
+pub use insights::{Insight, NewInsight, PeriodTotals};
 pub use keys::{ApiKey, KeyKind, NewKey};
 pub use maintenance::StoreStats;
+pub use pipelines::StoredPipeline;
 pub use projects::Project;
+pub use sessions::Session;
 pub use writer_db::WriterDb;
 
 /// Page cache of the SQLite writer connection, in KiB (SQLite's negative

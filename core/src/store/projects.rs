@@ -5,7 +5,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::entities::{api_key, dead_letter, event, project};
+use super::entities::{api_key, dead_letter, event, insight, project, project_pipeline, session};
 use super::{Store, StoreError};
 use crate::event::now_ms;
 
@@ -94,7 +94,8 @@ impl Store {
         Ok(active.update(self.db()).await?.into())
     }
 
-    /// Deletes a project with its keys, events and dead letters.
+    /// Deletes a project with its keys, events, sessions, insights, pipeline
+    /// and dead letters.
     ///
     /// # Errors
     /// [`StoreError::NotFound`] when there is no such project.
@@ -106,6 +107,17 @@ impl Store {
             .await?;
         dead_letter::Entity::delete_many()
             .filter(dead_letter::Column::ProjectId.eq(id))
+            .exec(&txn)
+            .await?;
+        session::Entity::delete_many()
+            .filter(session::Column::ProjectId.eq(id))
+            .exec(&txn)
+            .await?;
+        insight::Entity::delete_many()
+            .filter(insight::Column::ProjectId.eq(id))
+            .exec(&txn)
+            .await?;
+        project_pipeline::Entity::delete_by_id(id)
             .exec(&txn)
             .await?;
         api_key::Entity::delete_many()

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::dead_letters::NewDeadLetter;
 use super::events::InsertOutcome;
+use super::sessions::{SESSION_CHUNKS, session_deltas, upsert_sql};
 use crate::event::{Event, now_ms};
 
 /// The inserted columns of `events`, in bind order.
@@ -174,6 +175,46 @@ macro_rules! insert_dead_letters {
     }};
 }
 
+/// Folds the inserted `$rows` (flags in `$inserted`) into their sessions,
+/// in an open transaction `$tx`; `$postgres` picks the placeholders.
+macro_rules! upsert_sessions {
+    ($tx:expr, $postgres:expr, $rows:expr, $inserted:expr) => {{
+        let deltas = session_deltas(
+            $rows
+                .iter()
+                .zip($inserted.iter())
+                .filter(|(_, ok)| **ok)
+                .map(|(r, _)| r.event),
+        );
+        let mut rest = &deltas[..];
+        while !rest.is_empty() {
+            let size = SESSION_CHUNKS
+                .into_iter()
+                .find(|&c| c <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            let mut q = sqlx::query(upsert_sql($postgres, size));
+            for d in chunk {
+                q = q
+                    .bind(d.project_id)
+                    .bind(d.session_id)
+                    .bind(d.visitor_id)
+                    .bind(d.distinct_id)
+                    .bind(d.started_at)
+                    .bind(d.ended_at)
+                    .bind(d.ended_at - d.started_at)
+                    .bind(d.events)
+                    .bind(d.pageviews)
+                    .bind(d.entry_page)
+                    .bind(d.exit_page)
+                    .bind(d.pageviews <= 1);
+            }
+            q.execute(&mut *$tx).await.map_err(exec_err)?;
+        }
+    }};
+}
+
 fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, DbErr> {
     serde_json::to_string(map).map_err(|e| DbErr::Json(e.to_string()))
 }
@@ -264,6 +305,7 @@ async fn sqlite_commit(
             return Ok(None);
         }
     }
+    upsert_sessions!(tx, false, rows, inserted);
     insert_dead_letters!(
         tx,
         "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
@@ -351,6 +393,7 @@ async fn pg_commit(
             }
         }
     }
+    upsert_sessions!(tx, true, rows, inserted);
     insert_dead_letters!(
         tx,
         "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \

@@ -107,7 +107,7 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
 }
 
 /// A time given as RFC 3339 or milliseconds.
-fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
+pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
     if let Ok(ms) = v.parse::<i64>() {
         return Ok(ms);
     }

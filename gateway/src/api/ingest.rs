@@ -511,80 +511,14 @@ pub async fn ingest_values(
             })),
         }
     }
-    let fates = state.pipeline.run(envelopes).await;
-    let mut to_store = Vec::with_capacity(fates.len());
-    let mut store_positions = Vec::with_capacity(fates.len());
-    let mut dead = Vec::new();
-    for ((env, fate), pos) in fates.into_iter().zip(positions) {
-        let id = env.event.id;
-        match fate {
-            Fate::Store => {
-                to_store.push(env.event);
-                store_positions.push(pos);
-            }
-            Fate::Dropped { plugin, reason } => {
-                results[pos] = Some(EventResult {
-                    index: pos as u32,
-                    id: Some(id),
-                    status: EventStatus::Dropped,
-                    field: None,
-                    reason: Some(format!("{plugin}: {reason}")),
-                });
-            }
-            Fate::DeadLetter { plugin, error } => {
-                results[pos] = Some(EventResult {
-                    index: pos as u32,
-                    id: Some(id),
-                    status: EventStatus::DeadLetter,
-                    field: None,
-                    reason: Some(format!("{plugin}: {error}")),
-                });
-                dead.push(NewDeadLetter {
-                    project_id: env.event.project_id,
-                    event_id: Some(id),
-                    payload: serde_json::to_value(&env.event).unwrap_or(Value::Null),
-                    plugin,
-                    error,
-                });
-            }
-        }
-    }
-    let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
-    let outcomes = state.writer.write(to_store, dead).await.map_err(|e| {
-        let retry = state.config.ingest.retry_after_secs;
-        match e {
-            WriteError::QueueFull => ApiError::unavailable(
-                "queue_full",
-                "the server is at capacity; nothing was stored, retry later",
-                retry,
-            ),
-            WriteError::Closed => ApiError::unavailable(
-                "shutting_down",
-                "the server is shutting down; nothing was stored, retry later",
-                retry,
-            ),
-            WriteError::Store(cause) => {
-                tracing::error!(%cause, "commit failed");
-                ApiError::unavailable(
-                    "database_unavailable",
-                    "the database is unavailable; nothing was stored, retry later",
-                    retry,
-                )
-            }
-        }
-    })?;
-    for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
-        let (status, reason) = match outcome {
-            WriteOutcome::Inserted => (EventStatus::Accepted, None),
-            WriteOutcome::Duplicate => (EventStatus::Duplicate, None),
-            WriteOutcome::DeadLettered(r) => (EventStatus::DeadLetter, Some(format!("store: {r}"))),
-        };
+    let processed = enrich_and_store(state, key.project_id, envelopes, true).await?;
+    for (p, pos) in processed.into_iter().zip(positions) {
         results[pos] = Some(EventResult {
             index: pos as u32,
-            id: Some(id),
-            status,
+            id: Some(p.id),
+            status: p.status,
             field: None,
-            reason,
+            reason: p.reason,
         });
     }
     let results: Vec<EventResult> = results.into_iter().flatten().collect();
@@ -604,4 +538,109 @@ pub async fn ingest_values(
     m.count("dropped", response.dropped.into());
     m.count("dead_letter", response.dead_lettered.into());
     Ok(response)
+}
+
+/// What became of one event after the pipeline and the writer.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    /// The event's id.
+    pub id: Uuid,
+    /// Accepted, duplicate, dropped or dead-lettered.
+    pub status: EventStatus,
+    /// Why, for dropped and dead-lettered events: `plugin: reason`.
+    pub reason: Option<String>,
+}
+
+/// Runs `envelopes` (events of `project`) through the project's current
+/// pipeline and commits what it keeps; answers one [`Processed`] per
+/// envelope, in order, once committed. Events the pipeline sends to dead
+/// letters are written there when `write_dead_letters` (a replay keeps the
+/// original dead letter instead).
+///
+/// # Errors
+/// 503 when the queue is full, the server is stopping or the database
+/// failed; nothing was stored then.
+pub async fn enrich_and_store(
+    state: &AppState,
+    project: Uuid,
+    envelopes: Vec<Envelope>,
+    write_dead_letters: bool,
+) -> ApiResult<Vec<Processed>> {
+    let pipeline = state.pipelines.for_project(&state.store, project).await;
+    let fates = pipeline.run(envelopes).await;
+    let mut out: Vec<Option<Processed>> = Vec::with_capacity(fates.len());
+    let mut to_store = Vec::with_capacity(fates.len());
+    let mut store_positions = Vec::with_capacity(fates.len());
+    let mut dead = Vec::new();
+    for (pos, (env, fate)) in fates.into_iter().enumerate() {
+        let id = env.event.id;
+        match fate {
+            Fate::Store => {
+                to_store.push(env.event);
+                store_positions.push(pos);
+                out.push(None);
+            }
+            Fate::Dropped { plugin, reason } => out.push(Some(Processed {
+                id,
+                status: EventStatus::Dropped,
+                reason: Some(format!("{plugin}: {reason}")),
+            })),
+            Fate::DeadLetter { plugin, error } => {
+                out.push(Some(Processed {
+                    id,
+                    status: EventStatus::DeadLetter,
+                    reason: Some(format!("{plugin}: {error}")),
+                }));
+                if write_dead_letters {
+                    dead.push(NewDeadLetter {
+                        project_id: env.event.project_id,
+                        event_id: Some(id),
+                        payload: serde_json::to_value(&env.event).unwrap_or(Value::Null),
+                        plugin,
+                        error,
+                    });
+                }
+            }
+        }
+    }
+    let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
+    let outcomes = state
+        .writer
+        .write(to_store, dead)
+        .await
+        .map_err(|e| write_error(state, e))?;
+    for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
+        let (status, reason) = match outcome {
+            WriteOutcome::Inserted => (EventStatus::Accepted, None),
+            WriteOutcome::Duplicate => (EventStatus::Duplicate, None),
+            WriteOutcome::DeadLettered(r) => (EventStatus::DeadLetter, Some(format!("store: {r}"))),
+        };
+        out[pos] = Some(Processed { id, status, reason });
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
+/// The answer to a write the writer refused.
+fn write_error(state: &AppState, e: WriteError) -> ApiError {
+    let retry = state.config.ingest.retry_after_secs;
+    match e {
+        WriteError::QueueFull => ApiError::unavailable(
+            "queue_full",
+            "the server is at capacity; nothing was stored, retry later",
+            retry,
+        ),
+        WriteError::Closed => ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; nothing was stored, retry later",
+            retry,
+        ),
+        WriteError::Store(cause) => {
+            tracing::error!(%cause, "commit failed");
+            ApiError::unavailable(
+                "database_unavailable",
+                "the database is unavailable; nothing was stored, retry later",
+                retry,
+            )
+        }
+    }
 }

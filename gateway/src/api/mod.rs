@@ -2,13 +2,17 @@
 
 use poem_openapi::{OpenApiService, Tags};
 
+pub mod dead_letters;
 pub mod events;
 pub mod execute;
 pub mod execute_ws;
 pub mod ingest;
+pub mod insights;
 pub mod keys;
 pub mod ops;
+pub mod pipelines;
 pub mod projects;
+pub mod sessions;
 pub mod wasm_modules;
 
 /// The API's tags.
@@ -16,8 +20,14 @@ pub mod wasm_modules;
 pub enum ApiTags {
     /// Sending events: JSON (single or batch), sendBeacon, tracking pixel.
     Ingestion,
-    /// Reading stored events.
+    /// Reading stored events and sessions.
     Events,
+    /// A project's enrichment pipeline (admin).
+    Pipelines,
+    /// Events that failed in the pipeline or the store, and their replay.
+    DeadLetters,
+    /// Summary, trend and anomaly insights.
+    Insights,
     /// Projects (admin).
     Projects,
     /// API keys of a project (admin).
@@ -32,6 +42,10 @@ pub enum ApiTags {
 pub type Api = (
     ingest::IngestApi,
     events::EventsApi,
+    sessions::SessionsApi,
+    pipelines::PipelinesApi,
+    dead_letters::DeadLettersApi,
+    insights::InsightsApi,
     projects::ProjectsApi,
     keys::KeysApi,
     execute::ExecuteApi,
@@ -47,6 +61,10 @@ pub fn service() -> OpenApiService<Api, ()> {
         (
             ingest::IngestApi,
             events::EventsApi,
+            sessions::SessionsApi,
+            pipelines::PipelinesApi,
+            dead_letters::DeadLettersApi,
+            insights::InsightsApi,
             projects::ProjectsApi,
             keys::KeysApi,
             execute::ExecuteApi,

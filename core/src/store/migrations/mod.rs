@@ -6,6 +6,9 @@ mod m20261123_000001_create_projects;
 mod m20261123_000002_create_api_keys;
 mod m20261123_000003_create_events;
 mod m20261123_000004_create_dead_letters;
+mod m20261123_000005_create_pipelines;
+mod m20261123_000006_create_sessions;
+mod m20261123_000007_create_insights;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -19,6 +22,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000002_create_api_keys::Migration),
             Box::new(m20261123_000003_create_events::Migration),
             Box::new(m20261123_000004_create_dead_letters::Migration),
+            Box::new(m20261123_000005_create_pipelines::Migration),
+            Box::new(m20261123_000006_create_sessions::Migration),
+            Box::new(m20261123_000007_create_insights::Migration),
         ]
     }
 }

@@ -1,0 +1,127 @@
+//! Each project's pipeline, built from its stored stages and cached.
+//!
+//! A project without stored stages shares the default pipeline, built once
+//! at start (so a missing geoip database is reported then). A change made
+//! through this instance replaces the cached pipeline at once, so the next
+//! batch uses it; a change made through another instance sharing the
+//! database is picked up after `pipeline.reload_secs`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use orrery_core::pipeline::{Pipeline, StageSpec};
+use orrery_core::store::Store;
+use orrery_plugins::{Registry, SpecError};
+use tracing::warn;
+use uuid::Uuid;
+
+struct Cached {
+    pipeline: Arc<Pipeline>,
+    loaded: Instant,
+}
+
+/// The pipelines of all projects.
+pub struct Pipelines {
+    registry: Registry,
+    default: Arc<Pipeline>,
+    cache: RwLock<HashMap<Uuid, Cached>>,
+    reload: Duration,
+}
+
+impl std::fmt::Debug for Pipelines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipelines")
+            .field("reload", &self.reload)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipelines {
+    /// Builds the default pipeline with `registry`.
+    ///
+    /// # Errors
+    /// When the default stages do not build (a bad instance setting).
+    pub fn new(registry: Registry, reload: Duration) -> Result<Self, SpecError> {
+        let default = Arc::new(registry.build(&Registry::default_stages())?);
+        Ok(Self {
+            registry,
+            default,
+            cache: RwLock::new(HashMap::new()),
+            reload,
+        })
+    }
+
+    /// The registry (to validate stage lists).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The pipeline of `project`. When its stored stages cannot be read,
+    /// the last known pipeline (or the default) is used, with a warning.
+    pub async fn for_project(&self, store: &Store, project: Uuid) -> Arc<Pipeline> {
+        let stale = {
+            let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
+            match cache.get_mut(&project) {
+                Some(c) if c.loaded.elapsed() < self.reload => return Arc::clone(&c.pipeline),
+                Some(c) => {
+                    // Stale: this caller refreshes it, the others go on
+                    // with the old one meanwhile.
+                    c.loaded = Instant::now();
+                    Some(Arc::clone(&c.pipeline))
+                }
+                None => None,
+            }
+        };
+        let fallback = stale.unwrap_or_else(|| Arc::clone(&self.default));
+        self.load(store, project).await.unwrap_or(fallback)
+    }
+
+    async fn load(&self, store: &Store, project: Uuid) -> Option<Arc<Pipeline>> {
+        let pipeline = match store.get_pipeline(project).await {
+            Ok(None) => Arc::clone(&self.default),
+            Ok(Some(stored)) => match self.registry.build(&stored.stages) {
+                Ok(p) => Arc::new(p),
+                Err(error) => {
+                    // Stored stages were valid when written; a plugin or
+                    // setting changed since. Keep the events flowing.
+                    warn!(%project, %error, "stored pipeline no longer builds; using the default");
+                    Arc::clone(&self.default)
+                }
+            },
+            Err(error) => {
+                warn!(%project, %error, "cannot read the project's pipeline");
+                return None;
+            }
+        };
+        self.set(project, Arc::clone(&pipeline));
+        Some(pipeline)
+    }
+
+    /// Validates `stages` and builds them into a pipeline.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the invalid field.
+    pub fn build(&self, stages: &[StageSpec]) -> Result<Arc<Pipeline>, SpecError> {
+        self.registry.build(stages).map(Arc::new)
+    }
+
+    /// Makes `pipeline` the project's pipeline for the next batch.
+    pub fn set(&self, project: Uuid, pipeline: Arc<Pipeline>) {
+        self.cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                project,
+                Cached {
+                    pipeline,
+                    loaded: Instant::now(),
+                },
+            );
+    }
+
+    /// Puts the project back on the default pipeline.
+    pub fn reset(&self, project: Uuid) {
+        self.set(project, Arc::clone(&self.default));
+    }
+}
