@@ -18,6 +18,10 @@ use uuid::Uuid;
 
 struct Cached {
     pipeline: Arc<Pipeline>,
+    /// What it was built from; `None` for the default pipeline. A reload
+    /// that finds the same stages keeps the built pipeline (and its
+    /// plugins' caches).
+    stages: Option<Vec<StageSpec>>,
     loaded: Instant,
 }
 
@@ -60,6 +64,15 @@ impl Pipelines {
     /// The pipeline of `project`. When its stored stages cannot be read,
     /// the last known pipeline (or the default) is used, with a warning.
     pub async fn for_project(&self, store: &Store, project: Uuid) -> Arc<Pipeline> {
+        if let Some(c) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&project)
+            && c.loaded.elapsed() < self.reload
+        {
+            return Arc::clone(&c.pipeline);
+        }
         let stale = {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             match cache.get_mut(&project) {
@@ -78,9 +91,25 @@ impl Pipelines {
     }
 
     async fn load(&self, store: &Store, project: Uuid) -> Option<Arc<Pipeline>> {
-        let pipeline = match store.get_pipeline(project).await {
-            Ok(None) => Arc::clone(&self.default),
-            Ok(Some(stored)) => match self.registry.build(&stored.stages) {
+        let stages = match store.get_pipeline(project).await {
+            Ok(stored) => stored.map(|s| s.stages),
+            Err(error) => {
+                warn!(%project, %error, "cannot read the project's pipeline");
+                return None;
+            }
+        };
+        if let Some(c) = self
+            .cache
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&project)
+            && c.stages == stages
+        {
+            return Some(Arc::clone(&c.pipeline));
+        }
+        let pipeline = match &stages {
+            None => Arc::clone(&self.default),
+            Some(list) => match self.registry.build(list) {
                 Ok(p) => Arc::new(p),
                 Err(error) => {
                     // Stored stages were valid when written; a plugin or
@@ -89,12 +118,8 @@ impl Pipelines {
                     Arc::clone(&self.default)
                 }
             },
-            Err(error) => {
-                warn!(%project, %error, "cannot read the project's pipeline");
-                return None;
-            }
         };
-        self.set(project, Arc::clone(&pipeline));
+        self.set(project, stages, Arc::clone(&pipeline));
         Some(pipeline)
     }
 
@@ -106,8 +131,9 @@ impl Pipelines {
         self.registry.build(stages).map(Arc::new)
     }
 
-    /// Makes `pipeline` the project's pipeline for the next batch.
-    pub fn set(&self, project: Uuid, pipeline: Arc<Pipeline>) {
+    /// Makes `pipeline`, built from `stages` (`None`: the default), the
+    /// project's pipeline for the next batch.
+    pub fn set(&self, project: Uuid, stages: Option<Vec<StageSpec>>, pipeline: Arc<Pipeline>) {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -115,6 +141,7 @@ impl Pipelines {
                 project,
                 Cached {
                     pipeline,
+                    stages,
                     loaded: Instant::now(),
                 },
             );
@@ -122,6 +149,6 @@ impl Pipelines {
 
     /// Puts the project back on the default pipeline.
     pub fn reset(&self, project: Uuid) {
-        self.set(project, Arc::clone(&self.default));
+        self.set(project, None, Arc::clone(&self.default));
     }
 }

@@ -235,16 +235,21 @@ impl From<PluginError> for StageError {
 
 /// Parses a stage config, naming the field serde complains about.
 fn parse<T: DeserializeOwned>(config: &Map<String, Value>) -> Result<T, StageError> {
-    serde_json::from_value(Value::Object(config.clone())).map_err(|e| {
-        let reason = e.to_string();
-        // serde names the field in backticks: "unknown field `x`, ...",
-        // "missing field `y`"; a type error names none.
-        let field = reason
-            .split('`')
-            .nth(1)
-            .filter(|f| config.contains_key(*f) || reason.starts_with("missing field"))
-            .unwrap_or("")
-            .to_owned();
+    serde_path_to_error::deserialize(Value::Object(config.clone())).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.inner().to_string();
+        let field = if path == "." {
+            // An unknown or missing field is reported at the root; serde
+            // names it in backticks: "unknown field `x`, expected ...".
+            reason
+                .split('`')
+                .nth(1)
+                .filter(|f| config.contains_key(*f) || reason.starts_with("missing field"))
+                .unwrap_or("")
+                .to_owned()
+        } else {
+            path
+        };
         StageError::Config { field, reason }
     })
 }
@@ -304,6 +309,14 @@ mod tests {
             (
                 json!([{"plugin": "ip_hash", "timeout_ms": 0}]),
                 "stages[0].timeout_ms",
+            ),
+            (
+                json!([{"plugin": "ip_hash"}, {"plugin": "user_agent", "config": {"drop_bots": "yes"}}]),
+                "stages[1].config.drop_bots",
+            ),
+            (
+                json!([{"plugin": "ip_hash"}, {"plugin": "referrer", "config": {"internal_hosts": ["a", 3]}}]),
+                "stages[1].config.internal_hosts[1]",
             ),
         ];
         for (v, field) in cases {

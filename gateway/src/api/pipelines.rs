@@ -230,7 +230,9 @@ impl PipelinesApi {
             .build(&stages)
             .map_err(|e| ApiError::bad_request("invalid_pipeline", e.to_string()))?;
         let stored = state.store.put_pipeline(project_id.0, &stages).await?;
-        state.pipelines.set(project_id.0, pipeline);
+        state
+            .pipelines
+            .set(project_id.0, Some(stages.clone()), pipeline);
         tracing::info!(project = %project_id.0, stages = stages.len(), "pipeline replaced");
         Ok(Json(PipelineOut {
             stages: stored.stages.into_iter().map(Into::into).collect(),

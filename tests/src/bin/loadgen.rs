@@ -129,6 +129,20 @@ struct Args {
     /// Also print the result as one JSON line.
     #[arg(long)]
     json: bool,
+
+    /// Set the project's pipeline before the load: a JSON array of stages,
+    /// e.g. '[{"plugin":"ip_hash"}]' (needs the secret key: --spawn, or
+    /// --secret-key and --project-id).
+    #[arg(long, value_name = "JSON")]
+    stages: Option<String>,
+    /// Send `X-Forwarded-For: IP` (the spawned server must trust 127.0.0.1:
+    /// --env 'ORRERY_HTTP__TRUSTED_PROXIES=["127.0.0.1"]'), e.g. a public
+    /// address so that geoip has work to do.
+    #[arg(long, value_name = "IP")]
+    forwarded_for: Option<String>,
+    /// Leave out `session_id`, so that the `session` plugin assigns one.
+    #[arg(long)]
+    no_session_id: bool,
 }
 
 fn main() {
@@ -286,7 +300,7 @@ struct Body {
 }
 
 impl Body {
-    fn new(batch: usize, worker: usize) -> Self {
+    fn new(batch: usize, worker: usize, session_ids: bool) -> Self {
         let mut bytes = Vec::with_capacity(batch * 260 + 16);
         let mut id_offsets = Vec::with_capacity(batch);
         if batch > 1 {
@@ -302,13 +316,16 @@ impl Body {
             let _ = write!(
                 bytes,
                 "\",\"url\":\"https://example.test/docs/page-{}\",\"referrer\":\"https://www.google.com/\",\
-                 \"distinct_id\":\"user-{}\",\"session_id\":\"s-{worker}-{}\",\
-                 \"properties\":{{\"plan\":\"free\",\"variant\":\"v{}\",\"n\":{i}}}}}",
+                 \"distinct_id\":\"user-{}\",\
+                 \"properties\":{{\"plan\":\"free\",\"variant\":\"v{}\",\"n\":{i}}}",
                 i % 50,
                 (worker * 1000 + i) % 5000,
-                i % 10,
                 i % 2,
             );
+            if session_ids {
+                let _ = write!(bytes, ",\"session_id\":\"s-{worker}-{}\"", i % 10);
+            }
+            bytes.push(b'}');
         }
         if batch > 1 {
             bytes.extend_from_slice(b"]}");
@@ -366,10 +383,12 @@ struct Target {
     /// Base URL without a trailing slash.
     base: String,
     key: String,
+    /// Extra header lines, each ending in CRLF.
+    extra: String,
 }
 
 impl Target {
-    fn new(url: &str, key: &str) -> Result<Self> {
+    fn new(url: &str, key: &str, forwarded_for: Option<&str>) -> Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         let rest = base
             .strip_prefix("http://")
@@ -384,15 +403,19 @@ impl Target {
             authority,
             base,
             key: key.to_owned(),
+            extra: forwarded_for
+                .map(|ip| format!("X-Forwarded-For: {ip}\r\n"))
+                .unwrap_or_default(),
         })
     }
 
     fn head(&self, content_length: usize, gzip: bool) -> String {
         format!(
             "POST /api/v1/events HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\n\
-             Content-Type: application/json\r\nUser-Agent: {UA}\r\n{}Content-Length: {content_length}\r\n\r\n",
+             Content-Type: application/json\r\nUser-Agent: {UA}\r\n{}{}Content-Length: {content_length}\r\n\r\n",
             self.authority,
             self.key,
+            self.extra,
             if gzip {
                 "Content-Encoding: gzip\r\n"
             } else {
@@ -563,7 +586,7 @@ impl Worker {
         n: usize,
         pool: Option<&reqwest::Client>,
     ) -> Self {
-        let body = Body::new(args.batch, n);
+        let body = Body::new(args.batch, n, !args.no_session_id);
         let sender = match pool {
             None => {
                 let mut request = target.head(body.bytes.len(), false).into_bytes();
@@ -829,11 +852,14 @@ async fn drive(args: &Args, server: Option<&Spawned>) -> Result<(bool, Option<u6
             args.key.clone().expect("clap requires --key"),
         ),
     };
-    let target = Arc::new(Target::new(&url, &key)?);
+    let target = Arc::new(Target::new(&url, &key, args.forwarded_for.as_deref())?);
     let server_pid = server.map(|s| s.child.id()).or(args.server_pid);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
+    if let Some(stages) = &args.stages {
+        set_pipeline(&http, &target, args, server, stages).await?;
+    }
     let counter = Counter::new(args, server, &target);
     let baseline = if args.verify {
         Some(counter.count(&http).await?)
@@ -1168,6 +1194,44 @@ fn stats_events(bin: &Path, data_dir: Option<&Path>, database_url: Option<&str>)
 // ---------------------------------------------------------------------------
 // --spawn
 
+/// PUTs the project's pipeline stages.
+async fn set_pipeline(
+    http: &reqwest::Client,
+    target: &Target,
+    args: &Args,
+    server: Option<&Spawned>,
+    stages: &str,
+) -> Result<()> {
+    let stages: serde_json::Value = serde_json::from_str(stages).context("--stages is not JSON")?;
+    let (secret, project) = match server {
+        Some(s) => (s.secret_key.clone(), s.project_id.clone()),
+        None => (
+            args.secret_key
+                .clone()
+                .ok_or_else(|| anyhow!("--stages needs --secret-key"))?,
+            args.project_id
+                .clone()
+                .ok_or_else(|| anyhow!("--stages needs --project-id"))?,
+        ),
+    };
+    let resp = http
+        .put(format!(
+            "{}/api/v1/projects/{project}/pipeline",
+            target.base
+        ))
+        .header("X-API-Key", secret)
+        .json(&serde_json::json!({ "stages": stages }))
+        .send()
+        .await?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("setting the pipeline failed: {status} {body}");
+    }
+    println!("pipeline: {stages}");
+    Ok(())
+}
+
 struct Spawned {
     bin: PathBuf,
     child: Child,
@@ -1177,6 +1241,8 @@ struct Spawned {
     database_url: Option<String>,
     url: String,
     key: String,
+    secret_key: String,
+    project_id: String,
 }
 
 impl Spawned {
@@ -1217,6 +1283,8 @@ impl Spawned {
             .as_str()
             .ok_or_else(|| anyhow!("orrery init --json printed no public_key: {init}"))?
             .to_owned();
+        let secret_key = init["secret_key"].as_str().unwrap_or_default().to_owned();
+        let project_id = init["project_id"].as_str().unwrap_or_default().to_owned();
 
         let mut cmd = orrery_command(&bin, Some(&data_dir), db);
         cmd.args(["serve", "--listen", "127.0.0.1:0"])
@@ -1274,6 +1342,8 @@ impl Spawned {
             database_url: args.database_url.clone(),
             url,
             key,
+            secret_key,
+            project_id,
         })
     }
 
