@@ -23,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::event::Event;
 use crate::metrics::CoreMetrics;
+use crate::store::EncodedEvent;
 use crate::store::Store;
 use crate::store::dead_letters::NewDeadLetter;
 use crate::store::events::InsertOutcome;
@@ -64,7 +65,7 @@ pub enum WriteError {
 }
 
 struct Job {
-    events: Vec<Event>,
+    events: Vec<EncodedEvent>,
     dead: Vec<NewDeadLetter>,
     reply: oneshot::Sender<Result<Vec<WriteOutcome>, WriteError>>,
     _permit: OwnedSemaphorePermit,
@@ -149,8 +150,10 @@ impl Writer {
             .try_acquire_many_owned(want)
             .map_err(|_| WriteError::QueueFull)?;
         let (reply, rx) = oneshot::channel();
+        // JSON encoding happens here, in the caller's task, so that the
+        // single writer task only talks to the database.
         let job = Job {
-            events,
+            events: events.into_iter().map(EncodedEvent::new).collect(),
             dead,
             reply,
             _permit: permit,
@@ -233,7 +236,7 @@ async fn run(
 /// connection.
 async fn commit(
     store: &Store,
-    events: &[&Event],
+    events: &[&EncodedEvent],
     dead: &[NewDeadLetter],
 ) -> Result<Vec<InsertOutcome>, DbErr> {
     store.writer_db().commit(events, dead).await
@@ -254,7 +257,7 @@ fn to_write_outcomes(outcomes: Vec<InsertOutcome>) -> Vec<WriteOutcome> {
 }
 
 async fn commit_group(store: &Store, group: Vec<Job>, metrics: &CoreMetrics) {
-    let events: Vec<&Event> = group.iter().flat_map(|j| j.events.iter()).collect();
+    let events: Vec<&EncodedEvent> = group.iter().flat_map(|j| j.events.iter()).collect();
     let dead: Vec<NewDeadLetter> = group.iter().flat_map(|j| j.dead.iter().cloned()).collect();
     let started = Instant::now();
     let result = commit(store, &events, &dead).await;
@@ -292,7 +295,7 @@ async fn commit_group(store: &Store, group: Vec<Job>, metrics: &CoreMetrics) {
 /// Commits one request's events on their own, then event by event when
 /// that fails too; an event that cannot be stored becomes a dead letter.
 async fn commit_alone(store: &Store, job: &Job) -> Result<Vec<WriteOutcome>, WriteError> {
-    let all: Vec<&Event> = job.events.iter().collect();
+    let all: Vec<&EncodedEvent> = job.events.iter().collect();
     match commit(store, &all, &job.dead).await {
         Ok(outcomes) => return Ok(to_write_outcomes(outcomes)),
         Err(err) if is_connection_error(&err) => return Err(WriteError::Store(err.to_string())),
@@ -303,8 +306,9 @@ async fn commit_alone(store: &Store, job: &Job) -> Result<Vec<WriteOutcome>, Wri
         return Err(WriteError::Store(err.to_string()));
     }
     let mut outcomes = Vec::with_capacity(job.events.len());
-    for event in &job.events {
-        match commit(store, &[event], &[]).await {
+    for encoded in &job.events {
+        let event = &encoded.event;
+        match commit(store, &[encoded], &[]).await {
             Ok(mut o) => outcomes.push(to_write_outcomes(std::mem::take(&mut o)).remove(0)),
             Err(err) => {
                 let reason = err.to_string();

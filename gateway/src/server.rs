@@ -50,6 +50,12 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         Duration::from_secs(config.pipeline.reload_secs),
     )
     .context("building the default pipeline (see [pipeline] in the configuration)")?;
+    if config.pipeline.geoip_database.is_none() {
+        info!(
+            "geoip: no database configured (pipeline.geoip_database); events get no location \
+             unless a project's pipeline names a database or provider"
+        );
+    }
     let acceptor = TcpListener::bind(config.listen.clone())
         .into_acceptor()
         .await

@@ -103,12 +103,17 @@ const UTM: [&str; 5] = [
 /// Whether `host` is `pattern`, a subdomain of it, or (for a pattern
 /// ending in `.`) any domain starting with it (`google.` ~ `google.co.uk`).
 fn host_matches(host: &str, pattern: &str) -> bool {
+    // Allocation-free: this runs for every pattern of the tables below.
     if let Some(prefix) = pattern.strip_suffix('.') {
         // Any label but the last (the TLD): google.com, www.google.co.uk.
-        let labels: Vec<&str> = host.split('.').collect();
-        return labels[..labels.len().saturating_sub(1)].contains(&prefix);
+        let mut labels = host.split('.');
+        labels.next_back();
+        return labels.any(|l| l == prefix);
     }
-    host == pattern || host.ends_with(&format!(".{pattern}"))
+    host == pattern
+        || (host.len() > pattern.len()
+            && host.ends_with(pattern)
+            && host.as_bytes()[host.len() - pattern.len() - 1] == b'.')
 }
 
 fn lookup<'a>(host: &str, table: &'a [(&str, &str)]) -> Option<&'a str> {

@@ -35,7 +35,7 @@ pub use maintenance::StoreStats;
 pub use pipelines::StoredPipeline;
 pub use projects::Project;
 pub use sessions::Session;
-pub use writer_db::WriterDb;
+pub use writer_db::{EncodedEvent, WriterDb};
 
 /// Page cache of the SQLite writer connection, in KiB (SQLite's negative
 /// `cache_size`): big enough to keep the hot index pages of `events`.

@@ -54,11 +54,36 @@ enum WriterPool {
     Postgres(PgPool),
 }
 
+/// An event with its JSON columns already encoded as text. The writer
+/// encodes in the caller's task ([`crate::writer::Writer::write`]), so
+/// the single writer task spends its time on the database only.
+#[derive(Debug, Clone)]
+pub struct EncodedEvent {
+    /// The event.
+    pub event: Event,
+    properties: String,
+    enrichment: String,
+}
+
+impl EncodedEvent {
+    /// Encodes `event`'s JSON columns.
+    pub fn new(event: Event) -> Self {
+        // A map of JSON values always serializes.
+        let properties = serde_json::to_string(&event.properties).unwrap_or_else(|_| "{}".into());
+        let enrichment = serde_json::to_string(&event.enrichment).unwrap_or_else(|_| "{}".into());
+        Self {
+            event,
+            properties,
+            enrichment,
+        }
+    }
+}
+
 /// One event ready to bind: the event and its JSON columns as text.
 struct Row<'a> {
     event: &'a Event,
-    properties: String,
-    enrichment: String,
+    properties: &'a str,
+    enrichment: &'a str,
 }
 
 impl WriterDb {
@@ -100,7 +125,7 @@ impl WriterDb {
     /// [`DbErr::Conn`] or [`DbErr::ConnectionAcquire`].
     pub async fn commit(
         &self,
-        events: &[&Event],
+        events: &[&EncodedEvent],
         dead: &[NewDeadLetter],
     ) -> Result<Vec<InsertOutcome>, DbErr> {
         // First occurrence of each (project, id) in this call; later ones
@@ -109,12 +134,12 @@ impl WriterDb {
         let mut firsts = Vec::with_capacity(events.len());
         let mut rows = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
-            if seen.insert((e.project_id, e.id)) {
+            if seen.insert((e.event.project_id, e.event.id)) {
                 firsts.push(i);
                 rows.push(Row {
-                    event: e,
-                    properties: json_text(&e.properties)?,
-                    enrichment: json_text(&e.enrichment)?,
+                    event: &e.event,
+                    properties: &e.properties,
+                    enrichment: &e.enrichment,
                 });
             }
         }
@@ -215,10 +240,6 @@ macro_rules! upsert_sessions {
     }};
 }
 
-fn json_text(map: &serde_json::Map<String, serde_json::Value>) -> Result<String, DbErr> {
-    serde_json::to_string(map).map_err(|e| DbErr::Json(e.to_string()))
-}
-
 /// A statement's error, as sea-orm would report it.
 fn exec_err(err: sqlx::Error) -> DbErr {
     match err {
@@ -290,10 +311,10 @@ async fn sqlite_commit(
                 .bind(e.url.as_deref())
                 .bind(e.referrer.as_deref())
                 .bind(e.user_agent.as_deref())
-                .bind(r.properties.as_str())
+                .bind(r.properties)
                 .bind(e.ip_hash.as_deref())
                 .bind(e.visitor_id.as_deref())
-                .bind(r.enrichment.as_str());
+                .bind(r.enrichment);
         }
         let affected = q.execute(&mut *tx).await.map_err(exec_err)?.rows_affected();
         if exact {
@@ -350,8 +371,8 @@ async fn pg_commit(
         let names: Vec<&str> = rows.iter().map(|r| r.event.name.as_str()).collect();
         let timestamps: Vec<i64> = rows.iter().map(|r| r.event.timestamp).collect();
         let received: Vec<i64> = rows.iter().map(|r| r.event.received_at).collect();
-        let properties: Vec<&str> = rows.iter().map(|r| r.properties.as_str()).collect();
-        let enrichment: Vec<&str> = rows.iter().map(|r| r.enrichment.as_str()).collect();
+        let properties: Vec<&str> = rows.iter().map(|r| r.properties).collect();
+        let enrichment: Vec<&str> = rows.iter().map(|r| r.enrichment).collect();
         let sql;
         let q = sqlx::query(if exact {
             sql = format!("{PG_INSERT} RETURNING project_id, id");

@@ -14,7 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{DEFAULT_LIMIT, MAX_LIMIT, rfc3339_ms};
+use crate::api::events::{next_page, page_limit, rfc3339_ms};
 use crate::api::ingest::{EventStatus, enrich_and_store};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
@@ -132,13 +132,7 @@ impl DeadLettersApi {
     ) -> ApiResult<Json<DeadLetterPage>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("`limit` must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(limit.0)?;
         let before_seq = cursor
             .0
             .as_deref()
@@ -158,12 +152,7 @@ impl DeadLettersApi {
             .store
             .list_dead_letters(project_id.0, &filter, limit + 1)
             .await?;
-        let next_cursor = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(|d| format!("d{}", d.seq))
-        } else {
-            None
-        };
+        let next_cursor = next_page(&mut rows, limit, |d| format!("d{}", d.seq));
         Ok(Json(DeadLetterPage {
             dead_letters: rows.into_iter().map(Into::into).collect(),
             next_cursor,

@@ -63,6 +63,37 @@ pub struct EventPageOut {
     pub next_cursor: Option<String>,
 }
 
+/// The page size asked for: `limit`, default 50, 1 to 1000.
+///
+/// # Errors
+/// 400 `invalid_parameter` out of range.
+pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
+    let limit = limit.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("`limit` must be between 1 and {MAX_LIMIT}"),
+        ))
+    }
+}
+
+/// Cuts `rows` (fetched with `limit + 1`) to `limit` and answers the
+/// cursor of the next page, made from the last row kept, when there is one.
+pub fn next_page<T>(
+    rows: &mut Vec<T>,
+    limit: u64,
+    cursor: impl Fn(&T) -> String,
+) -> Option<String> {
+    if rows.len() as u64 > limit {
+        rows.truncate(limit as usize);
+        rows.last().map(cursor)
+    } else {
+        None
+    }
+}
+
 /// Milliseconds since the epoch as RFC 3339 with milliseconds.
 pub fn rfc3339_ms(ms: i64) -> String {
     DateTime::from_timestamp_millis(ms)
@@ -160,13 +191,7 @@ impl EventsApi {
     ) -> ApiResult<Json<EventPageOut>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("`limit` must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(limit.0)?;
         let filter = EventFilter {
             name: event.0,
             session_id: session_id.0,

@@ -11,9 +11,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{DEFAULT_LIMIT, MAX_LIMIT, parse_time, rfc3339_ms};
+use crate::api::events::{MAX_LIMIT, page_limit, parse_time, rfc3339_ms};
 use crate::auth::SecretKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::state::app_state;
 
 /// Kind of insight.
@@ -115,13 +115,7 @@ impl InsightsApi {
     ) -> ApiResult<Json<InsightList>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("`limit` must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(limit.0)?;
         state.store.get_project(project_id.0).await?;
         let rows = state
             .store

@@ -8,7 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{DEFAULT_LIMIT, MAX_LIMIT, parse_time, rfc3339_ms};
+use crate::api::events::{next_page, page_limit, parse_time, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
@@ -112,13 +112,7 @@ impl SessionsApi {
     ) -> ApiResult<Json<SessionPage>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = limit.0.unwrap_or(DEFAULT_LIMIT);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "invalid_parameter",
-                format!("`limit` must be between 1 and {MAX_LIMIT}"),
-            ));
-        }
+        let limit = page_limit(limit.0)?;
         let from = from
             .0
             .as_deref()
@@ -131,12 +125,7 @@ impl SessionsApi {
             .store
             .list_sessions(project_id.0, from, to, before, limit + 1)
             .await?;
-        let next_cursor = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(encode_cursor)
-        } else {
-            None
-        };
+        let next_cursor = next_page(&mut rows, limit, encode_cursor);
         Ok(Json(SessionPage {
             sessions: rows.into_iter().map(Into::into).collect(),
             next_cursor,
