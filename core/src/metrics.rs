@@ -69,26 +69,45 @@ impl PluginMetrics {
         );
     }
 
-    /// Counts `n` events of `plugin` with `outcome`.
-    pub fn count(&self, plugin: &str, outcome: &'static str, n: u64) {
-        if n > 0 {
+    /// The series of one plugin, resolved once (no label lookups on the
+    /// hot path).
+    pub fn for_plugin(&self, plugin: &str) -> PluginSeries {
+        let counter = |outcome| {
             self.events
                 .get_or_create(&PluginOutcomeLabel {
                     plugin: plugin.to_owned(),
                     outcome,
                 })
-                .inc_by(n);
+                .clone()
+        };
+        PluginSeries {
+            events_in: counter("in"),
+            kept: counter("kept"),
+            dropped: counter("dropped"),
+            failed: counter("failed"),
+            seconds: self
+                .seconds
+                .get_or_create(&PluginLabel {
+                    plugin: plugin.to_owned(),
+                })
+                .clone(),
         }
     }
+}
 
-    /// Records one call of `plugin` that took `seconds`.
-    pub fn observe(&self, plugin: &str, seconds: f64) {
-        self.seconds
-            .get_or_create(&PluginLabel {
-                plugin: plugin.to_owned(),
-            })
-            .observe(seconds);
-    }
+/// One plugin's series (handles into [`PluginMetrics`]).
+#[derive(Clone, Debug)]
+pub struct PluginSeries {
+    /// Events passed to the plugin.
+    pub events_in: Counter,
+    /// Kept.
+    pub kept: Counter,
+    /// Dropped on purpose.
+    pub dropped: Counter,
+    /// Failed (its `on_error` policy applied).
+    pub failed: Counter,
+    /// Seconds per call.
+    pub seconds: Histogram,
 }
 
 /// Metrics of ingestion and the writer; clones share the same series.

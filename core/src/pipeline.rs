@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use crate::event::Envelope;
-use crate::metrics::PluginMetrics;
+use crate::metrics::{PluginMetrics, PluginSeries};
 use crate::plugin::{OnError, Plugin, Verdict};
 
 /// One stage of a project's pipeline as configured and stored: which
@@ -83,7 +83,8 @@ pub enum Fate {
 #[derive(Debug, Clone, Default)]
 pub struct Pipeline {
     stages: Vec<Stage>,
-    metrics: Option<PluginMetrics>,
+    /// One entry per stage, when metrics are on.
+    metrics: Option<Vec<PluginSeries>>,
 }
 
 impl Pipeline {
@@ -98,7 +99,12 @@ impl Pipeline {
     /// Counts events and times calls per plugin in `metrics`.
     #[must_use]
     pub fn with_metrics(mut self, metrics: PluginMetrics) -> Self {
-        self.metrics = Some(metrics);
+        self.metrics = Some(
+            self.stages
+                .iter()
+                .map(|s| metrics.for_plugin(s.plugin.name()))
+                .collect(),
+        );
         self
     }
 
@@ -117,19 +123,20 @@ impl Pipeline {
         // Live events and their original positions; plugins see only those.
         let mut positions: Vec<usize> = (0..n).collect();
         let mut work = batch;
-        for stage in &self.stages {
+        for (i, stage) in self.stages.iter().enumerate() {
             if work.is_empty() {
                 break;
             }
+            let series = self.metrics.as_ref().map(|m| &m[i]);
             let name = stage.plugin.name();
             // A panic inside the plugin is caught here and treated as a
             // failure of the batch: the events were only borrowed by it.
             let call = AssertUnwindSafe(stage.plugin.process(&mut work)).catch_unwind();
             let started = Instant::now();
             let outcome = tokio::time::timeout(stage.timeout, call).await;
-            if let Some(m) = &self.metrics {
-                m.observe(name, started.elapsed().as_secs_f64());
-                m.count(name, "in", work.len() as u64);
+            if let Some(m) = series {
+                m.seconds.observe(started.elapsed().as_secs_f64());
+                m.events_in.inc_by(work.len() as u64);
             }
             let verdicts: Vec<Verdict> = match outcome {
                 Ok(Err(_panic)) => {
@@ -153,7 +160,7 @@ impl Pipeline {
                     vec![Verdict::Fail(reason); work.len()]
                 }
             };
-            if let Some(m) = &self.metrics {
+            if let Some(m) = series {
                 let (mut kept, mut dropped, mut failed) = (0, 0, 0);
                 for v in &verdicts {
                     match v {
@@ -162,9 +169,9 @@ impl Pipeline {
                         Verdict::Fail(_) => failed += 1,
                     }
                 }
-                m.count(name, "kept", kept);
-                m.count(name, "dropped", dropped);
-                m.count(name, "failed", failed);
+                m.kept.inc_by(kept);
+                m.dropped.inc_by(dropped);
+                m.failed.inc_by(failed);
             }
             let mut next_work = Vec::with_capacity(work.len());
             let mut next_positions = Vec::with_capacity(work.len());

@@ -139,7 +139,8 @@ pub(super) fn upsert_sql(postgres: bool, rows: usize) -> &'static str {
             values.push(format!("({})", row.join(", ")));
         }
         // Every SET expression sees the row as it was before the update,
-        // on both databases.
+        // on both databases. `visitor_id` is set once, at insert: a column
+        // left out of SET keeps SQLite from touching its index.
         let started = "CASE WHEN excluded.started_at < sessions.started_at \
             THEN excluded.started_at ELSE sessions.started_at END";
         let ended = "CASE WHEN excluded.ended_at > sessions.ended_at \
@@ -148,7 +149,6 @@ pub(super) fn upsert_sql(postgres: bool, rows: usize) -> &'static str {
             "INSERT INTO sessions (project_id, session_id, visitor_id, distinct_id, started_at, \
              ended_at, duration_ms, events, pageviews, entry_page, exit_page, bounce) VALUES {} \
              ON CONFLICT (project_id, session_id) DO UPDATE SET \
-             visitor_id = COALESCE(sessions.visitor_id, excluded.visitor_id), \
              distinct_id = COALESCE(excluded.distinct_id, sessions.distinct_id), \
              entry_page = CASE WHEN excluded.started_at < sessions.started_at \
                AND excluded.entry_page IS NOT NULL THEN excluded.entry_page \

@@ -57,9 +57,11 @@ impl MigrationTrait for Migration {
                 "ix_sessions_project_started",
                 vec![Sessions::ProjectId, Sessions::StartedAt],
             ),
+            // Not on `ended_at`: it changes with every event, and the
+            // writer's upsert would move the entry each time.
             (
-                "ix_sessions_project_visitor_ended",
-                vec![Sessions::ProjectId, Sessions::VisitorId, Sessions::EndedAt],
+                "ix_sessions_project_visitor",
+                vec![Sessions::ProjectId, Sessions::VisitorId],
             ),
         ] {
             let mut index = Index::create();
