@@ -70,10 +70,13 @@ pub struct DeadLetterFilter {
     pub ids: Option<Vec<Uuid>>,
     /// Only those with `seq` below this (the cursor), newest first.
     pub before_seq: Option<i64>,
+    /// Oldest first instead of newest first (replay order).
+    pub oldest_first: bool,
 }
 
 impl Store {
-    /// A project's dead letters, newest first, at most `limit`.
+    /// A project's dead letters, newest first (or oldest first), at most
+    /// `limit`.
     ///
     /// # Errors
     /// The database error.
@@ -93,8 +96,12 @@ impl Store {
         if let Some(seq) = filter.before_seq {
             q = q.filter(dead_letter::Column::Seq.lt(seq));
         }
-        Ok(q.order_by_desc(dead_letter::Column::Seq)
-            .limit(limit)
+        let q = if filter.oldest_first {
+            q.order_by_asc(dead_letter::Column::Seq)
+        } else {
+            q.order_by_desc(dead_letter::Column::Seq)
+        };
+        Ok(q.limit(limit)
             .all(self.db())
             .await?
             .into_iter()

@@ -147,6 +147,7 @@ impl DeadLettersApi {
             include_replayed: include_replayed.0.unwrap_or(false),
             ids: None,
             before_seq,
+            oldest_first: false,
         };
         let mut rows = state
             .store
@@ -194,12 +195,12 @@ impl DeadLettersApi {
             include_replayed: false,
             ids: body.0.ids,
             before_seq: None,
+            oldest_first: true,
         };
-        let mut letters = state
+        let letters = state
             .store
             .list_dead_letters(project, &filter, limit)
             .await?;
-        letters.reverse(); // oldest first
         let mut out = ReplayOut {
             replayed: 0,
             accepted: 0,
