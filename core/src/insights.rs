@@ -18,7 +18,7 @@
 //! Each insight has a key (e.g. `trend:signup:2026-11-22`), so generating
 //! again for the same period replaces it instead of adding a copy.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, NaiveDate, Timelike, Utc};
 use serde_json::json;
@@ -58,8 +58,13 @@ pub async fn generate(
         .period_totals(project, day_start - DAY_MS, day_start)
         .await?;
     let week_start = day_end - 7 * DAY_MS;
+    let hour_end = at.div_euclid(HOUR_MS) * HOUR_MS;
+    let hour_start = hour_end - HOUR_MS;
+    // One read serves all three: the two weeks before `at`'s day (summary,
+    // trends) and the anomaly baseline up to the last complete hour, which
+    // lies within them or in `at`'s day. Each user picks its own range.
     let counts = store
-        .hourly_counts(project, week_start - 7 * DAY_MS, day_end)
+        .hourly_counts(project, week_start - 7 * DAY_MS, hour_end)
         .await?;
     if today.events > 0 || before.events > 0 {
         let mut top: HashMap<&str, i64> = HashMap::new();
@@ -71,13 +76,7 @@ pub async fn generate(
         out.push(summary(day_start, &today, &before, top));
     }
     out.extend(trends(&counts, week_start, day_end));
-
-    let hour_end = at.div_euclid(HOUR_MS) * HOUR_MS;
-    let hour_start = hour_end - HOUR_MS;
-    let hourly = store
-        .hourly_counts(project, hour_start - BASELINE_HOURS * HOUR_MS, hour_end)
-        .await?;
-    out.extend(anomalies(&hourly, hour_start, anomaly_threshold));
+    out.extend(anomalies(&counts, hour_start, anomaly_threshold));
 
     store.upsert_insights(project, &out).await?;
     Ok(out)
@@ -279,11 +278,9 @@ fn anomalies(hourly: &[(String, i64, i64)], hour_start: i64, threshold: f64) -> 
     for (name, hour, n) in hourly {
         per_name.entry(name.as_str()).or_default().insert(*hour, *n);
     }
-    let names: BTreeSet<&str> = per_name.keys().copied().collect();
     let start = DateTime::<Utc>::from_timestamp_millis(hour_start).unwrap_or_default();
     let mut out = Vec::new();
-    for name in names {
-        let hours = &per_name[name];
+    for (&name, hours) in &per_name {
         let x = *hours.get(&target).unwrap_or(&0) as f64;
         let baseline: Vec<f64> = (first..target)
             .map(|h| *hours.get(&h).unwrap_or(&0) as f64)

@@ -14,7 +14,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{next_page, page_limit, rfc3339_ms};
+use crate::api::events::{invalid_cursor, next_page, page_limit, rfc3339_ms};
 use crate::api::ingest::{EventStatus, enrich_and_store};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
@@ -98,10 +98,6 @@ pub struct ReplayOut {
     pub unreadable: u32,
 }
 
-fn cursor_err() -> ApiError {
-    ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-}
-
 /// Dead letters.
 pub struct DeadLettersApi;
 
@@ -139,7 +135,7 @@ impl DeadLettersApi {
             .map(|c| {
                 c.strip_prefix('d')
                     .and_then(|n| n.parse().ok())
-                    .ok_or_else(cursor_err)
+                    .ok_or_else(invalid_cursor)
             })
             .transpose()?;
         state.store.get_project(project_id.0).await?;

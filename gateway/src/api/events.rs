@@ -132,9 +132,12 @@ fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
         .ok()
         .and_then(|b| String::from_utf8(b).ok())
         .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse().ok()))
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-        })
+        .ok_or_else(invalid_cursor)
+}
+
+/// The answer to a `cursor` this API did not hand out.
+pub fn invalid_cursor() -> ApiError {
+    ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
 }
 
 /// A time given as RFC 3339 or milliseconds.

@@ -8,7 +8,7 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{next_page, page_limit, parse_time, rfc3339_ms};
+use crate::api::events::{invalid_cursor, next_page, page_limit, parse_time, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
@@ -74,9 +74,7 @@ fn encode_cursor(s: &Session) -> String {
 fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
     c.split_once('.')
         .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-        })
+        .ok_or_else(invalid_cursor)
 }
 
 /// Sessions.
