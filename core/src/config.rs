@@ -201,6 +201,10 @@ pub struct IngestConfig {
     pub flush_events: usize,
     /// ...or when the oldest gathered event has waited this long (ms).
     pub flush_interval_ms: u64,
+    /// How often (ms) the writer writes the sessions of the events it
+    /// stored to the `sessions` table; `GET .../sessions` lags by at most
+    /// this much.
+    pub sessions_flush_ms: u64,
     /// `Retry-After` seconds sent with a 503 when the queue is full.
     pub retry_after_secs: u64,
 }
@@ -215,6 +219,7 @@ impl Default for IngestConfig {
             queue_capacity: 50_000,
             flush_events: 2000,
             flush_interval_ms: 2,
+            sessions_flush_ms: 1000,
             retry_after_secs: 1,
         }
     }

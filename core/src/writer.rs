@@ -10,6 +10,11 @@
 //! When a group commit fails, the writer retries request by request, then
 //! event by event, so one unstorable event cannot fail its neighbours; an
 //! event that cannot be stored alone goes to the dead-letter table.
+//!
+//! The sessions of stored events are gathered in memory and written every
+//! `sessions_flush` (and at shutdown) rather than in every commit; each
+//! write also renews this writer's mark and recovers the sessions of
+//! writers that died before writing theirs (see [`crate::store::sessions`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +24,14 @@ use sea_orm::DbErr;
 use serde_json::Value;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
+use uuid::Uuid;
 
-use crate::event::Event;
+use crate::event::{Event, now_ms};
 use crate::metrics::CoreMetrics;
-use crate::store::EncodedEvent;
-use crate::store::Store;
 use crate::store::dead_letters::NewDeadLetter;
 use crate::store::events::InsertOutcome;
+use crate::store::{EncodedEvent, PendingSessions, Store};
 
 /// Writer tuning (from `IngestConfig`).
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +42,8 @@ pub struct WriterConfig {
     pub flush_interval: Duration,
     /// Most events queued across all requests.
     pub queue_capacity: usize,
+    /// How often the sessions of stored events are written.
+    pub sessions_flush: Duration,
 }
 
 /// What became of one event handed to the writer.
@@ -176,6 +183,88 @@ impl Writer {
     }
 }
 
+/// Sessions of stored events not yet written, and this writer's mark.
+struct SessionFolder {
+    writer: Uuid,
+    pending: PendingSessions,
+    /// How often pending sessions are written.
+    interval: Duration,
+    /// How often the mark is renewed when there is nothing to write.
+    heartbeat: Duration,
+    /// A mark not renewed for this long belongs to a dead writer.
+    stale: Duration,
+    /// When the sessions were last written (or the mark renewed).
+    last: Option<Instant>,
+}
+
+/// Pending sessions beyond which they are written before the interval.
+const MAX_PENDING_SESSIONS: usize = 20_000;
+
+impl SessionFolder {
+    fn new(interval: Duration) -> Self {
+        let interval = interval.max(Duration::from_millis(1));
+        let heartbeat = (interval * 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        Self {
+            writer: Uuid::new_v4(),
+            pending: PendingSessions::default(),
+            interval,
+            heartbeat,
+            stale: heartbeat * 3,
+            last: None,
+        }
+    }
+
+    /// When the next write is due.
+    fn due(&self) -> Instant {
+        match self.last {
+            None => Instant::now(),
+            Some(last) if self.pending.len() >= MAX_PENDING_SESSIONS => last,
+            Some(last) if self.pending.is_empty() => last + self.heartbeat,
+            Some(last) => last + self.interval,
+        }
+    }
+
+    /// Writes the pending sessions and renews the mark when due (always
+    /// with `force`). On failure everything stays pending for next time.
+    async fn flush(&mut self, store: &Store, force: bool) {
+        if !force && self.last.is_some() && Instant::now() < self.due() {
+            return;
+        }
+        let now = now_ms();
+        let stale_before = now - i64::try_from(self.stale.as_millis()).unwrap_or(i64::MAX);
+        match store
+            .writer_db()
+            .flush_sessions(&self.pending, self.writer, now, stale_before)
+            .await
+        {
+            Ok(recovered) => {
+                if recovered > 0 {
+                    info!(
+                        writers = recovered,
+                        "recomputed the sessions left unwritten by stopped writers"
+                    );
+                }
+                self.pending.clear();
+            }
+            Err(err) => {
+                warn!(%err, sessions = self.pending.len(), "writing sessions failed; will retry")
+            }
+        }
+        // Also after a failure: retry at the next interval, not at once.
+        self.last = Some(Instant::now());
+    }
+
+    /// The final write at shutdown, then the mark is removed.
+    async fn finish(&mut self, store: &Store) {
+        self.flush(store, true).await;
+        if self.pending.is_empty()
+            && let Err(err) = store.writer_db().drop_session_mark(self.writer).await
+        {
+            warn!(%err, "removing the writer's session mark failed");
+        }
+    }
+}
+
 async fn run(
     store: Store,
     config: WriterConfig,
@@ -183,11 +272,14 @@ async fn run(
     metrics: CoreMetrics,
 ) {
     let flush_events = config.flush_events.max(1);
+    let mut sessions = SessionFolder::new(config.sessions_flush);
     let mut closing = false;
     while !closing {
-        let first = match rx.recv().await {
-            Some(Msg::Job(job)) => job,
-            Some(Msg::Close) | None => break,
+        sessions.flush(&store, false).await;
+        let first = match tokio::time::timeout_at(sessions.due().into(), rx.recv()).await {
+            Err(_) => continue,
+            Ok(Some(Msg::Job(job))) => job,
+            Ok(Some(Msg::Close) | None) => break,
         };
         let mut size = first.size();
         let mut group = vec![first];
@@ -218,7 +310,7 @@ async fn run(
                 }
             }
         }
-        commit_group(&store, group, &metrics).await;
+        commit_group(&store, group, &metrics, &mut sessions.pending).await;
     }
     // Shutdown: commit whatever is still queued.
     let mut rest = Vec::new();
@@ -228,8 +320,9 @@ async fn run(
         }
     }
     if !rest.is_empty() {
-        commit_group(&store, rest, &metrics).await;
+        commit_group(&store, rest, &metrics, &mut sessions.pending).await;
     }
+    sessions.finish(&store).await;
 }
 
 /// Commits `events` and `dead` in one transaction, on the writer's own
@@ -256,7 +349,25 @@ fn to_write_outcomes(outcomes: Vec<InsertOutcome>) -> Vec<WriteOutcome> {
         .collect()
 }
 
-async fn commit_group(store: &Store, group: Vec<Job>, metrics: &CoreMetrics) {
+/// Answers `job` with `result`, after folding its stored events into
+/// `pending`.
+fn reply(job: Job, result: Result<Vec<WriteOutcome>, WriteError>, pending: &mut PendingSessions) {
+    if let Ok(outcomes) = &result {
+        for (e, o) in job.events.iter().zip(outcomes) {
+            if *o == WriteOutcome::Inserted {
+                pending.add(&e.event);
+            }
+        }
+    }
+    let _ = job.reply.send(result);
+}
+
+async fn commit_group(
+    store: &Store,
+    group: Vec<Job>,
+    metrics: &CoreMetrics,
+    pending: &mut PendingSessions,
+) {
     let events: Vec<&EncodedEvent> = group.iter().flat_map(|j| j.events.iter()).collect();
     let dead: Vec<NewDeadLetter> = group.iter().flat_map(|j| j.dead.iter().cloned()).collect();
     let started = Instant::now();
@@ -272,13 +383,13 @@ async fn commit_group(store: &Store, group: Vec<Job>, metrics: &CoreMetrics) {
             let mut outcomes = to_write_outcomes(outcomes).into_iter();
             for job in group {
                 let mine: Vec<WriteOutcome> = outcomes.by_ref().take(job.events.len()).collect();
-                let _ = job.reply.send(Ok(mine));
+                reply(job, Ok(mine), pending);
             }
         }
         Err(err) if is_connection_error(&err) => {
             error!(%err, "group commit failed: database unreachable");
             for job in group {
-                let _ = job.reply.send(Err(WriteError::Store(err.to_string())));
+                reply(job, Err(WriteError::Store(err.to_string())), pending);
             }
         }
         Err(err) => {
@@ -286,7 +397,7 @@ async fn commit_group(store: &Store, group: Vec<Job>, metrics: &CoreMetrics) {
             warn!(%err, jobs = group.len(), "group commit failed; retrying in parts");
             for job in group {
                 let result = commit_alone(store, &job).await;
-                let _ = job.reply.send(result);
+                reply(job, result, pending);
             }
         }
     }

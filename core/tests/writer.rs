@@ -7,7 +7,7 @@ use std::time::Duration;
 use orrery_core::config::Config;
 use orrery_core::event::{Event, EventLimits, now_ms, parse_event};
 use orrery_core::metrics::CoreMetrics;
-use orrery_core::store::{EventFilter, KeyKind, Store};
+use orrery_core::store::{EncodedEvent, EventFilter, KeyKind, PendingSessions, Session, Store};
 use orrery_core::writer::{WriteError, WriteOutcome, Writer, WriterConfig};
 use orrery_tests::{Backend, TestDatabase, backends};
 use sea_orm::{ConnectionTrait, DatabaseBackend};
@@ -38,6 +38,15 @@ fn event(project: Uuid, name: &str) -> Event {
 }
 
 fn writer(store: &Store, interval_ms: u64, capacity: usize) -> (Writer, CoreMetrics) {
+    writer_with_sessions(store, interval_ms, capacity, Duration::from_secs(1))
+}
+
+fn writer_with_sessions(
+    store: &Store,
+    interval_ms: u64,
+    capacity: usize,
+    sessions_flush: Duration,
+) -> (Writer, CoreMetrics) {
     let metrics = CoreMetrics::default();
     let w = Writer::start(
         store.clone(),
@@ -45,6 +54,7 @@ fn writer(store: &Store, interval_ms: u64, capacity: usize) -> (Writer, CoreMetr
             flush_events: 10_000,
             flush_interval: Duration::from_millis(interval_ms),
             queue_capacity: capacity,
+            sessions_flush,
         },
         metrics.clone(),
     );
@@ -262,6 +272,156 @@ async fn stored_pipelines_round_trip_and_reset() {
         assert_eq!(got.stages, stages);
         store.delete_pipeline(project.id).await.unwrap();
         assert_eq!(store.get_pipeline(project.id).await.unwrap(), None);
+        store.close().await;
+        db.drop_db().await;
+    }
+}
+
+/// A page view (or `click`) in session `sid` at `t` ms on `path`.
+fn session_event(project: Uuid, name: &str, sid: &str, t: i64, path: &str) -> Event {
+    parse_event(
+        &serde_json::json!({
+            "event": name, "session_id": sid, "timestamp": t,
+            "distinct_id": format!("user-{sid}"), "url": format!("https://a.test{path}"),
+        }),
+        project,
+        now_ms(),
+        EventLimits {
+            max_event_bytes: 10_000,
+        },
+    )
+    .unwrap()
+}
+
+async fn sessions_of(store: &Store, project: Uuid) -> Vec<Session> {
+    let mut all = store
+        .list_sessions(project, None, None, None, 100)
+        .await
+        .unwrap();
+    all.sort_by(|a, b| a.session_id.cmp(&b.session_id));
+    all
+}
+
+async fn marks(store: &Store) -> i64 {
+    let row = store
+        .db()
+        .query_one(sea_orm::Statement::from_string(
+            store.backend(),
+            "SELECT COUNT(*) AS n FROM session_marks",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get("", "n").unwrap()
+}
+
+#[tokio::test]
+async fn sessions_are_written_by_interval_and_at_shutdown_and_recovered_after_a_crash() {
+    for backend in
+        backends("sessions_are_written_by_interval_and_at_shutdown_and_recovered_after_a_crash")
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let t = 1_795_430_000_000;
+
+        // Written at the interval: visible while the writer runs.
+        let (w, _) = writer_with_sessions(&store, 2, 10_000, Duration::from_millis(50));
+        w.write(
+            vec![session_event(project, "pageview", "s0", t, "/zero")],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        let mut waited = 0;
+        while sessions_of(&store, project).await.is_empty() {
+            assert!(
+                waited < 100,
+                "{backend:?}: the session was not written within 5 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += 1;
+        }
+        w.close().await;
+
+        // Written at shutdown, long before the interval.
+        let (w, _) = writer_with_sessions(&store, 2, 10_000, Duration::from_secs(3600));
+        let first = vec![
+            session_event(project, "pageview", "s1", t + 1000, "/b"),
+            session_event(project, "pageview", "s1", t, "/a"),
+            session_event(project, "click", "s1", t + 5000, "/b"),
+            session_event(project, "pageview", "s2", t, "/x"),
+        ];
+        let retry = first[0].clone();
+        w.write(first, Vec::new()).await.unwrap();
+        // A retried event is a duplicate and is not counted again.
+        assert_eq!(
+            w.write(vec![retry], Vec::new()).await.unwrap(),
+            vec![WriteOutcome::Duplicate]
+        );
+        w.close().await;
+        let s = sessions_of(&store, project).await;
+        assert_eq!(s.len(), 3, "{backend:?}: {s:?}");
+        assert_eq!((s[1].events, s[1].pageviews, s[1].bounce), (3, 2, false));
+        assert_eq!(
+            (s[1].started_at, s[1].ended_at, s[1].duration_ms),
+            (t, t + 5000, 5000)
+        );
+        assert_eq!(s[1].entry_page.as_deref(), Some("https://a.test/a"));
+        assert_eq!(s[1].exit_page.as_deref(), Some("https://a.test/b"));
+        assert_eq!((s[2].events, s[2].bounce), (1, true));
+        assert_eq!(
+            marks(&store).await,
+            0,
+            "{backend:?}: a clean stop leaves no mark"
+        );
+
+        // A crash: a writer renewed its mark an hour ago, then stored
+        // events whose sessions it never wrote.
+        let dead = Uuid::new_v4();
+        let hour_ago = now_ms() - 3_600_000;
+        store
+            .writer_db()
+            .flush_sessions(&PendingSessions::default(), dead, hour_ago, 0)
+            .await
+            .unwrap();
+        let lost: Vec<EncodedEvent> = vec![
+            session_event(project, "pageview", "s1", t + 9000, "/c"),
+            session_event(project, "click", "s3", t + 100, "/q"),
+            session_event(project, "pageview", "s3", t + 50, "/p"),
+        ]
+        .into_iter()
+        .map(EncodedEvent::new)
+        .collect();
+        let refs: Vec<&EncodedEvent> = lost.iter().collect();
+        store.writer_db().commit(&refs, &[]).await.unwrap();
+        assert_eq!(sessions_of(&store, project).await[1].events, 3);
+
+        // The next writer recovers them from the events when it starts.
+        let (w, _) = writer_with_sessions(&store, 2, 10_000, Duration::from_secs(3600));
+        w.close().await;
+        let s = sessions_of(&store, project).await;
+        assert_eq!(s.len(), 4, "{backend:?}: {s:?}");
+        assert_eq!(
+            (s[1].events, s[1].pageviews),
+            (4, 3),
+            "{backend:?}: {:?}",
+            s[1]
+        );
+        assert_eq!((s[1].started_at, s[1].ended_at), (t, t + 9000));
+        assert_eq!(s[1].entry_page.as_deref(), Some("https://a.test/a"));
+        assert_eq!(s[1].exit_page.as_deref(), Some("https://a.test/c"));
+        assert_eq!(s[1].distinct_id.as_deref(), Some("user-s1"));
+        assert_eq!((s[3].events, s[3].pageviews, s[3].bounce), (2, 1, true));
+        assert_eq!(s[3].entry_page.as_deref(), Some("https://a.test/p"));
+        assert_eq!(s[3].exit_page.as_deref(), Some("https://a.test/q"));
+        // Untouched sessions keep what they had.
+        assert_eq!(s[2].events, 1);
+        assert_eq!(
+            marks(&store).await,
+            0,
+            "{backend:?}: the dead writer's mark is gone"
+        );
         store.close().await;
         db.drop_db().await;
     }

@@ -65,6 +65,7 @@ impl State {
                 flush_events: config.ingest.flush_events,
                 flush_interval: std::time::Duration::from_millis(config.ingest.flush_interval_ms),
                 queue_capacity: config.ingest.queue_capacity,
+                sessions_flush: std::time::Duration::from_millis(config.ingest.sessions_flush_ms),
             },
             core_metrics.clone(),
         );

@@ -47,8 +47,9 @@ impl Default for IpHashConfig {
 pub struct IpHash {
     secret: Vec<u8>,
     config: IpHashConfig,
-    /// The last day's key, to avoid one HMAC per event.
-    day_key: Mutex<Option<(NaiveDate, [u8; 32])>>,
+    /// The last day's HMAC, already keyed: cloning it skips the two key
+    /// blocks an HMAC would otherwise hash per event.
+    day_key: Mutex<Option<(NaiveDate, HmacSha256)>>,
 }
 
 impl std::fmt::Debug for IpHash {
@@ -57,6 +58,14 @@ impl std::fmt::Debug for IpHash {
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
+}
+
+/// What the hashes of one event depend on.
+struct Memo {
+    day: NaiveDate,
+    project: uuid::Uuid,
+    ip: std::net::IpAddr,
+    ua: String,
 }
 
 /// Registered name.
@@ -82,24 +91,25 @@ impl IpHash {
         })
     }
 
-    fn key_for(&self, day: NaiveDate) -> [u8; 32] {
+    fn key_for(&self, day: NaiveDate) -> HmacSha256 {
         let mut cached = self.day_key.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((d, k)) = *cached
-            && d == day
+        if let Some((d, k)) = &*cached
+            && *d == day
         {
-            return k;
+            return k.clone();
         }
         let mut mac = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key length");
         mac.update(b"orrery/ip_hash/");
         mac.update(day.to_string().as_bytes());
         let key: [u8; 32] = mac.finalize().into_bytes().into();
-        *cached = Some((day, key));
-        key
+        let keyed = HmacSha256::new_from_slice(&key).expect("HMAC takes any key length");
+        *cached = Some((day, keyed.clone()));
+        keyed
     }
 }
 
-fn keyed_hex(key: &[u8; 32], parts: &[&[u8]]) -> String {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+fn keyed_hex(key: &HmacSha256, parts: &[&[u8]]) -> String {
+    let mut mac = key.clone();
     for part in parts {
         // Length-prefix each part so that ("ab","c") != ("a","bc").
         mac.update(&(part.len() as u32).to_be_bytes());
@@ -115,27 +125,58 @@ impl Plugin for IpHash {
     }
 
     async fn process(&self, batch: &mut [Envelope]) -> Result<Vec<Verdict>, PluginError> {
+        // The events of a batch mostly share project, IP, user agent and
+        // day: the hashes of the previous event are reused when they do.
+        let mut key: Option<(NaiveDate, HmacSha256)> = None;
+        let mut last: Option<(Memo, String, Option<String>)> = None;
         for env in batch.iter_mut() {
             let Some(ip) = env.context.ip else { continue };
             let day = DateTime::from_timestamp_millis(env.event.received_at)
                 .unwrap_or_default()
                 .date_naive();
-            let key = self.key_for(day);
-            let project = env.event.project_id.as_bytes();
-            let ip_text = ip.to_canonical().to_string();
-            env.event.ip_hash = Some(keyed_hex(&key, &[project, ip_text.as_bytes()]));
-            if self.config.visitor_id {
-                let ua = env
-                    .event
+            let ua = if self.config.visitor_id {
+                env.event
                     .user_agent
                     .as_deref()
                     .or(env.context.user_agent.as_deref())
-                    .unwrap_or("");
-                env.event.visitor_id = Some(keyed_hex(
-                    &key,
-                    &[project, ip_text.as_bytes(), ua.as_bytes()],
-                ));
+                    .unwrap_or("")
+            } else {
+                ""
+            };
+            if let Some((m, ip_hash, visitor)) = &last
+                && m.day == day
+                && m.project == env.event.project_id
+                && m.ip == ip
+                && m.ua == ua
+            {
+                env.event.ip_hash = Some(ip_hash.clone());
+                if visitor.is_some() {
+                    env.event.visitor_id.clone_from(visitor);
+                }
+                continue;
             }
+            let mac = match &key {
+                Some((d, k)) if *d == day => k,
+                _ => &key.insert((day, self.key_for(day))).1,
+            };
+            let project = env.event.project_id.as_bytes();
+            let ip_text = ip.to_canonical().to_string();
+            let ip_hash = keyed_hex(mac, &[project, ip_text.as_bytes()]);
+            let visitor = self
+                .config
+                .visitor_id
+                .then(|| keyed_hex(mac, &[project, ip_text.as_bytes(), ua.as_bytes()]));
+            env.event.ip_hash = Some(ip_hash.clone());
+            if visitor.is_some() {
+                env.event.visitor_id.clone_from(&visitor);
+            }
+            let memo = Memo {
+                day,
+                project: env.event.project_id,
+                ip,
+                ua: ua.to_owned(),
+            };
+            last = Some((memo, ip_hash, visitor));
         }
         Ok(vec![Verdict::Keep; batch.len()])
     }
@@ -214,6 +255,41 @@ mod tests {
         assert!(!h[0].contains("203.0.113"));
         assert!(batch[0].event.visitor_id.is_some());
         assert_ne!(batch[0].event.visitor_id, batch[0].event.ip_hash);
+    }
+
+    #[tokio::test]
+    async fn hashes_are_the_documented_hmac_and_reused_only_for_the_same_inputs() {
+        let plugin = IpHash::from_config(&[7u8; 32], IpHashConfig::default()).unwrap();
+        let mut other_ua = envelope("203.0.113.9", DAY1 + 5, Uuid::nil());
+        other_ua.context = Arc::new(RequestContext {
+            user_agent: Some("curl/8".into()),
+            ..(*other_ua.context).clone()
+        });
+        let mut batch = vec![
+            envelope("203.0.113.9", DAY1 + 1, Uuid::nil()),
+            envelope("203.0.113.9", DAY1 + 2, Uuid::nil()),
+            other_ua,
+            envelope("203.0.113.9", DAY1 + 3, Uuid::nil()),
+        ];
+        plugin.process(&mut batch).await.unwrap();
+        // HMAC-SHA256(HMAC-SHA256(secret, "orrery/ip_hash/2026-11-23"),
+        // len ‖ project ‖ len ‖ ip), first 16 bytes (computed with Python's hmac).
+        assert_eq!(
+            batch[0].event.ip_hash.as_deref(),
+            Some("b73a7de77fd76a0d2aba1c39f3604832")
+        );
+        let visitors: Vec<_> = batch.iter().map(|e| e.event.visitor_id.clone()).collect();
+        assert_eq!(visitors[0], visitors[1]);
+        assert_ne!(
+            visitors[1], visitors[2],
+            "another user agent is another visitor"
+        );
+        assert_eq!(visitors[3], visitors[0]);
+        assert!(
+            batch
+                .iter()
+                .all(|e| e.event.ip_hash == batch[0].event.ip_hash)
+        );
     }
 
     #[tokio::test]

@@ -13,8 +13,8 @@
 //! when an admin changes it, the sessions go on); a visitor the tracker
 //! does not know is looked up in the `sessions` table, so sessions also go
 //! on across restarts. The writer keeps that table (start, end, duration,
-//! counts, entry and exit page, bounce) in the same transaction as the
-//! events.
+//! counts, entry and exit page, bounce), writing it every
+//! `ingest.sessions_flush_ms`; the tracker covers that lag.
 //!
 //! Since `visitor_id` rotates with the UTC day, a visit that spans
 //! midnight UTC becomes two sessions. Several instances sharing one

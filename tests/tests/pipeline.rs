@@ -35,9 +35,25 @@ async fn server(db: &TestDatabase) -> Server {
         &[
             ("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]"),
             ("ORRERY_PIPELINE__GEOIP_DATABASE", geo.as_str()),
+            ("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100"),
         ],
     )
     .await
+}
+
+/// `GET .../sessions` once `ready` holds for its sessions (within 10 s).
+async fn sessions_when(server: &Server, ready: impl Fn(&[Value]) -> bool) -> Value {
+    let mut page = Value::Null;
+    for _ in 0..100 {
+        let (status, body) = admin(server, "GET", "/sessions", None).await;
+        assert_eq!(status, 200, "{body}");
+        page = body;
+        if ready(page["sessions"].as_array().unwrap()) {
+            return page;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("sessions not as expected within 10 s: {page}");
 }
 
 async fn send(server: &Server, ip: &str, ua: &str, body: Value) -> (u16, Value) {
@@ -208,10 +224,12 @@ async fn sessions_follow_the_inactivity_window_and_are_counted() {
         assert_ne!(second, first);
         assert_ne!(sid("https://shop.test/z", t0), first, "another visitor");
 
-        let (status, page) = admin(&server, "GET", "/sessions", None).await;
-        assert_eq!(status, 200, "{page}");
+        // The writer writes sessions every `sessions_flush_ms`.
+        let page = sessions_when(&server, |s| {
+            s.len() == 3 && s.iter().map(|s| s["events"].as_i64().unwrap()).sum::<i64>() == 5
+        })
+        .await;
         let sessions = page["sessions"].as_array().unwrap();
-        assert_eq!(sessions.len(), 3, "{page}");
         let s1 = sessions
             .iter()
             .find(|s| s["session_id"] == first.as_str())
@@ -242,7 +260,10 @@ async fn sessions_follow_the_inactivity_window_and_are_counted() {
             .await;
             assert_eq!(status, 200);
         }
-        let (_, page) = admin(&server, "GET", "/sessions", None).await;
+        let page = sessions_when(&server, |s| {
+            s.iter().map(|s| s["events"].as_i64().unwrap()).sum::<i64>() >= 6
+        })
+        .await;
         let s2 = page["sessions"]
             .as_array()
             .unwrap()

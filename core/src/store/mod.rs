@@ -34,7 +34,7 @@ pub use keys::{ApiKey, KeyKind, NewKey};
 pub use maintenance::StoreStats;
 pub use pipelines::StoredPipeline;
 pub use projects::Project;
-pub use sessions::Session;
+pub use sessions::{PendingSessions, Session};
 pub use writer_db::{EncodedEvent, WriterDb};
 
 /// Page cache of the SQLite writer connection, in KiB (SQLite's negative

@@ -1,11 +1,21 @@
 //! Sessions: one row per session id, kept by the writer.
 //!
-//! Whenever the writer stores events that carry a session id, it folds
-//! them into their `sessions` rows in the same transaction (see
-//! [`super::writer_db`]), so the table always agrees with the events:
-//! start and end (event times), duration, event and page-view counts,
-//! entry and exit page, and bounce (at most one page view). Duplicates are
-//! not counted, since only events actually inserted are folded in.
+//! The writer folds every event it stores with a session id into an
+//! in-memory delta per session ([`PendingSessions`]) and writes the deltas
+//! to `sessions` every `ingest.sessions_flush_ms` (default 1 s) and at
+//! shutdown, in one transaction of upserts (see [`super::writer_db`]).
+//! Writing per interval instead of per commit costs one upsert per active
+//! session per second instead of one per session per commit.
+//!
+//! Each writer keeps a row in `session_marks`: the highest event `seq` it
+//! had folded, and a heartbeat. A writer that died with deltas unwritten
+//! (`kill -9`, power loss) leaves a mark whose heartbeat goes stale; the
+//! next writer to notice it recomputes, from the events themselves, every
+//! session touched by an event after that mark, then deletes the mark. So
+//! the table agrees with the events after a crash too: start and end
+//! (event times), duration, event and page-view counts, entry and exit
+//! page, and bounce (at most one page view). Duplicates are not counted,
+//! since only events actually inserted are folded in.
 //!
 //! The page of an event is the `page_path` the `referrer` plugin derived,
 //! or else its URL. A page view is an event named `pageview`, `$pageview`
@@ -30,19 +40,17 @@ pub(super) const SESSION_COLUMNS: usize = 12;
 /// Rows per upsert statement, largest first (as for events).
 pub(super) const SESSION_CHUNKS: [usize; 4] = [64, 16, 4, 1];
 
-/// What a group of newly stored events adds to one session.
+/// What newly stored events add to one session, not yet written.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct SessionDelta<'a> {
-    pub project_id: Uuid,
-    pub session_id: &'a str,
-    pub visitor_id: Option<&'a str>,
-    pub distinct_id: Option<&'a str>,
+pub(super) struct SessionDelta {
+    pub visitor_id: Option<String>,
+    pub distinct_id: Option<String>,
     pub started_at: i64,
     pub ended_at: i64,
     pub events: i64,
     pub pageviews: i64,
-    pub entry_page: Option<&'a str>,
-    pub exit_page: Option<&'a str>,
+    pub entry_page: Option<String>,
+    pub exit_page: Option<String>,
     /// Times of the events that gave the entry and exit page.
     entry_at: i64,
     exit_at: i64,
@@ -55,62 +63,97 @@ fn page_of(e: &Event) -> Option<&str> {
         .or(e.url.as_deref())
 }
 
-/// Folds `events` (those just inserted) into one delta per session, in
-/// order of first appearance.
-pub(super) fn session_deltas<'a>(events: impl Iterator<Item = &'a Event>) -> Vec<SessionDelta<'a>> {
-    let mut index: HashMap<(Uuid, &str), usize> = HashMap::new();
-    let mut out: Vec<SessionDelta<'a>> = Vec::new();
-    for e in events {
-        let Some(sid) = e.session_id.as_deref() else {
-            continue;
-        };
-        let page = page_of(e);
-        let pv = i64::from(PAGEVIEW_NAMES.contains(&e.name.as_str()));
+impl SessionDelta {
+    fn new(e: &Event, page: Option<&str>, pv: i64) -> Self {
         let t = e.timestamp;
-        match index.get(&(e.project_id, sid)) {
-            Some(&i) => {
-                let d = &mut out[i];
-                d.started_at = d.started_at.min(t);
-                d.ended_at = d.ended_at.max(t);
-                d.events += 1;
-                d.pageviews += pv;
-                if e.visitor_id.is_some() && d.visitor_id.is_none() {
-                    d.visitor_id = e.visitor_id.as_deref();
-                }
-                if e.distinct_id.is_some() {
-                    d.distinct_id = e.distinct_id.as_deref();
-                }
-                if let Some(p) = page {
-                    if d.entry_page.is_none() || t < d.entry_at {
-                        d.entry_page = Some(p);
-                        d.entry_at = t;
-                    }
-                    if d.exit_page.is_none() || t >= d.exit_at {
-                        d.exit_page = Some(p);
-                        d.exit_at = t;
-                    }
-                }
+        Self {
+            visitor_id: e.visitor_id.clone(),
+            distinct_id: e.distinct_id.clone(),
+            started_at: t,
+            ended_at: t,
+            events: 1,
+            pageviews: pv,
+            entry_page: page.map(str::to_owned),
+            exit_page: page.map(str::to_owned),
+            entry_at: t,
+            exit_at: t,
+        }
+    }
+
+    fn add(&mut self, e: &Event, page: Option<&str>, pv: i64) {
+        let t = e.timestamp;
+        self.started_at = self.started_at.min(t);
+        self.ended_at = self.ended_at.max(t);
+        self.events += 1;
+        self.pageviews += pv;
+        if self.visitor_id.is_none() && e.visitor_id.is_some() {
+            self.visitor_id.clone_from(&e.visitor_id);
+        }
+        if e.distinct_id.is_some() && self.distinct_id != e.distinct_id {
+            self.distinct_id.clone_from(&e.distinct_id);
+        }
+        if let Some(p) = page {
+            if self.entry_page.is_none() || t < self.entry_at {
+                self.entry_page = Some(p.to_owned());
+                self.entry_at = t;
             }
-            None => {
-                index.insert((e.project_id, sid), out.len());
-                out.push(SessionDelta {
-                    project_id: e.project_id,
-                    session_id: sid,
-                    visitor_id: e.visitor_id.as_deref(),
-                    distinct_id: e.distinct_id.as_deref(),
-                    started_at: t,
-                    ended_at: t,
-                    events: 1,
-                    pageviews: pv,
-                    entry_page: page,
-                    exit_page: page,
-                    entry_at: t,
-                    exit_at: t,
-                });
+            if self.exit_page.is_none() || t >= self.exit_at {
+                if self.exit_page.as_deref() != Some(p) {
+                    self.exit_page = Some(p.to_owned());
+                }
+                self.exit_at = t;
             }
         }
     }
-    out
+}
+
+/// Session deltas of stored events, gathered by the writer between two
+/// writes to the `sessions` table (see [`crate::writer`]).
+#[derive(Debug, Default)]
+pub struct PendingSessions {
+    by_project: HashMap<Uuid, HashMap<String, SessionDelta>>,
+    len: usize,
+}
+
+impl PendingSessions {
+    /// Folds one stored event in; events without a session id are ignored.
+    pub fn add(&mut self, e: &Event) {
+        let Some(sid) = e.session_id.as_deref() else {
+            return;
+        };
+        let page = page_of(e);
+        let pv = i64::from(PAGEVIEW_NAMES.contains(&e.name.as_str()));
+        let sessions = self.by_project.entry(e.project_id).or_default();
+        if let Some(d) = sessions.get_mut(sid) {
+            d.add(e, page, pv);
+        } else {
+            sessions.insert(sid.to_owned(), SessionDelta::new(e, page, pv));
+            self.len += 1;
+        }
+    }
+
+    /// Sessions with something to write.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets everything (after it was written).
+    pub fn clear(&mut self) {
+        self.by_project.clear();
+        self.len = 0;
+    }
+
+    /// Every delta with its project and session id.
+    pub(super) fn rows(&self) -> impl Iterator<Item = (Uuid, &str, &SessionDelta)> {
+        self.by_project
+            .iter()
+            .flat_map(|(p, m)| m.iter().map(move |(s, d)| (*p, s.as_str(), d)))
+    }
 }
 
 /// The upsert of `rows` session deltas; `postgres` picks `$n` placeholders.
@@ -165,6 +208,56 @@ pub(super) fn upsert_sql(postgres: bool, rows: usize) -> &'static str {
             values.join(", ")
         )
     })
+}
+
+/// Recomputes, from the events themselves, every session touched by an
+/// event with `seq` above the one bound value. Idempotent: each row is set,
+/// not added to.
+pub(super) fn recompute_sql(postgres: bool) -> &'static str {
+    static CACHE: [OnceLock<String>; 2] = [const { OnceLock::new() }; 2];
+    CACHE[usize::from(postgres)].get_or_init(|| recompute_text(postgres))
+}
+
+fn recompute_text(postgres: bool) -> String {
+    let (page, seq) = if postgres {
+        ("COALESCE(x.enrichment->>'page_path', x.url)", "$1")
+    } else {
+        (
+            "COALESCE(json_extract(x.enrichment, '$.page_path'), x.url)",
+            "?",
+        )
+    };
+    let pv = format!(
+        "CASE WHEN e.name IN ({}) THEN 1 ELSE 0 END",
+        PAGEVIEW_NAMES.map(|n| format!("'{n}'")).join(", ")
+    );
+    let same = "x.project_id = e.project_id AND x.session_id = e.session_id";
+    format!(
+        "INSERT INTO sessions (project_id, session_id, visitor_id, distinct_id, started_at, \
+         ended_at, duration_ms, events, pageviews, entry_page, exit_page, bounce) \
+         SELECT e.project_id, e.session_id, \
+         (SELECT x.visitor_id FROM events x WHERE {same} AND x.visitor_id IS NOT NULL \
+           ORDER BY x.\"timestamp\", x.seq LIMIT 1), \
+         (SELECT x.distinct_id FROM events x WHERE {same} AND x.distinct_id IS NOT NULL \
+           ORDER BY x.\"timestamp\" DESC, x.seq DESC LIMIT 1), \
+         MIN(e.\"timestamp\"), MAX(e.\"timestamp\"), MAX(e.\"timestamp\") - MIN(e.\"timestamp\"), \
+         COUNT(*), SUM({pv}), \
+         (SELECT {page} FROM events x WHERE {same} AND {page} IS NOT NULL \
+           ORDER BY x.\"timestamp\", x.seq LIMIT 1), \
+         (SELECT {page} FROM events x WHERE {same} AND {page} IS NOT NULL \
+           ORDER BY x.\"timestamp\" DESC, x.seq DESC LIMIT 1), \
+         SUM({pv}) <= 1 \
+         FROM events e \
+         WHERE (e.project_id, e.session_id) IN \
+           (SELECT project_id, session_id FROM events WHERE seq > {seq} AND session_id IS NOT NULL) \
+         GROUP BY e.project_id, e.session_id \
+         ON CONFLICT (project_id, session_id) DO UPDATE SET \
+         visitor_id = excluded.visitor_id, distinct_id = excluded.distinct_id, \
+         started_at = excluded.started_at, ended_at = excluded.ended_at, \
+         duration_ms = excluded.duration_ms, events = excluded.events, \
+         pageviews = excluded.pageviews, entry_page = excluded.entry_page, \
+         exit_page = excluded.exit_page, bounce = excluded.bounce"
+    )
 }
 
 /// A session as the domain sees it.
@@ -314,7 +407,7 @@ mod tests {
     }
 
     #[test]
-    fn deltas_fold_events_per_session() {
+    fn pending_sessions_fold_events_per_session() {
         let t = 1_795_430_000_000;
         let events = [
             ev("pageview", Some("s1"), t + 2000, Some("https://a.test/b")),
@@ -323,15 +416,24 @@ mod tests {
             ev("pageview", Some("s2"), t, Some("https://a.test/x")),
             ev("pageview", None, t, Some("https://a.test/y")),
         ];
-        let d = session_deltas(events.iter());
-        assert_eq!(d.len(), 2);
-        assert_eq!(d[0].session_id, "s1");
-        assert_eq!((d[0].started_at, d[0].ended_at), (t, t + 5000));
-        assert_eq!((d[0].events, d[0].pageviews), (3, 2));
-        assert_eq!(d[0].entry_page, Some("https://a.test/a"));
+        let mut pending = PendingSessions::default();
+        for e in &events {
+            pending.add(e);
+        }
+        assert_eq!(pending.len(), 2);
+        let mut d: Vec<_> = pending.rows().collect();
+        d.sort_by_key(|(_, s, _)| *s);
+        let (_, sid, s1) = d[0];
+        assert_eq!(sid, "s1");
+        assert_eq!((s1.started_at, s1.ended_at), (t, t + 5000));
+        assert_eq!((s1.events, s1.pageviews), (3, 2));
+        assert_eq!(s1.entry_page.as_deref(), Some("https://a.test/a"));
         // The last event has no page: the exit page is the last page seen.
-        assert_eq!(d[0].exit_page, Some("https://a.test/b"));
-        assert_eq!((d[1].events, d[1].pageviews), (1, 1));
+        assert_eq!(s1.exit_page.as_deref(), Some("https://a.test/b"));
+        assert_eq!((d[1].2.events, d[1].2.pageviews), (1, 1));
+        pending.clear();
+        assert!(pending.is_empty());
+        assert_eq!(pending.rows().count(), 0);
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //! redone in a mode that tells which event was which, so each event is
 //! reported exactly as [`InsertOutcome::Inserted`] or
 //! [`InsertOutcome::Duplicate`].
+//!
+//! Sessions are written apart from the events, once per interval, by
+//! [`WriterDb::flush_sessions`]; see [`super::sessions`].
 
 use std::collections::HashSet;
 use std::sync::OnceLock;
@@ -29,7 +32,7 @@ use uuid::Uuid;
 
 use super::dead_letters::NewDeadLetter;
 use super::events::InsertOutcome;
-use super::sessions::{SESSION_CHUNKS, session_deltas, upsert_sql};
+use super::sessions::{PendingSessions, SESSION_CHUNKS, recompute_sql, upsert_sql};
 use crate::event::{Event, now_ms};
 
 /// The inserted columns of `events`, in bind order.
@@ -200,18 +203,42 @@ macro_rules! insert_dead_letters {
     }};
 }
 
-/// Folds the inserted `$rows` (flags in `$inserted`) into their sessions,
-/// in an open transaction `$tx`; `$postgres` picks the placeholders.
-macro_rules! upsert_sessions {
-    ($tx:expr, $postgres:expr, $rows:expr, $inserted:expr) => {{
-        let deltas = session_deltas(
-            $rows
-                .iter()
-                .zip($inserted.iter())
-                .filter(|(_, ok)| **ok)
-                .map(|(r, _)| r.event),
-        );
-        let mut rest = &deltas[..];
+/// SQL of the session flush on one backend.
+struct MarkSql {
+    /// Deletes the marks whose heartbeat is older than `$1`, other than
+    /// writer `$2`'s, returning their folded `seq`.
+    take_stale: &'static str,
+    /// Sets writer `$1`'s mark to folded `seq` `$2` and heartbeat `$3`.
+    renew: &'static str,
+}
+
+const SQLITE_MARKS: MarkSql = MarkSql {
+    take_stale: "DELETE FROM session_marks WHERE heartbeat_at < ? AND writer_id <> ? \
+                 RETURNING folded_seq",
+    renew: "INSERT INTO session_marks (writer_id, folded_seq, heartbeat_at) VALUES (?, ?, ?) \
+            ON CONFLICT (writer_id) DO UPDATE SET folded_seq = excluded.folded_seq, \
+            heartbeat_at = excluded.heartbeat_at",
+};
+
+const PG_MARKS: MarkSql = MarkSql {
+    take_stale: "DELETE FROM session_marks WHERE heartbeat_at < $1 AND writer_id <> $2 \
+                 RETURNING folded_seq",
+    renew: "INSERT INTO session_marks (writer_id, folded_seq, heartbeat_at) VALUES ($1, $2, $3) \
+            ON CONFLICT (writer_id) DO UPDATE SET folded_seq = excluded.folded_seq, \
+            heartbeat_at = excluded.heartbeat_at",
+};
+
+/// The session flush in an open transaction `$tx` (see
+/// [`WriterDb::flush_sessions`]); `$postgres` picks the SQL. Evaluates to
+/// the number of stale marks recovered.
+macro_rules! flush_sessions {
+    ($tx:expr, $postgres:expr, $pending:expr, $writer:expr, $now:expr, $stale_before:expr) => {{
+        let marks = if $postgres { &PG_MARKS } else { &SQLITE_MARKS };
+        // A fixed order, so that two instances sharing PostgreSQL lock
+        // common sessions in the same order and cannot deadlock.
+        let mut rows: Vec<_> = $pending.rows().collect();
+        rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let mut rest = &rows[..];
         while !rest.is_empty() {
             let size = SESSION_CHUNKS
                 .into_iter()
@@ -220,23 +247,48 @@ macro_rules! upsert_sessions {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let mut q = sqlx::query(upsert_sql($postgres, size));
-            for d in chunk {
+            for (project, session, d) in chunk {
                 q = q
-                    .bind(d.project_id)
-                    .bind(d.session_id)
-                    .bind(d.visitor_id)
-                    .bind(d.distinct_id)
+                    .bind(*project)
+                    .bind(*session)
+                    .bind(d.visitor_id.as_deref())
+                    .bind(d.distinct_id.as_deref())
                     .bind(d.started_at)
                     .bind(d.ended_at)
                     .bind(d.ended_at - d.started_at)
                     .bind(d.events)
                     .bind(d.pageviews)
-                    .bind(d.entry_page)
-                    .bind(d.exit_page)
+                    .bind(d.entry_page.as_deref())
+                    .bind(d.exit_page.as_deref())
                     .bind(d.pageviews <= 1);
             }
             q.execute(&mut *$tx).await.map_err(exec_err)?;
         }
+        let stale: Vec<i64> = sqlx::query_scalar(marks.take_stale)
+            .bind($stale_before)
+            .bind($writer)
+            .fetch_all(&mut *$tx)
+            .await
+            .map_err(exec_err)?;
+        if let Some(&from) = stale.iter().min() {
+            sqlx::query(recompute_sql($postgres))
+                .bind(from)
+                .execute(&mut *$tx)
+                .await
+                .map_err(exec_err)?;
+        }
+        let folded: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+            .fetch_one(&mut *$tx)
+            .await
+            .map_err(exec_err)?;
+        sqlx::query(marks.renew)
+            .bind($writer)
+            .bind(folded)
+            .bind($now)
+            .execute(&mut *$tx)
+            .await
+            .map_err(exec_err)?;
+        stale.len()
     }};
 }
 
@@ -326,7 +378,6 @@ async fn sqlite_commit(
             return Ok(None);
         }
     }
-    upsert_sessions!(tx, false, rows, inserted);
     insert_dead_letters!(
         tx,
         "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
@@ -414,7 +465,6 @@ async fn pg_commit(
             }
         }
     }
-    upsert_sessions!(tx, true, rows, inserted);
     insert_dead_letters!(
         tx,
         "INSERT INTO dead_letters (id, project_id, event_id, payload, plugin, error, \
@@ -423,4 +473,61 @@ async fn pg_commit(
     );
     tx.commit().await.map_err(exec_err)?;
     Ok(Some(inserted))
+}
+
+impl WriterDb {
+    /// Writes the `pending` session deltas, recovers the sessions of any
+    /// other writer whose mark's heartbeat is older than `stale_before`
+    /// (ms), and renews writer `writer`'s mark (heartbeat `now`), all in
+    /// one transaction. Returns how many stale marks were recovered.
+    ///
+    /// # Errors
+    /// The database error; nothing was written then, and `pending` is
+    /// still to be written.
+    pub async fn flush_sessions(
+        &self,
+        pending: &PendingSessions,
+        writer: Uuid,
+        now: i64,
+        stale_before: i64,
+    ) -> Result<usize, DbErr> {
+        match &self.pool {
+            WriterPool::Sqlite(pool) => {
+                let mut tx = pool.begin().await.map_err(exec_err)?;
+                let n = flush_sessions!(tx, false, pending, writer, now, stale_before);
+                tx.commit().await.map_err(exec_err)?;
+                Ok(n)
+            }
+            WriterPool::Postgres(pool) => {
+                let mut tx = pool.begin().await.map_err(exec_err)?;
+                let n = flush_sessions!(tx, true, pending, writer, now, stale_before);
+                tx.commit().await.map_err(exec_err)?;
+                Ok(n)
+            }
+        }
+    }
+
+    /// Removes writer `writer`'s mark, after its last flush at shutdown.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn drop_session_mark(&self, writer: Uuid) -> Result<(), DbErr> {
+        match &self.pool {
+            WriterPool::Sqlite(pool) => {
+                sqlx::query("DELETE FROM session_marks WHERE writer_id = ?")
+                    .bind(writer)
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            }
+            WriterPool::Postgres(pool) => {
+                sqlx::query("DELETE FROM session_marks WHERE writer_id = $1")
+                    .bind(writer)
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            }
+        }
+        .map_err(exec_err)
+    }
 }

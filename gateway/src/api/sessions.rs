@@ -86,7 +86,9 @@ impl SessionsApi {
     ///
     /// A project's sessions (assigned by the SDK or the `session` plugin),
     /// newest first by start, with start, end, duration, event and page
-    /// view counts, entry and exit page, and bounce.
+    /// view counts, entry and exit page, and bounce. The writer writes
+    /// sessions every `ingest.sessions_flush_ms` (default 1 s), so the
+    /// latest events can take that long to show here.
     #[oai(
         path = "/projects/:project_id/sessions",
         method = "get",

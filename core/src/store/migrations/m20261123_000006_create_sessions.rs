@@ -4,9 +4,8 @@ use sea_orm_migration::schema::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// Sessions, kept up to date by the writer in the same transaction as the
-/// events that carry a session id: start, end, duration, counts, entry and
-/// exit page, bounce.
+/// Sessions, kept up to date by the writer from the events that carry a
+/// session id: start, end, duration, counts, entry and exit page, bounce.
 #[derive(DeriveIden)]
 enum Sessions {
     Table,

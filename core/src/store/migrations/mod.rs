@@ -9,6 +9,7 @@ mod m20261123_000004_create_dead_letters;
 mod m20261123_000005_create_pipelines;
 mod m20261123_000006_create_sessions;
 mod m20261123_000007_create_insights;
+mod m20261123_000008_create_session_marks;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000005_create_pipelines::Migration),
             Box::new(m20261123_000006_create_sessions::Migration),
             Box::new(m20261123_000007_create_insights::Migration),
+            Box::new(m20261123_000008_create_session_marks::Migration),
         ]
     }
 }
