@@ -1,7 +1,7 @@
 //! Promise 1: an acknowledged event is never lost. Back-pressure with 503,
 //! graceful shutdown, and `kill -9` while clients are sending.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -14,8 +14,9 @@ fn batch(n: usize, ids: &mut Vec<String>) -> Value {
     let events: Vec<Value> = (0..n)
         .map(|_| {
             let id = uuid::Uuid::new_v4().to_string();
+            let session = format!("s-{}", ids.len() % 10);
             ids.push(id.clone());
-            json!({"id": id, "event": "load", "properties": {"k": "v"}})
+            json!({"id": id, "event": "load", "session_id": session, "properties": {"k": "v"}})
         })
         .collect();
     json!({ "batch": events })
@@ -161,6 +162,59 @@ async fn check_stored(server: &Server, acked: &[String], sent: &[String], what: 
     );
 }
 
+/// Events per session, as stored and as the `sessions` table says.
+async fn session_counts(server: &Server) -> (HashMap<String, i64>, HashMap<String, i64>) {
+    let mut stored = HashMap::new();
+    for e in all_events(server, "", 1000).await {
+        *stored
+            .entry(e["session_id"].as_str().unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    let page: Value = client()
+        .get(server.url(&format!(
+            "/api/v1/projects/{}/sessions?limit=100",
+            server.keys.project_id
+        )))
+        .header("X-API-Key", &server.keys.secret_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let table = page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["session_id"].as_str().unwrap().to_owned(),
+                s["events"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (stored, table)
+}
+
+/// The `sessions` table agrees with the stored events, at once or (with
+/// `wait`) within 20 s.
+async fn check_sessions(server: &Server, wait: bool, what: &str) {
+    let mut tries = if wait { 200 } else { 1 };
+    loop {
+        let (stored, table) = session_counts(server).await;
+        if stored == table {
+            assert_eq!(stored.len(), 10, "{what}: {stored:?}");
+            return;
+        }
+        tries -= 1;
+        assert!(
+            tries > 0,
+            "{what}: sessions disagree with the stored events:\nstored {stored:?}\ntable  {table:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn graceful_shutdown_loses_no_acknowledged_event() {
     for backend in backends("graceful_shutdown_loses_no_acknowledged_event") {
@@ -180,6 +234,8 @@ async fn graceful_shutdown_loses_no_acknowledged_event() {
         );
         server.spawn();
         check_stored(&server, &acked, &sent, &format!("{backend:?} SIGTERM")).await;
+        // The writer wrote its sessions before it exited.
+        check_sessions(&server, false, &format!("{backend:?} SIGTERM")).await;
         drop(server);
         db.drop_db().await;
     }
@@ -189,7 +245,8 @@ async fn graceful_shutdown_loses_no_acknowledged_event() {
 async fn kill_9_loses_no_acknowledged_event() {
     for backend in backends("kill_9_loses_no_acknowledged_event") {
         let db = TestDatabase::create(backend).await;
-        let mut server = Server::start(&db, &[]).await;
+        // Sessions written every 100 ms: a mark goes stale after 3 s.
+        let mut server = Server::start(&db, &[("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100")]).await;
         let stop = Arc::new(AtomicBool::new(false));
         let pid = server.pid().unwrap();
         let killer = tokio::spawn(async move {
@@ -205,6 +262,9 @@ async fn kill_9_loses_no_acknowledged_event() {
         server.kill9();
         server.spawn();
         check_stored(&server, &acked, &sent, &format!("{backend:?} kill -9")).await;
+        // The killed writer's last sessions are recomputed from the events
+        // once its mark goes stale.
+        check_sessions(&server, true, &format!("{backend:?} kill -9")).await;
         drop(server);
         db.drop_db().await;
     }
