@@ -143,6 +143,11 @@ struct Args {
     /// Leave out `session_id`, so that the `session` plugin assigns one.
     #[arg(long)]
     no_session_id: bool,
+    /// Event ids: `v4` (random per run, a counter per worker: as many
+    /// insertion points in the `(project_id, id)` index as workers) or `v7`
+    /// (time-ordered, as SDKs that send UUIDv7 do: appended at the end).
+    #[arg(long, value_enum, default_value_t = IdKind::V4)]
+    ids: IdKind,
 }
 
 fn main() {
@@ -266,18 +271,29 @@ struct Answer {
     duplicates: u64,
 }
 
+/// The kind of event id sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum IdKind {
+    /// Version 4 layout: run-random high bits, worker and counter.
+    V4,
+    /// Version 7: milliseconds since the epoch, then worker and counter.
+    V7,
+}
+
 /// Makes unique event ids without a system call per id: 60 random bits per
 /// run, then the worker number and a counter, formatted as a version-4 UUID.
 struct IdGen {
+    kind: IdKind,
     hi: u64,
     lo_base: u64,
     counter: u64,
 }
 
 impl IdGen {
-    fn new(run: Uuid, worker: usize) -> Self {
+    fn new(run: Uuid, worker: usize, kind: IdKind) -> Self {
         let (hi, _) = run.as_u64_pair();
         Self {
+            kind,
             hi: (hi & !0xF000) | 0x4000,
             lo_base: 0x8000_0000_0000_0000 | ((worker as u64 & 0x3_FFFF) << 44),
             counter: 0,
@@ -286,7 +302,18 @@ impl IdGen {
 
     fn next(&mut self) -> Uuid {
         self.counter += 1;
-        Uuid::from_u64_pair(self.hi, self.lo_base | (self.counter & 0xFFF_FFFF_FFFF))
+        let hi = match self.kind {
+            IdKind::V4 => self.hi,
+            IdKind::V7 => {
+                // 48 bits of milliseconds, version 7, 12 random-ish bits
+                // from the run (ids stay unique by worker and counter).
+                let ms = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                (ms << 16) | 0x7000 | (self.hi & 0x0FFF)
+            }
+        };
+        Uuid::from_u64_pair(hi, self.lo_base | (self.counter & 0xFFF_FFFF_FFFF))
     }
 }
 
@@ -609,7 +636,7 @@ impl Worker {
             gzip: args.gzip.then(Gzip::new),
             head: Vec::with_capacity(512),
             target: Arc::clone(target),
-            ids: IdGen::new(run, n),
+            ids: IdGen::new(run, n, args.ids),
             timeout: Duration::from_secs(args.timeout.max(1)),
         }
     }
