@@ -218,7 +218,11 @@ impl SessionFolder {
     fn due(&self) -> Instant {
         match self.last {
             None => Instant::now(),
-            Some(last) if self.pending.len() >= MAX_PENDING_SESSIONS => last,
+            // Many pending: at once, but not in a tight loop while the
+            // database refuses (a failed write also sets `last`).
+            Some(last) if self.pending.len() >= MAX_PENDING_SESSIONS => {
+                last + self.interval.min(Duration::from_millis(100))
+            }
             Some(last) if self.pending.is_empty() => last + self.heartbeat,
             Some(last) => last + self.interval,
         }
