@@ -214,6 +214,11 @@ impl SessionFolder {
         }
     }
 
+    /// Whether a write is due now.
+    fn is_due(&self) -> bool {
+        self.last.is_none() || Instant::now() >= self.due()
+    }
+
     /// When the next write is due.
     fn due(&self) -> Instant {
         match self.last {
@@ -231,7 +236,7 @@ impl SessionFolder {
     /// Writes the pending sessions and renews the mark when due (always
     /// with `force`). On failure everything stays pending for next time.
     async fn flush(&mut self, store: &Store, force: bool) {
-        if !force && self.last.is_some() && Instant::now() < self.due() {
+        if !force && !self.is_due() {
             return;
         }
         let now = now_ms();

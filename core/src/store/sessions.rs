@@ -112,7 +112,6 @@ impl SessionDelta {
 #[derive(Debug, Default)]
 pub struct PendingSessions {
     by_project: HashMap<Uuid, HashMap<String, SessionDelta>>,
-    len: usize,
 }
 
 impl PendingSessions {
@@ -128,24 +127,22 @@ impl PendingSessions {
             d.add(e, page, pv);
         } else {
             sessions.insert(sid.to_owned(), SessionDelta::new(e, page, pv));
-            self.len += 1;
         }
     }
 
     /// Sessions with something to write.
     pub fn len(&self) -> usize {
-        self.len
+        self.by_project.values().map(HashMap::len).sum()
     }
 
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.by_project.is_empty()
     }
 
     /// Forgets everything (after it was written).
     pub fn clear(&mut self) {
         self.by_project.clear();
-        self.len = 0;
     }
 
     /// Every delta with its project and session id.

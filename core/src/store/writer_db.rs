@@ -240,10 +240,7 @@ macro_rules! flush_sessions {
         rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         let mut rest = &rows[..];
         while !rest.is_empty() {
-            let size = SESSION_CHUNKS
-                .into_iter()
-                .find(|&c| c <= rest.len())
-                .unwrap_or(1);
+            let size = chunk_len(&SESSION_CHUNKS, rest.len());
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
             let mut q = sqlx::query(upsert_sql($postgres, size));
@@ -290,6 +287,12 @@ macro_rules! flush_sessions {
             .map_err(exec_err)?;
         stale.len()
     }};
+}
+
+/// The largest of the statement sizes `sizes` (largest first, ending in
+/// 1) that fits in `left` remaining rows.
+fn chunk_len(sizes: &[usize], left: usize) -> usize {
+    sizes.iter().copied().find(|&c| c <= left).unwrap_or(1)
 }
 
 /// A statement's error, as sea-orm would report it.
@@ -342,10 +345,7 @@ async fn sqlite_commit(
         let size = if exact {
             1
         } else {
-            SQLITE_CHUNKS
-                .into_iter()
-                .find(|&c| c <= rest.len())
-                .unwrap_or(1)
+            chunk_len(&SQLITE_CHUNKS, rest.len())
         };
         let (chunk, tail) = rest.split_at(size);
         rest = tail;
