@@ -76,6 +76,55 @@ impl Principal {
     }
 }
 
+/// What a caller does to a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// Makes a new key.
+    Create,
+    /// Replaces a key by a new one with the same rights.
+    Rotate,
+    /// Stops a key now.
+    Revoke,
+}
+
+impl KeyChange {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Rotate => "rotate",
+            Self::Revoke => "revoke",
+        }
+    }
+}
+
+impl Principal {
+    /// The one rule for changing keys (README, "Who may change which
+    /// key"): a secret key changes the non-admin keys of its own project;
+    /// only an admin key creates, rotates or revokes an admin key, in any
+    /// project. No change may give or keep more rights than the caller
+    /// has. (That no change leaves the instance without a lasting admin
+    /// key is checked by the store, inside the change's transaction: 409
+    /// `last_admin_key`.)
+    ///
+    /// # Errors
+    /// 403 `forbidden` naming what is refused.
+    pub fn may_change_key(
+        &self,
+        change: KeyChange,
+        project: Uuid,
+        target_admin: bool,
+    ) -> Result<(), ApiError> {
+        self.require_project(project)?;
+        if target_admin && !self.is_admin() {
+            return Err(ApiError::forbidden(format!(
+                "only an admin key may {} an admin key, and this key is not one",
+                change.verb()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Cache of key lookups by hash; `None` remembers unknown keys.
 #[derive(Debug, Default)]
 pub struct KeyCache {
@@ -141,7 +190,13 @@ impl KeyCache {
     }
 }
 
-/// Authenticates `key` and checks that its kind is one of `allowed`.
+/// Authenticates `key` and checks that its kind is one of `allowed`, and
+/// that it may act on the project its route names.
+///
+/// The project check is here, in the security scheme, rather than in each
+/// handler: every route with a `project_id` path parameter gets it before
+/// its body is read, so a new endpoint cannot forget it (a test walks the
+/// OpenAPI spec to prove it for each one).
 async fn principal(
     req: &Request,
     key: HeaderKey,
@@ -153,7 +208,21 @@ async fn principal(
     if !allowed.contains(&key.kind) {
         return Err(ApiError::forbidden(refusal).into());
     }
-    Ok(Principal { key })
+    let principal = Principal { key };
+    if let Some(project) = path_project(req.uri().path()) {
+        principal.require_project(project)?;
+    }
+    Ok(principal)
+}
+
+/// The project a path names: `/api/v1/projects/{project_id}[/...]`. (Read
+/// from the path itself: poem-openapi names path parameters by position
+/// internally.) A malformed id is left to the handler's parameter parsing,
+/// which answers 400.
+fn path_project(path: &str) -> Option<Uuid> {
+    let rest = path.strip_prefix("/api/v1/projects/")?;
+    let id = rest.split('/').next()?;
+    Uuid::parse_str(id).ok()
 }
 
 async fn check_secret(req: &Request, key: HeaderKey) -> poem::Result<Principal> {
@@ -236,6 +305,31 @@ impl IngestKey {
         match self {
             Self::Header(h) => Some(h.0.key.as_str()),
             Self::Elsewhere => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_project_of_a_path() {
+        let id = Uuid::now_v7();
+        for path in [
+            format!("/api/v1/projects/{id}"),
+            format!("/api/v1/projects/{id}/"),
+            format!("/api/v1/projects/{id}/keys/{}/rotate", Uuid::now_v7()),
+        ] {
+            assert_eq!(path_project(&path), Some(id), "{path}");
+        }
+        for path in [
+            "/api/v1/projects",
+            "/api/v1/projects/",
+            "/api/v1/projects/x/keys",
+            "/api/v1/events",
+        ] {
+            assert_eq!(path_project(path), None, "{path}");
         }
     }
 }

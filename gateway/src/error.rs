@@ -111,6 +111,13 @@ impl From<orrery_core::store::StoreError> for ApiError {
         match err {
             StoreError::NotFound(what) => Self::not_found(what),
             StoreError::Unsupported(msg) => Self::bad_request("unsupported", msg),
+            StoreError::LastAdminKey => Self::new(
+                StatusCode::CONFLICT,
+                "last_admin_key",
+                "refused: this would leave the instance without an admin key that keeps \
+                 working (not revoked, not expiring after a rotation); create another admin \
+                 key first",
+            ),
             StoreError::Db(sea_orm::DbErr::ConnectionAcquire(e)) => Self::unavailable(
                 "database_unavailable",
                 format!("the database is unavailable: {e}"),
@@ -156,6 +163,10 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (401, "Missing, unknown, revoked or expired key"),
     (403, "The key does not allow this operation"),
     (404, "Not found"),
+    (
+        409,
+        "Conflict with the stored state, e.g. `last_admin_key`: the change would leave the instance without an admin key",
+    ),
     (413, "Body or batch too large"),
     (415, "Unsupported content type or encoding"),
     (

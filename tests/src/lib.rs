@@ -295,6 +295,27 @@ pub fn client() -> reqwest::Client {
         .expect("client")
 }
 
+/// One API call with `key` in `X-API-Key` and an optional JSON body;
+/// answers the status and the JSON body (`Null` when the body is not JSON).
+pub async fn call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = client()
+        .request(method, server.url(path))
+        .header("X-API-Key", key);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("send request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("read answer");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
 /// Fetches every page of a project's events (newest first) with a secret
 /// key; returns the events in order.
 pub async fn all_events(server: &Server, query: &str, limit: u32) -> Vec<Value> {

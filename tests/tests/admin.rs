@@ -1,27 +1,8 @@
 //! Projects and keys through the admin API: who may do what, revocation
 //! and rotation taking effect at once.
 
-use orrery_tests::{Backend, Server, TestDatabase, client};
+use orrery_tests::{Backend, Server, TestDatabase, call};
 use serde_json::{Value, json};
-
-async fn call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    key: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut req = client()
-        .request(method, server.url(path))
-        .header("X-API-Key", key);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 async fn ingest(server: &Server, key: &str) -> (u16, Value) {
     call(

@@ -8,7 +8,8 @@
 use base64::Engine;
 use rand::RngCore;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, Statement, TransactionTrait,
 };
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -193,6 +194,14 @@ impl Store {
             .map(Into::into))
     }
 
+    /// One key of a project, active or not.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] when the project has no such key.
+    pub async fn get_key(&self, project_id: Uuid, key_id: Uuid) -> Result<ApiKey, StoreError> {
+        Ok(self.key_model(project_id, key_id).await?.into())
+    }
+
     async fn key_model(
         &self,
         project_id: Uuid,
@@ -208,15 +217,29 @@ impl Store {
     /// Revokes a key now. Revoking twice keeps the first time.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] when the project has no such key.
+    /// [`StoreError::NotFound`] when the project has no such key;
+    /// [`StoreError::LastAdminKey`] when it is the instance's last lasting
+    /// admin key (nothing is changed then).
     pub async fn revoke_key(&self, project_id: Uuid, key_id: Uuid) -> Result<ApiKey, StoreError> {
-        let model = self.key_model(project_id, key_id).await?;
+        let txn = self.db().begin().await?;
+        lock_admin_keys(&txn).await?;
+        let model = api_key::Entity::find_by_id(key_id)
+            .filter(api_key::Column::ProjectId.eq(project_id))
+            .one(&txn)
+            .await?
+            .ok_or(StoreError::NotFound("key"))?;
         if model.revoked_at.is_some() {
             return Ok(model.into());
         }
+        let admin = model.admin;
         let mut active: api_key::ActiveModel = model.into();
         active.revoked_at = Set(Some(now_ms()));
-        Ok(active.update(self.db()).await?.into())
+        let revoked = active.update(&txn).await?.into();
+        if admin {
+            ensure_admin_left(&txn).await?;
+        }
+        txn.commit().await?;
+        Ok(revoked)
     }
 
     /// Replaces a key by a new one of the same name and rights. The old key
@@ -251,6 +274,38 @@ impl Store {
         txn.commit().await?;
         Ok(NewKey { record, plaintext })
     }
+}
+
+/// Serializes the changes that can remove admin keys, so that two of them
+/// at once cannot both see the other's key as the one left. SQLite needs
+/// nothing: its writers are serialized, and each such change writes before
+/// it counts.
+pub(super) async fn lock_admin_keys(txn: &DatabaseTransaction) -> Result<(), StoreError> {
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        // A constant key of our own: "orrery admin keys".
+        txn.execute(Statement::from_string(
+            DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock(7262737001)",
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Fails with [`StoreError::LastAdminKey`] when, inside `txn`, no admin
+/// key is left that works and keeps working (not revoked, not expiring).
+pub(super) async fn ensure_admin_left(txn: &DatabaseTransaction) -> Result<(), StoreError> {
+    let lasting = api_key::Entity::find()
+        .filter(api_key::Column::Admin.eq(true))
+        .filter(api_key::Column::Kind.eq(KeyKind::Secret.as_str()))
+        .filter(api_key::Column::RevokedAt.is_null())
+        .filter(api_key::Column::ExpiresAt.is_null())
+        .count(txn)
+        .await?;
+    if lasting == 0 {
+        return Err(StoreError::LastAdminKey);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

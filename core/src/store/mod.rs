@@ -81,6 +81,10 @@ pub enum StoreError {
     /// The operation is not available on this backend.
     #[error("{0}")]
     Unsupported(String),
+    /// The change would leave the instance without a lasting admin key
+    /// (active, not revoked, not expiring after a rotation).
+    #[error("the change would leave the instance without an admin key")]
+    LastAdminKey,
 }
 
 /// A handle to the database; cheap to clone.

@@ -98,9 +98,12 @@ impl Store {
     /// and dead letters.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] when there is no such project.
+    /// [`StoreError::NotFound`] when there is no such project;
+    /// [`StoreError::LastAdminKey`] when it holds the instance's last
+    /// lasting admin keys.
     pub async fn delete_project(&self, id: Uuid) -> Result<(), StoreError> {
         let txn = self.db().begin().await?;
+        super::keys::lock_admin_keys(&txn).await?;
         event::Entity::delete_many()
             .filter(event::Column::ProjectId.eq(id))
             .exec(&txn)
@@ -128,6 +131,7 @@ impl Store {
         if res.rows_affected == 0 {
             return Err(StoreError::NotFound("project"));
         }
+        super::keys::ensure_admin_left(&txn).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::events::rfc3339_ms;
 use crate::api::projects::valid_name;
-use crate::auth::SecretKey;
+use crate::auth::{KeyChange, SecretKey};
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state as state;
 
@@ -141,6 +141,9 @@ pub struct KeysApi;
 #[OpenApi(prefix_path = "/api/v1/projects", tag = "ApiTags::Keys")]
 impl KeysApi {
     /// Create a key
+    ///
+    /// A secret key creates public, secret and execute keys for its
+    /// project; only an admin key may create an admin key (403 otherwise).
     #[oai(
         path = "/:project_id/keys",
         method = "post",
@@ -154,16 +157,14 @@ impl KeysApi {
         project_id: Path<Uuid>,
         body: Json<KeyIn>,
     ) -> ApiResult<CreatedKey> {
-        auth.0.require_project(project_id.0)?;
         let body = body.0;
-        if body.admin {
-            auth.0.require_admin()?;
-            if body.kind != KeyKindOut::Secret {
-                return Err(ApiError::bad_request(
-                    "invalid_key_kind",
-                    "only secret keys can be admin keys",
-                ));
-            }
+        auth.0
+            .may_change_key(KeyChange::Create, project_id.0, body.admin)?;
+        if body.admin && body.kind != KeyKindOut::Secret {
+            return Err(ApiError::bad_request(
+                "invalid_key_kind",
+                "only secret keys can be admin keys",
+            ));
         }
         let name = valid_name(&body.name)?;
         let kind = match body.kind {
@@ -200,7 +201,9 @@ impl KeysApi {
 
     /// Revoke a key
     ///
-    /// The key stops working at once.
+    /// The key stops working at once. Only an admin key may revoke an admin
+    /// key (403 otherwise), and the instance's last admin key that keeps
+    /// working cannot be revoked (409 `last_admin_key`).
     #[oai(
         path = "/:project_id/keys/:key_id/revoke",
         method = "post",
@@ -215,8 +218,10 @@ impl KeysApi {
         /// Key id.
         key_id: Path<Uuid>,
     ) -> ApiResult<Json<KeyOut>> {
-        auth.0.require_project(project_id.0)?;
         let state = state(req);
+        let target = state.store.get_key(project_id.0, key_id.0).await?;
+        auth.0
+            .may_change_key(KeyChange::Revoke, project_id.0, target.admin)?;
         let key = state.store.revoke_key(project_id.0, key_id.0).await?;
         state.keys.clear();
         Ok(Json(key.into()))
@@ -225,7 +230,8 @@ impl KeysApi {
     /// Rotate a key
     ///
     /// Makes a new key with the same name and rights; the old one stops
-    /// working at once, or after `grace_seconds`.
+    /// working at once, or after `grace_seconds`. Only an admin key may
+    /// rotate an admin key (403 otherwise).
     #[oai(
         path = "/:project_id/keys/:key_id/rotate",
         method = "post",
@@ -241,8 +247,10 @@ impl KeysApi {
         key_id: Path<Uuid>,
         body: Json<RotateIn>,
     ) -> ApiResult<CreatedKey> {
-        auth.0.require_project(project_id.0)?;
         let state = state(req);
+        let target = state.store.get_key(project_id.0, key_id.0).await?;
+        auth.0
+            .may_change_key(KeyChange::Rotate, project_id.0, target.admin)?;
         let key = state
             .store
             .rotate_key(project_id.0, key_id.0, body.0.grace_seconds)
