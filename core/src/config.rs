@@ -238,6 +238,37 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Seconds a graceful shutdown waits for requests in flight.
     pub shutdown_timeout_secs: u64,
+    /// Most connections open at once; beyond, a new one gets a 503 and is
+    /// closed.
+    pub max_connections: usize,
+    /// Most connections open at once from one client IP (peers in
+    /// `trusted_proxies` are exempt).
+    pub max_connections_per_ip: usize,
+    /// A request's line and headers must arrive within this (ms), counted
+    /// from their first byte, or from the connection's start for its
+    /// first request.
+    pub header_read_timeout_ms: u64,
+    /// A request body must arrive within this (ms) of the handler asking
+    /// for it; else 408.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight is closed after this (ms).
+    pub idle_timeout_ms: u64,
+    /// A connection whose client stops reading its answer is closed after
+    /// this (ms) without progress.
+    pub write_timeout_ms: u64,
+    /// Largest request line plus headers (HTTP/1.1; beyond: 431), and
+    /// HTTP/2 header list, in bytes.
+    pub max_header_bytes: usize,
+    /// Longest request target (path and query), in bytes; beyond: 414.
+    pub max_uri_bytes: usize,
+    /// Accept cleartext HTTP/2 (prior knowledge) besides HTTP/1.1.
+    pub http2: bool,
+    /// HTTP/2 streams at once on one connection.
+    pub http2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of one stream, in bytes.
+    pub http2_stream_window_bytes: u32,
+    /// HTTP/2 flow-control window of one connection, in bytes.
+    pub http2_connection_window_bytes: u32,
 }
 
 impl Default for HttpConfig {
@@ -247,6 +278,18 @@ impl Default for HttpConfig {
             cors_origins: Vec::new(),
             max_body_bytes: 256 * 1024,
             shutdown_timeout_secs: 30,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            write_timeout_ms: 30_000,
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 16 * 1024,
+            http2: true,
+            http2_max_concurrent_streams: 100,
+            http2_stream_window_bytes: 256 * 1024,
+            http2_connection_window_bytes: 1024 * 1024,
         }
     }
 }

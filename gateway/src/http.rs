@@ -10,6 +10,7 @@ use poem_openapi::OperationId;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::{Instrument, debug, info_span};
@@ -36,6 +37,13 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+/// Label of the connection and body-error counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// Why.
+    pub reason: String,
+}
+
 /// HTTP metrics.
 #[derive(Clone, Debug)]
 pub struct HttpMetrics {
@@ -43,6 +51,21 @@ pub struct HttpMetrics {
     pub requests: Family<RequestLabels, Counter>,
     /// Latency by route.
     pub latency: Family<RouteLabel, Histogram>,
+    /// Connections open now.
+    pub connections_open: Gauge,
+    /// Connections accepted (refused ones included).
+    pub connections_accepted: Counter,
+    /// Connections refused over a cap (`max_connections`,
+    /// `max_connections_per_ip`).
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    /// Connections closed by a timeout (`header_timeout`, `idle_timeout`,
+    /// `write_timeout`).
+    pub connections_closed: Family<ReasonLabel, Counter>,
+    /// Requests refused before the API (`malformed_request`,
+    /// `headers_too_large`, `uri_too_long`).
+    pub protocol_errors: Family<ReasonLabel, Counter>,
+    /// Failed body reads (`too_large`, `malformed`, `aborted`, `timeout`).
+    pub body_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -52,6 +75,12 @@ impl Default for HttpMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 2.0, 18))
             }),
+            connections_open: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Family::default(),
+            connections_closed: Family::default(),
+            protocol_errors: Family::default(),
+            body_errors: Family::default(),
         }
     }
 }
@@ -69,7 +98,155 @@ impl HttpMetrics {
             "HTTP request latency by route",
             self.latency.clone(),
         );
+        registry.register(
+            "orrery_http_connections_open",
+            "HTTP connections open now",
+            self.connections_open.clone(),
+        );
+        registry.register(
+            "orrery_http_connections_accepted",
+            "HTTP connections accepted, refused ones included",
+            self.connections_accepted.clone(),
+        );
+        registry.register(
+            "orrery_http_connections_refused",
+            "HTTP connections refused over a cap, by reason",
+            self.connections_refused.clone(),
+        );
+        registry.register(
+            "orrery_http_connections_closed",
+            "HTTP connections closed by a timeout, by reason",
+            self.connections_closed.clone(),
+        );
+        registry.register(
+            "orrery_http_protocol_errors",
+            "Requests refused before reaching the API, by reason",
+            self.protocol_errors.clone(),
+        );
+        registry.register(
+            "orrery_http_body_errors",
+            "Request bodies that could not be read, by reason",
+            self.body_errors.clone(),
+        );
     }
+
+    /// Counts one `reason` in `family`.
+    pub fn count(family: &Family<ReasonLabel, Counter>, reason: &str) {
+        family
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Longer than the limit: 413.
+    TooLarge,
+    /// Broken framing (chunked encoding, say): 400.
+    Malformed,
+    /// The client went away before the end: nobody is left to answer.
+    Aborted,
+    /// Not all there within `http.body_read_timeout_ms`: 408.
+    Timeout,
+}
+
+impl BodyError {
+    fn label(self) -> &'static str {
+        match self {
+            Self::TooLarge => "too_large",
+            Self::Malformed => "malformed",
+            Self::Aborted => "aborted",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    /// The answer; `setting` names the limit for a 413.
+    pub fn into_api_error(self, limit: usize, setting: &str) -> ApiError {
+        match self {
+            Self::TooLarge => ApiError::too_large(format!(
+                "request body is larger than {limit} bytes ({setting})"
+            )),
+            Self::Malformed => ApiError::bad_request(
+                "malformed_body",
+                "the request body is not validly framed (chunked encoding or length)",
+            ),
+            // Written to a closed connection: nobody reads it. The status
+            // is nginx's "client closed request", for the request metrics.
+            Self::Aborted => ApiError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_aborted",
+                "the client closed the connection before the body was complete",
+            ),
+            Self::Timeout => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body did not arrive in time (http.body_read_timeout_ms)",
+            ),
+        }
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes within `timeout`,
+/// telling the causes of failure apart (and counting them) so that the
+/// metrics say what happened: a body over the limit (413), broken framing
+/// (400), a client gone away, a body too slow (408).
+///
+/// # Errors
+/// The [`BodyError`].
+pub async fn read_body(
+    body: poem::Body,
+    limit: usize,
+    timeout: std::time::Duration,
+    metrics: &HttpMetrics,
+) -> Result<bytes::Bytes, BodyError> {
+    let read = async {
+        let mut stream = std::pin::pin!(body.into_bytes_stream());
+        let mut data = bytes::BytesMut::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+            let chunk = chunk.map_err(|e| io_cause(&e))?;
+            if data.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        Ok(data.freeze())
+    };
+    let result = match tokio::time::timeout(timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(BodyError::Timeout),
+    };
+    if let Err(e) = result {
+        HttpMetrics::count(&metrics.body_errors, e.label());
+    }
+    result
+}
+
+/// Malformed framing when any error in the chain says invalid data (hyper's
+/// decoder does, for a bad chunk size or line); else the client went away
+/// (early end of file, reset connection or stream).
+fn io_cause(err: &std::io::Error) -> BodyError {
+    let invalid = |k: std::io::ErrorKind| {
+        matches!(
+            k,
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+        )
+    };
+    if invalid(err.kind()) {
+        return BodyError::Malformed;
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = err.get_ref().map(|e| e as _);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && invalid(io.kind())
+        {
+            return BodyError::Malformed;
+        }
+        next = e.source();
+    }
+    BodyError::Aborted
 }
 
 /// Paths that browsers on any site may call (ingestion).
@@ -77,22 +254,99 @@ fn is_ingestion(path: &str) -> bool {
     path == "/api/v1/events" || path == "/t.gif"
 }
 
+/// The methods of each route, for the `Allow` header of a 405.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// Path templates split in segments (`{x}` matches any one segment)
+    /// with their methods.
+    routes: Vec<(Vec<String>, Vec<String>)>,
+}
+
+impl Routes {
+    /// The routes of an OpenAPI document, plus `extra` ones.
+    pub fn from_spec(spec: &str, extra: &[(&str, &str)]) -> Self {
+        let mut table: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let mut add = |path: &str, method: &str| {
+            let segments: Vec<String> = path.split('/').map(str::to_owned).collect();
+            let method = method.to_ascii_uppercase();
+            match table.iter_mut().find(|(s, _)| *s == segments) {
+                Some((_, methods)) => methods.push(method),
+                None => table.push((segments, vec![method])),
+            }
+        };
+        if let Ok(spec) = serde_json::from_str::<serde_json::Value>(spec)
+            && let Some(paths) = spec["paths"].as_object()
+        {
+            for (path, ops) in paths {
+                for method in ops.as_object().into_iter().flat_map(|o| o.keys()) {
+                    add(path, method);
+                }
+            }
+        }
+        for (path, method) in extra {
+            add(path, method);
+        }
+        Self { routes: table }
+    }
+
+    /// The methods allowed on `path`, as an `Allow` header value.
+    fn allow(&self, path: &str) -> Option<String> {
+        let segments: Vec<&str> = path.split('/').collect();
+        self.routes
+            .iter()
+            .find(|(template, _)| {
+                template.len() == segments.len()
+                    && template
+                        .iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t.starts_with('{') || t == s)
+            })
+            .map(|(_, methods)| methods.join(", "))
+    }
+}
+
 /// The middleware: wraps the whole application.
 pub struct Hygiene<E> {
     inner: E,
     state: AppState,
     admin_origins: Arc<Vec<String>>,
+    routes: Arc<Routes>,
 }
 
 impl<E> Hygiene<E> {
-    /// Wraps `inner`.
-    pub fn new(inner: E, state: AppState) -> Self {
+    /// Wraps `inner`, whose routes are `routes`.
+    pub fn new(inner: E, state: AppState, routes: Routes) -> Self {
         let admin_origins = Arc::new(state.config.http.cors_origins.clone());
         Self {
             inner,
             state,
             admin_origins,
+            routes: Arc::new(routes),
         }
+    }
+
+    /// Refusals before routing: a request target over `http.max_uri_bytes`
+    /// (414), two `Host` headers (400: a proxy and Orrery could each
+    /// believe a different one).
+    fn check_head(&self, req: &Request) -> Result<(), ApiError> {
+        let max_uri = self.state.config.http.max_uri_bytes;
+        let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+        if uri_len > max_uri {
+            HttpMetrics::count(&self.state.http_metrics.protocol_errors, "uri_too_long");
+            return Err(ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the request target is longer than {max_uri} bytes (http.max_uri_bytes)"),
+            ));
+        }
+        if req.headers().get_all(header::HOST).iter().count() > 1 {
+            HttpMetrics::count(&self.state.http_metrics.protocol_errors, "duplicate_host");
+            return Err(ApiError::bad_request(
+                "invalid_header",
+                "the request has more than one Host header",
+            ));
+        }
+        Ok(())
     }
 
     fn origin_allowed(&self, path: &str, origin: &str) -> bool {
@@ -149,6 +403,9 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                         .into_response(),
                 };
             }
+            if let Err(e) = self.check_head(&req) {
+                return e.into_response();
+            }
             // Body limit of everything but ingestion (which has its own).
             if !is_ingestion(&path) && matches!(method, Method::POST | Method::PUT | Method::PATCH)
             {
@@ -159,13 +416,14 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 } else {
                     self.state.config.http.max_body_bytes
                 };
-                match req.take_body().into_bytes_limit(limit).await {
+                let http = &self.state.config.http;
+                let timeout = std::time::Duration::from_millis(http.body_read_timeout_ms);
+                match read_body(req.take_body(), limit, timeout, &self.state.http_metrics).await {
                     Ok(bytes) => req.set_body(bytes),
-                    Err(_) => {
-                        return ApiError::too_large(format!(
-                            "request body is larger than {limit} bytes (http.max_body_bytes)"
-                        ))
-                        .into_response();
+                    Err(e) => {
+                        return e
+                            .into_api_error(limit, "http.max_body_bytes")
+                            .into_response();
                     }
                 }
             }
@@ -177,7 +435,14 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 }
                 Err(err) => {
                     let route = err.data::<OperationId>().map(|o| o.0);
-                    (route, normalize(err))
+                    let mut resp = normalize(err);
+                    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                        && let Some(allow) = self.routes.allow(&path)
+                        && let Ok(v) = HeaderValue::from_str(&allow)
+                    {
+                        resp.headers_mut().insert(header::ALLOW, v);
+                    }
+                    (route, resp)
                 }
             };
             let route = route.unwrap_or(if resp.status() == StatusCode::NOT_FOUND {

@@ -11,6 +11,7 @@ use poem::{Endpoint, EndpointExt, Route};
 pub mod api;
 pub mod auth;
 pub mod commands;
+pub mod connections;
 pub mod error;
 pub mod exec;
 pub mod http;
@@ -31,12 +32,16 @@ pub fn openapi_json() -> String {
 /// hygiene middleware around all of it.
 pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
+    let routes = http::Routes::from_spec(
+        &service.spec(),
+        &[("/openapi.json", "get"), ("/docs", "get")],
+    );
     let spec = service.spec_endpoint();
     let docs = service.swagger_ui();
-    let routes = Route::new()
+    let app = Route::new()
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", service)
         .data(state.clone());
-    http::Hygiene::new(routes, state)
+    http::Hygiene::new(app, state, routes)
 }

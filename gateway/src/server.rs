@@ -5,8 +5,6 @@ use std::time::Duration;
 use anyhow::Context;
 use orrery_core::config::{Config, redact_url};
 use orrery_core::store::Store;
-use poem::listener::{Acceptor, Listener, TcpAcceptor, TcpListener};
-use poem::web::{LocalAddr, RemoteAddr};
 use tracing::info;
 
 use crate::state::State;
@@ -56,17 +54,14 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
              unless a project's pipeline names a database or provider"
         );
     }
-    let acceptor = TcpListener::bind(config.listen.clone())
-        .into_acceptor()
+    let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = acceptor
+    let local = listener
         .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
         .map(|a| a.to_string())
-        .unwrap_or_else(|| config.listen.clone());
-    let shutdown_timeout = Duration::from_secs(config.http.shutdown_timeout_secs);
+        .unwrap_or_else(|_| config.listen.clone());
+    raise_open_file_limit(config.http.max_connections);
     let projects = store.list_projects(None).await?.len();
     let exec = if config.execute.enabled {
         Some(crate::exec::Executor::start(&config, crate::exec::ExecMetrics::default()).await?)
@@ -91,10 +86,15 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     info!(%local, "listening");
     crate::jobs::spawn_insights(state.clone());
 
-    poem::Server::new_with_acceptor(NoDelay(acceptor))
-        .run_with_graceful_shutdown(crate::app(state.clone()), shutdown, Some(shutdown_timeout))
-        .await
-        .context("server error")?;
+    crate::connections::serve(
+        listener,
+        crate::app(state.clone()),
+        crate::connections::Limits::from_config(&state.config.http),
+        state.http_metrics.clone(),
+        shutdown,
+    )
+    .await
+    .context("server error")?;
     info!("draining the write queue");
     state.writer.close().await;
     store.close().await;
@@ -116,26 +116,26 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Sets `TCP_NODELAY` on every accepted connection: answers and WebSocket
-/// messages are small, and Nagle's algorithm would hold a second small
-/// write (a streamed chunk after a `started` message, say) until the
-/// client's delayed ACK, some 40 ms later.
-struct NoDelay(TcpAcceptor);
-
-impl Acceptor for NoDelay {
-    type Io = tokio::net::TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
+/// Raises the soft limit of open files to the hard one: each connection is
+/// a descriptor, and the default soft limit (often 1024) is far below
+/// `http.max_connections`. Warns when even the hard limit is below it.
+fn raise_open_file_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::debug!(soft, hard, "could not raise the open-file limit");
     }
-
-    async fn accept(
-        &mut self,
-    ) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, poem::http::uri::Scheme)> {
-        let (io, local, remote, scheme) = self.0.accept().await?;
-        if let Err(error) = io.set_nodelay(true) {
-            tracing::debug!(%error, "TCP_NODELAY not set");
-        }
-        Ok((io, local, remote, scheme))
+    // Descriptors for the database, the sandbox and the log besides.
+    let needed = max_connections as u64 + 256;
+    if hard < needed {
+        tracing::warn!(
+            limit = hard,
+            max_connections,
+            "the open-file limit is below http.max_connections + 256: new connections may fail \
+             with 'too many open files' before the cap is reached; lower http.max_connections \
+             or raise the limit (ulimit -n)"
+        );
     }
 }

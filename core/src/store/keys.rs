@@ -7,6 +7,7 @@
 
 use base64::Engine;
 use rand::RngCore;
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseBackend, DatabaseTransaction,
     EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Set, Statement, TransactionTrait,
@@ -223,23 +224,28 @@ impl Store {
     pub async fn revoke_key(&self, project_id: Uuid, key_id: Uuid) -> Result<ApiKey, StoreError> {
         let txn = self.db().begin().await?;
         lock_admin_keys(&txn).await?;
+        // Write first, read after: on SQLite the write serializes this
+        // transaction with any other change of keys, so the count below
+        // sees theirs (a read first would fail its write on a stale snapshot).
+        let changed = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(now_ms()))
+            .filter(api_key::Column::Id.eq(key_id))
+            .filter(api_key::Column::ProjectId.eq(project_id))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await?
+            .rows_affected
+            > 0;
         let model = api_key::Entity::find_by_id(key_id)
             .filter(api_key::Column::ProjectId.eq(project_id))
             .one(&txn)
             .await?
             .ok_or(StoreError::NotFound("key"))?;
-        if model.revoked_at.is_some() {
-            return Ok(model.into());
-        }
-        let admin = model.admin;
-        let mut active: api_key::ActiveModel = model.into();
-        active.revoked_at = Set(Some(now_ms()));
-        let revoked = active.update(&txn).await?.into();
-        if admin {
+        if changed && model.admin {
             ensure_admin_left(&txn).await?;
         }
         txn.commit().await?;
-        Ok(revoked)
+        Ok(model.into())
     }
 
     /// Replaces a key by a new one of the same name and rights. The old key
@@ -292,17 +298,26 @@ pub(super) async fn lock_admin_keys(txn: &DatabaseTransaction) -> Result<(), Sto
     Ok(())
 }
 
-/// Fails with [`StoreError::LastAdminKey`] when, inside `txn`, no admin
-/// key is left that works and keeps working (not revoked, not expiring).
-pub(super) async fn ensure_admin_left(txn: &DatabaseTransaction) -> Result<(), StoreError> {
-    let lasting = api_key::Entity::find()
+/// Lasting admin keys (working and not expiring), of one project or all.
+pub(super) async fn lasting_admin_keys(
+    txn: &DatabaseTransaction,
+    project: Option<Uuid>,
+) -> Result<u64, StoreError> {
+    let mut query = api_key::Entity::find()
         .filter(api_key::Column::Admin.eq(true))
         .filter(api_key::Column::Kind.eq(KeyKind::Secret.as_str()))
         .filter(api_key::Column::RevokedAt.is_null())
-        .filter(api_key::Column::ExpiresAt.is_null())
-        .count(txn)
-        .await?;
-    if lasting == 0 {
+        .filter(api_key::Column::ExpiresAt.is_null());
+    if let Some(project) = project {
+        query = query.filter(api_key::Column::ProjectId.eq(project));
+    }
+    Ok(query.count(txn).await?)
+}
+
+/// Fails with [`StoreError::LastAdminKey`] when, inside `txn`, no admin
+/// key is left that works and keeps working (not revoked, not expiring).
+pub(super) async fn ensure_admin_left(txn: &DatabaseTransaction) -> Result<(), StoreError> {
+    if lasting_admin_keys(txn, None).await? == 0 {
         return Err(StoreError::LastAdminKey);
     }
     Ok(())

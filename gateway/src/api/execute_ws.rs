@@ -104,7 +104,24 @@ fn parse(msg: &Message) -> Option<Result<ClientMsg, String>> {
 /// Serves one WebSocket connection.
 pub async fn session(state: AppState, principal: Principal, socket: WebSocketStream) {
     let (mut tx, mut rx) = socket.split();
-    while let Some(Ok(msg)) = rx.next().await {
+    // Between executions the socket is idle, like a keep-alive connection:
+    // closed after `http.idle_timeout_ms` (an execution has its own limits).
+    let idle = std::time::Duration::from_millis(state.config.http.idle_timeout_ms);
+    loop {
+        let msg = match tokio::time::timeout(idle, rx.next()).await {
+            Ok(Some(Ok(msg))) => msg,
+            Ok(_) => break,
+            Err(_) => {
+                let reason = format!("idle for {} ms (http.idle_timeout_ms)", idle.as_millis());
+                let _ = tx
+                    .send(Message::Close(Some((
+                        poem::web::websocket::CloseCode::Normal,
+                        reason,
+                    ))))
+                    .await;
+                break;
+            }
+        };
         if matches!(msg, Message::Close(_)) {
             break;
         }

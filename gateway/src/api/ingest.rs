@@ -216,13 +216,18 @@ impl<'a> ApiExtractor<'a> for IngestBody {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n > limits.max_body_bytes)
         {
+            crate::http::HttpMetrics::count(&state.http_metrics.body_errors, "too_large");
             return Err(too_large().into());
         }
-        let raw = body
-            .take()?
-            .into_bytes_limit(limits.max_body_bytes)
-            .await
-            .map_err(|_| too_large())?;
+        let timeout = std::time::Duration::from_millis(state.config.http.body_read_timeout_ms);
+        let raw = crate::http::read_body(
+            body.take()?,
+            limits.max_body_bytes,
+            timeout,
+            &state.http_metrics,
+        )
+        .await
+        .map_err(|e| e.into_api_error(limits.max_body_bytes, "ingest.max_body_bytes"))?;
         if !gzip {
             return Ok(Self(raw.to_vec()));
         }
