@@ -16,20 +16,7 @@ struct Callers {
 
 /// A project made by the instance admin: (id, public key, secret key).
 async fn new_project(server: &Server, name: &str) -> (String, String, String) {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        "/api/v1/projects",
-        &server.keys.secret_key,
-        Some(json!({ "name": name })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        body["project"]["id"].as_str().unwrap().to_owned(),
-        body["public_key"]["key"].as_str().unwrap().to_owned(),
-        body["secret_key"]["key"].as_str().unwrap().to_owned(),
-    )
+    new_project_with(server, &server.keys.secret_key, name).await
 }
 
 /// A key made by the instance admin: (id, key).
@@ -39,19 +26,7 @@ async fn admin_makes_key(
     kind: &str,
     admin: bool,
 ) -> (String, String) {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        &format!("/api/v1/projects/{project}/keys"),
-        &server.keys.secret_key,
-        Some(json!({"name": format!("{kind} target"), "kind": kind, "admin": admin})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        body["info"]["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    )
+    make_key(server, &server.keys.secret_key, project, kind, admin).await
 }
 
 async fn key_record(server: &Server, project: &str, id: &str) -> Value {
@@ -450,18 +425,20 @@ async fn new_project_with(server: &Server, admin: &str, name: &str) -> (String, 
     )
 }
 
-async fn make_key_with(
+/// A key made by `caller`: (id, key).
+async fn make_key(
     server: &Server,
-    admin: &str,
+    caller: &str,
     project: &str,
-    is_admin: bool,
+    kind: &str,
+    admin: bool,
 ) -> (String, String) {
     let (status, body) = call(
         server,
         Method::POST,
         &format!("/api/v1/projects/{project}/keys"),
-        admin,
-        Some(json!({"name": "k", "kind": "secret", "admin": is_admin})),
+        caller,
+        Some(json!({"name": format!("{kind} target"), "kind": kind, "admin": admin})),
     )
     .await;
     assert_eq!(status, 201, "{body}");
@@ -469,6 +446,16 @@ async fn make_key_with(
         body["info"]["id"].as_str().unwrap().to_owned(),
         body["key"].as_str().unwrap().to_owned(),
     )
+}
+
+/// An admin key made by `caller`.
+async fn make_key_with(
+    server: &Server,
+    caller: &str,
+    project: &str,
+    admin: bool,
+) -> (String, String) {
+    make_key(server, caller, project, "secret", admin).await
 }
 
 async fn key_ids(server: &Server, admin: &str, project: &str, only_admin: bool) -> Vec<String> {
