@@ -13,7 +13,7 @@ from orrery_client.api.events import list_events
 from orrery_client.api.ingestion import ingest_events
 from orrery_client.api.keys import create_key
 from orrery_client.models import BatchInput, EventInput, KeyIn, KeyKindOut
-from orrery_client.models.event_input_properties import EventInputProperties
+from orrery_client.models.event_input_properties_type_0 import EventInputPropertiesType0
 
 base, project_id, secret_key = sys.argv[1:4]
 admin = AuthenticatedClient(base_url=base, token=secret_key, prefix="", auth_header_name="X-API-Key")
@@ -25,7 +25,7 @@ public = AuthenticatedClient(base_url=base, token=created.key, prefix="", auth_h
 ids = [str(uuid.uuid4()) for _ in range(5)]
 events = []
 for i, event_id in enumerate(ids):
-    props = EventInputProperties()
+    props = EventInputPropertiesType0()
     props.additional_properties = {"n": i}
     events.append(EventInput(event="generated_client", id=uuid.UUID(event_id), distinct_id="py", properties=props))
 answer = ingest_events.sync(client=public, body=BatchInput(batch=events))

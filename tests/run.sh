@@ -2,8 +2,9 @@
 # Runs every Orrery test, installing what the tests need first.
 #
 # - the wasm32-wasip2 Rust target (plugin and sandbox examples);
-# - a Python virtualenv with openapi-python-client (openapi/.venv), for the
-#   generated-client test;
+# - a Python virtualenv (openapi/.venv) with openapi-python-client, for the
+#   generated-client test, and schemathesis, for the property-based run over
+#   the spec and the check of real answers against it (tests/tests/contract.rs);
 # - the `orrery` binary, which the black-box tests in tests/ start.
 #
 # PostgreSQL tests run when ORRERY_TEST_DATABASE_URL is set, e.g.
@@ -17,9 +18,9 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 python=${PYTHON:-python3}
-if [ ! -x openapi/.venv/bin/openapi-python-client ]; then
-  "$python" -m venv openapi/.venv
-  openapi/.venv/bin/pip install -q openapi-python-client==0.29.1
+if [ ! -x openapi/.venv/bin/openapi-python-client ] || [ ! -x openapi/.venv/bin/schemathesis ]; then
+  [ -x openapi/.venv/bin/pip ] || "$python" -m venv openapi/.venv
+  openapi/.venv/bin/pip install -q openapi-python-client==0.29.1 schemathesis==4.32.5
 fi
 export ORRERY_TEST_PYTHON_VENV="$PWD/openapi/.venv"
 

@@ -394,6 +394,18 @@ pub struct SecretsConfig {
     pub ip_hash_key: Option<Secret>,
 }
 
+impl SecretsConfig {
+    /// The instance secret's bytes (`ip_hash_key`; empty before
+    /// `ensure_secrets` filled it): the IP hash key, and the root of the
+    /// page-cursor key.
+    pub fn instance_key(&self) -> Vec<u8> {
+        self.ip_hash_key
+            .as_ref()
+            .map(|s| s.expose().as_bytes().to_vec())
+            .unwrap_or_default()
+    }
+}
+
 /// Removes the password from a database URL, for messages and logs.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {

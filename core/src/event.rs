@@ -162,7 +162,13 @@ pub fn parse_event(
 
     let name = match obj.get("event") {
         None | Some(Value::Null) => return Err(EventRejection::new("event", "is required")),
-        Some(v) => ident(v, "event")?.unwrap_or_default(),
+        Some(v @ Value::String(_)) => ident(v, "event")?.unwrap_or_default(),
+        Some(v) => {
+            return Err(EventRejection::new(
+                "event",
+                format!("must be a string, not {}", json_type(v)),
+            ));
+        }
     };
     if name.is_empty() {
         return Err(EventRejection::new("event", "must not be empty"));
@@ -256,7 +262,8 @@ fn contains_nul(m: &Map<String, Value>) -> bool {
     m.iter().any(|(k, v)| k.contains('\0') || walk(v))
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// How a JSON value's type is named in messages (`a boolean`).
+pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -267,12 +274,22 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// A short identifier; numbers are accepted and kept as their decimal text.
+/// A short identifier; integers are accepted and kept exactly, as their
+/// decimal text. Other numbers (fractions, integers beyond 64 bits, which
+/// JSON parsers round) are refused rather than stored rounded, where two
+/// users could end up with one id.
 fn ident(v: &Value, field: &str) -> Result<Option<String>, EventRejection> {
     let s = match v {
         Value::Null => return Ok(None),
         Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
+        Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+        Value::Number(_) => {
+            return Err(EventRejection::new(
+                field,
+                "must be a string or an integer of at most 64 bits; \
+                 send larger or fractional ids as strings so they are kept exactly",
+            ));
+        }
         other => {
             return Err(EventRejection::new(
                 field,
@@ -375,6 +392,34 @@ mod tests {
         assert_eq!(e.timestamp, NOW);
         assert_eq!(e.received_at, NOW);
         assert!(!e.id.is_nil());
+    }
+
+    #[test]
+    fn integer_ids_are_kept_exactly_and_other_numbers_refused() {
+        let big = parse(
+            serde_json::from_str(r#"{"event": "e", "distinct_id": 9007199254740993}"#).unwrap(),
+        );
+        assert_eq!(
+            big.unwrap().distinct_id.as_deref(),
+            Some("9007199254740993")
+        );
+        let max = parse(
+            serde_json::from_str(r#"{"event": "e", "session_id": 18446744073709551615}"#).unwrap(),
+        );
+        assert_eq!(
+            max.unwrap().session_id.as_deref(),
+            Some("18446744073709551615")
+        );
+        for body in [
+            r#"{"event": "e", "distinct_id": 18446744073709551617}"#,
+            r#"{"event": "e", "distinct_id": 1.5}"#,
+            r#"{"event": "e", "distinct_id": 1e3}"#,
+        ] {
+            let err = parse(serde_json::from_str(body).unwrap()).unwrap_err();
+            assert_eq!(err.field, "distinct_id", "{body}");
+        }
+        let err = parse(json!({"event": 5})).unwrap_err();
+        assert_eq!(err.field, "event");
     }
 
     #[test]

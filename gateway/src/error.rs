@@ -165,7 +165,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (404, "Not found"),
     (
         409,
-        "Conflict with the stored state, e.g. `last_admin_key`: the change would leave the instance without an admin key",
+        "Conflict with the stored state: `last_admin_key` (the change would leave the instance without an admin key), `project_in_use` (deleting the project of the key in use)",
     ),
     (413, "Body or batch too large"),
     (415, "Unsupported content type or encoding"),
@@ -212,6 +212,20 @@ impl ApiResponse for ApiError {
 /// Shorthand for handler results.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// poem-openapi's reason for a body its schema refuses, without the
+/// internal type name it starts with (`failed to parse "string(name)": `):
+/// what is left names the field (`` `name` must be a string, not a
+/// boolean ``, ``field `stages` verification failed. minItems(1)``) and
+/// the object it is in.
+fn payload_message(reason: &str) -> String {
+    let reason = reason.trim_start_matches("parse request payload error: ");
+    let inner = reason
+        .strip_prefix("failed to parse \"")
+        .and_then(|r| r.split_once("\": "))
+        .map_or(reason, |(_, rest)| rest);
+    format!("invalid body: {inner}")
+}
+
 /// Turns any error that reached the edge into the JSON error format:
 /// our own errors keep their code, poem's and poem-openapi's (a bad query
 /// parameter, a missing route, a body over the limit) get one from their
@@ -221,6 +235,18 @@ pub fn normalize(err: poem::Error) -> Response {
         return api.clone().into_response();
     }
     let status = err.status();
+    // A parameter or body the schema refuses: the message names the field.
+    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>() {
+        let code = if e.name == "cursor" {
+            "invalid_cursor"
+        } else {
+            "invalid_parameter"
+        };
+        return ApiError::bad_request(code, format!("`{}` {}", e.name, e.reason)).into_response();
+    }
+    if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseRequestPayloadError>() {
+        return ApiError::bad_request("invalid_body", payload_message(&e.reason)).into_response();
+    }
     let code = match status {
         StatusCode::BAD_REQUEST => "bad_request",
         StatusCode::UNAUTHORIZED => "unauthorized",

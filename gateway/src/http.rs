@@ -224,6 +224,89 @@ pub async fn read_body(
     result
 }
 
+/// The first key found twice in one object of a JSON document, as a path
+/// (`$.stages[0].plugin`). serde_json keeps the last of duplicates, which a
+/// proxy or another parser may read differently (`{"admin": false,
+/// "admin": true}`), so API bodies with duplicates are refused. A document
+/// that is not JSON answers `None`: the real parser names that error.
+pub fn duplicate_key(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        found: &'a RefCell<Option<String>>,
+        path: String,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            let mut i = 0;
+            loop {
+                let path = format!("{}[{i}]", self.path);
+                let seed = Walk {
+                    found: self.found,
+                    path,
+                };
+                if seq.next_element_seed(seed)?.is_none() {
+                    return Ok(());
+                }
+                i += 1;
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let path = format!("{}.{key}", self.path);
+                if !seen.insert(key) {
+                    *self.found.borrow_mut() = Some(path);
+                    return Err(A::Error::custom("duplicate key"));
+                }
+                map.next_value_seed(Walk {
+                    found: self.found,
+                    path,
+                })?;
+            }
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = Walk {
+        found: &found,
+        path: "$".to_owned(),
+    }
+    .deserialize(&mut de);
+    found.into_inner()
+}
+
 /// Malformed framing when any error in the chain says invalid data (hyper's
 /// decoder does, for a bad chunk size or line); else the client went away
 /// (early end of file, reset connection or stream).
@@ -419,7 +502,21 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 let http = &self.state.config.http;
                 let timeout = std::time::Duration::from_millis(http.body_read_timeout_ms);
                 match read_body(req.take_body(), limit, timeout, &self.state.http_metrics).await {
-                    Ok(bytes) => req.set_body(bytes),
+                    Ok(bytes) => {
+                        let json = req
+                            .headers()
+                            .get(header::CONTENT_TYPE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|v| v.contains("json"));
+                        if json && let Some(path) = duplicate_key(&bytes) {
+                            return ApiError::bad_request(
+                                "duplicate_key",
+                                format!("the body has the key `{path}` more than once"),
+                            )
+                            .into_response();
+                        }
+                        req.set_body(bytes)
+                    }
                     Err(e) => {
                         return e
                             .into_api_error(limit, "http.max_body_bytes")
@@ -526,5 +623,30 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
             }
         }
         Ok(resp)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::duplicate_key;
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth() {
+        let found = |s: &str| duplicate_key(s.as_bytes());
+        assert_eq!(
+            found(r#"{"admin": false, "admin": true}"#).as_deref(),
+            Some("$.admin")
+        );
+        assert_eq!(
+            found(r#"{"stages": [{"plugin": "a"}, {"plugin": "b", "plugin": "c"}]}"#).as_deref(),
+            Some("$.stages[1].plugin")
+        );
+        // The same key in two objects, or escaped differently but equal.
+        assert_eq!(found(r#"[{"a": 1}, {"a": 2}]"#), None);
+        assert_eq!(found(r#"{"a": 1, "\u0061": 2}"#).as_deref(), Some("$.a"));
+        assert_eq!(found(r#"{"a": {"b": 1}, "b": 2}"#), None);
+        // Not JSON: left to the real parser.
+        assert_eq!(found("{\"a\": "), None);
+        assert_eq!(found("not json"), None);
     }
 }

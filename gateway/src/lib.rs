@@ -25,22 +25,28 @@ use state::AppState;
 
 /// The OpenAPI document as JSON, as `orrery openapi` prints it.
 pub fn openapi_json() -> String {
-    api::service().spec()
+    api::spec_json()
 }
 
 /// Builds the HTTP application: the API, `/openapi.json`, `/docs`, and the
 /// hygiene middleware around all of it.
 pub fn app(state: AppState) -> impl Endpoint {
     let service = api::service();
-    let routes = http::Routes::from_spec(
-        &service.spec(),
-        &[("/openapi.json", "get"), ("/docs", "get")],
-    );
-    let spec = service.spec_endpoint();
-    let docs = service.swagger_ui();
+    let spec_text = api::spec_json();
+    let routes = http::Routes::from_spec(&spec_text, &[("/openapi.json", "get"), ("/docs", "get")]);
+    // Swagger UI embeds the document: the completed one, as served.
+    let docs_html = service
+        .swagger_ui_html()
+        .replace(&service.spec(), &spec_text);
+    let spec = poem::endpoint::make_sync(move |_| {
+        poem::Response::builder()
+            .content_type("application/json; charset=utf-8")
+            .body(spec_text.clone())
+    });
+    let docs = poem::endpoint::make_sync(move |_| poem::web::Html(docs_html.clone()));
     let app = Route::new()
         .at("/openapi.json", spec)
-        .nest("/docs", docs)
+        .at("/docs", docs)
         .nest("/", service)
         .data(state.clone());
     http::Hygiene::new(app, state, routes)

@@ -23,12 +23,7 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
         .migrate()
         .await
         .with_context(|| format!("migrating {}", redact_url(&config.effective_database_url())))?;
-    let secret = config
-        .secrets
-        .ip_hash_key
-        .as_ref()
-        .map(|s| s.expose().as_bytes().to_vec())
-        .unwrap_or_default();
+    let secret = config.secrets.instance_key();
     // Compile the user-agent regexes now rather than in the first request.
     tokio::task::spawn_blocking(orrery_plugins::user_agent::warm_up)
         .await

@@ -9,6 +9,7 @@ use orrery_core::store::Store;
 use orrery_core::writer::{Writer, WriterConfig};
 use prometheus_client::registry::Registry;
 
+use crate::api::params::Cursors;
 use crate::auth::KeyCache;
 use crate::exec::Executor;
 use crate::http::HttpMetrics;
@@ -27,6 +28,8 @@ pub struct State {
     pub pipelines: Pipelines,
     /// Key lookups.
     pub keys: KeyCache,
+    /// Seals and opens page cursors.
+    pub cursors: Cursors,
     /// Core metrics (events, writer).
     pub core_metrics: CoreMetrics,
     /// HTTP metrics.
@@ -69,7 +72,9 @@ impl State {
             },
             core_metrics.clone(),
         );
+        let secret = config.secrets.instance_key();
         Arc::new(Self {
+            cursors: Cursors::new(&secret),
             config,
             store,
             writer,

@@ -345,3 +345,65 @@ pub async fn all_events(server: &Server, query: &str, limit: u32) -> Vec<Value> 
         }
     }
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_owned()
+}
+
+/// The Python tools the tests use, pinned: the client generator and the
+/// property-based API tester (which brings `jsonschema`).
+pub const PYTHON_TOOLS: &[&str] = &["openapi-python-client==0.29.1", "schemathesis==4.32.5"];
+
+/// The virtualenv with [`PYTHON_TOOLS`]: `$ORRERY_TEST_PYTHON_VENV`, or
+/// `openapi/.venv`; created or completed here when a tool is missing.
+pub fn python_venv() -> PathBuf {
+    let venv = std::env::var("ORRERY_TEST_PYTHON_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("openapi/.venv"));
+    let complete = ["openapi-python-client", "schemathesis"]
+        .iter()
+        .all(|tool| venv.join("bin").join(tool).exists());
+    if !complete {
+        if !venv.join("bin/pip").exists() {
+            let ok = Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "python3 -m venv {} failed", venv.display());
+        }
+        let ok = Command::new(venv.join("bin/pip"))
+            .args(["install", "-q"])
+            .args(PYTHON_TOOLS)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip install {PYTHON_TOOLS:?} failed (PyPI reachable?)");
+    }
+    venv
+}
+
+/// A local HTTP "provider" that accepts connections and never answers
+/// (each is held 30 s): a plugin calling it runs past its time limit.
+/// Answers its port.
+pub async fn silent_provider() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((sock, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                drop(sock);
+            });
+        }
+    });
+    port
+}

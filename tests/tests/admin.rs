@@ -179,7 +179,11 @@ async fn projects_crud_and_scoping() {
         )
         .await;
         assert_eq!(status, 400);
-        assert_eq!(body["code"], "invalid_name");
+        assert_eq!(body["code"], "invalid_body");
+        assert!(
+            body["message"].as_str().unwrap().contains("`name`"),
+            "{body}"
+        );
     }
     let (status, body) = call(
         &server,
@@ -277,7 +281,7 @@ async fn projects_crud_and_scoping() {
         None,
     )
     .await;
-    assert_eq!(status, 400);
+    assert_eq!(status, 409);
     assert_eq!(body["code"], "project_in_use");
     let (status, _) = call(
         &server,

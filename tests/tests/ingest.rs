@@ -596,6 +596,12 @@ async fn http_hygiene_headers_cors_and_errors() {
     assert_eq!(ready["database_ok"], true);
     let docs = http.get(server.url("/docs")).send().await.unwrap();
     assert_eq!(docs.status(), 200);
+    // Swagger UI shows the document as served, with its completions.
+    let html = docs.text().await.unwrap();
+    assert!(
+        html.contains("\"additionalProperties\": false"),
+        "/docs embeds the served spec"
+    );
     let spec: Value = http
         .get(server.url("/openapi.json"))
         .send()

@@ -2,18 +2,10 @@
 //! and a Python client generated from it by a real generator (from PyPI)
 //! works against a running gateway.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orrery_tests::{Backend, Server, TestDatabase, orrery_bin};
+use orrery_tests::{Backend, Server, TestDatabase, orrery_bin, python_venv, repo};
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_owned()
-}
 
 fn printed_spec() -> String {
     let out = Command::new(orrery_bin()).arg("openapi").output().unwrap();
@@ -73,35 +65,9 @@ fn every_operation_is_documented() {
     assert!(count >= 16, "{count} operations");
 }
 
-/// The virtualenv with openapi-python-client: `$ORRERY_TEST_PYTHON_VENV`, or
-/// `openapi/.venv`, created here when missing.
-fn generator_venv() -> PathBuf {
-    let venv = std::env::var("ORRERY_TEST_PYTHON_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("openapi/.venv"));
-    let generator = venv.join("bin/openapi-python-client");
-    if !generator.exists() {
-        let ok = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "python3 -m venv {} failed", venv.display());
-        let ok = Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "openapi-python-client==0.29.1"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            ok,
-            "pip install openapi-python-client failed (PyPI reachable?)"
-        );
-    }
-    venv
-}
-
 #[tokio::test]
 async fn generated_python_client_works_against_the_gateway() {
-    let venv = generator_venv();
+    let venv = python_venv();
     let out_dir = tempfile::tempdir().unwrap();
     let client_dir = out_dir.path().join("client");
     let generated = Command::new(venv.join("bin/openapi-python-client"))

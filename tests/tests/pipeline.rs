@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use orrery_tests::{Backend, Server, TestDatabase, all_events, backends, client};
+use orrery_tests::{Backend, Server, TestDatabase, all_events, backends, client, silent_provider};
 use serde_json::{Value, json};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
@@ -409,24 +409,6 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
     assert_eq!(status, 200);
     let crawl2 = all_events(&server, "&event=crawl2", 10).await;
     assert_eq!(crawl2[0]["enrichment"]["country"], "GB");
-}
-
-/// A provider that never answers in time.
-async fn silent_provider() -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((sock, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(30)).await;
-                drop(sock);
-            });
-        }
-    });
-    port
 }
 
 #[tokio::test]

@@ -14,8 +14,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{invalid_cursor, next_page, page_limit, rfc3339_ms};
 use crate::api::ingest::{EventStatus, enrich_and_store};
+use crate::api::params::{Cursor, CursorKind, Limit, next_page, page_limit, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
@@ -25,6 +25,7 @@ pub const MAX_REPLAY: u64 = 1000;
 
 /// A dead letter.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct DeadLetterOut {
     /// Dead-letter id (for replay by id).
     pub id: Uuid,
@@ -62,6 +63,7 @@ impl From<DeadLetter> for DeadLetterOut {
 
 /// One page of dead letters.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct DeadLetterPage {
     /// Newest first.
     pub dead_letters: Vec<DeadLetterOut>,
@@ -71,16 +73,19 @@ pub struct DeadLetterPage {
 
 /// What to replay.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ReplayIn {
     /// Only these dead letters; all open ones (oldest first, up to
     /// `limit`) when absent.
     pub ids: Option<Vec<Uuid>>,
     /// Most dead letters to replay, 1 to 1000 (default 1000).
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub limit: Option<u64>,
 }
 
 /// What a replay did.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ReplayOut {
     /// Dead letters taken up.
     pub replayed: u32,
@@ -122,21 +127,17 @@ impl DeadLettersApi {
         /// Also list dead letters already replayed.
         include_replayed: Query<Option<bool>>,
         /// The `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Cursor>>,
         /// Page size, 1 to 1000 (default 50).
-        limit: Query<Option<u64>>,
+        limit: Query<Option<Limit>>,
     ) -> ApiResult<Json<DeadLetterPage>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = page_limit(limit.0)?;
+        let limit = page_limit(limit.0);
+        let project = project_id.0;
         let before_seq = cursor
             .0
-            .as_deref()
-            .map(|c| {
-                c.strip_prefix('d')
-                    .and_then(|n| n.parse().ok())
-                    .ok_or_else(invalid_cursor)
-            })
+            .map(|c| state.cursors.open_seq(CursorKind::DeadLetters, project, &c))
             .transpose()?;
         state.store.get_project(project_id.0).await?;
         let filter = DeadLetterFilter {
@@ -149,7 +150,11 @@ impl DeadLettersApi {
             .store
             .list_dead_letters(project_id.0, &filter, limit + 1)
             .await?;
-        let next_cursor = next_page(&mut rows, limit, |d| format!("d{}", d.seq));
+        let next_cursor = next_page(&mut rows, limit, |d| d.seq).map(|seq| {
+            state
+                .cursors
+                .seal_seq(CursorKind::DeadLetters, project, seq)
+        });
         Ok(Json(DeadLetterPage {
             dead_letters: rows.into_iter().map(Into::into).collect(),
             next_cursor,

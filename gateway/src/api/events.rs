@@ -2,8 +2,6 @@
 
 use std::collections::HashMap;
 
-use base64::Engine;
-use chrono::DateTime;
 use orrery_core::store::EventFilter;
 use orrery_core::store::events::StoredEvent;
 use poem::Request;
@@ -14,17 +12,14 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
+use crate::api::params::{Cursor, CursorKind, Limit, Time, page_limit, rfc3339_ms};
 use crate::auth::SecretKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::state::app_state;
-
-/// Default page size.
-pub const DEFAULT_LIMIT: u64 = 50;
-/// Largest page size.
-pub const MAX_LIMIT: u64 = 1000;
 
 /// A stored event.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventOut {
     /// Event id.
     pub id: Uuid,
@@ -56,49 +51,12 @@ pub struct EventOut {
 
 /// One page of events.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventPageOut {
     /// Events, newest first.
     pub events: Vec<EventOut>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
-}
-
-/// The page size asked for: `limit`, default 50, 1 to 1000.
-///
-/// # Errors
-/// 400 `invalid_parameter` out of range.
-pub fn page_limit(limit: Option<u64>) -> Result<u64, ApiError> {
-    let limit = limit.unwrap_or(DEFAULT_LIMIT);
-    if (1..=MAX_LIMIT).contains(&limit) {
-        Ok(limit)
-    } else {
-        Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("`limit` must be between 1 and {MAX_LIMIT}"),
-        ))
-    }
-}
-
-/// Cuts `rows` (fetched with `limit + 1`) to `limit` and answers the
-/// cursor of the next page, made from the last row kept, when there is one.
-pub fn next_page<T>(
-    rows: &mut Vec<T>,
-    limit: u64,
-    cursor: impl Fn(&T) -> String,
-) -> Option<String> {
-    if rows.len() as u64 > limit {
-        rows.truncate(limit as usize);
-        rows.last().map(cursor)
-    } else {
-        None
-    }
-}
-
-/// Milliseconds since the epoch as RFC 3339 with milliseconds.
-pub fn rfc3339_ms(ms: i64) -> String {
-    DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<StoredEvent> for EventOut {
@@ -120,39 +78,6 @@ impl From<StoredEvent> for EventOut {
             enrichment: e.enrichment.into_iter().collect(),
         }
     }
-}
-
-fn encode_cursor(seq: i64) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("s{seq}"))
-}
-
-fn decode_cursor(cursor: &str) -> Result<i64, ApiError> {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.strip_prefix('s').and_then(|n| n.parse().ok()))
-        .ok_or_else(invalid_cursor)
-}
-
-/// The answer to a `cursor` this API did not hand out.
-pub fn invalid_cursor() -> ApiError {
-    ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
-}
-
-/// A time given as RFC 3339 or milliseconds.
-pub fn parse_time(field: &str, v: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = v.parse::<i64>() {
-        return Ok(ms);
-    }
-    DateTime::parse_from_rfc3339(v)
-        .map(|t| t.timestamp_millis())
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_parameter",
-                format!("`{field}` must be RFC 3339 (2026-11-23T16:30:00Z) or milliseconds"),
-            )
-        })
 }
 
 /// Event queries.
@@ -184,28 +109,28 @@ impl EventsApi {
         /// Only this distinct id.
         distinct_id: Query<Option<String>>,
         /// Events that happened at or after this time (RFC 3339 or ms).
-        from: Query<Option<String>>,
+        from: Query<Option<Time>>,
         /// Events that happened before this time (RFC 3339 or ms).
-        to: Query<Option<String>>,
+        to: Query<Option<Time>>,
         /// The `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Cursor>>,
         /// Page size, 1 to 1000 (default 50).
-        limit: Query<Option<u64>>,
+        limit: Query<Option<Limit>>,
     ) -> ApiResult<Json<EventPageOut>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = page_limit(limit.0)?;
+        let limit = page_limit(limit.0);
+        let project = project_id.0;
         let filter = EventFilter {
             name: event.0,
             session_id: session_id.0,
             distinct_id: distinct_id.0,
-            from_ms: from
+            from_ms: from.0.map(|t| t.0),
+            to_ms: to.0.map(|t| t.0),
+            before_seq: cursor
                 .0
-                .as_deref()
-                .map(|v| parse_time("from", v))
+                .map(|c| state.cursors.open_seq(CursorKind::Events, project, &c))
                 .transpose()?,
-            to_ms: to.0.as_deref().map(|v| parse_time("to", v)).transpose()?,
-            before_seq: cursor.0.as_deref().map(decode_cursor).transpose()?,
         };
         state.store.get_project(project_id.0).await?;
         let page = state
@@ -214,7 +139,9 @@ impl EventsApi {
             .await?;
         Ok(Json(EventPageOut {
             events: page.events.into_iter().map(Into::into).collect(),
-            next_cursor: page.next_before_seq.map(encode_cursor),
+            next_cursor: page
+                .next_before_seq
+                .map(|seq| state.cursors.seal_seq(CursorKind::Events, project, seq)),
         }))
     }
 }

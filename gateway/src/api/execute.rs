@@ -18,6 +18,7 @@ use poem_openapi::{Enum, Object, OpenApi};
 use serde::Deserialize;
 
 use crate::api::ApiTags;
+use crate::api::params::Text;
 use crate::auth::{ExecuteKey, ExecuteKeyQuery};
 use crate::error::{ApiError, ApiResult};
 use crate::exec::{Executor, outcome_name};
@@ -48,6 +49,7 @@ impl Language {
 /// Lower limits for one execution; each is capped by the server's maximum
 /// (`execute.*` settings), never raised.
 #[derive(Debug, Clone, Default, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsIn {
     /// Wall-clock time, ms.
@@ -80,20 +82,21 @@ impl From<&LimitsIn> for LimitsRequest {
 
 /// An execution request.
 #[derive(Debug, Clone, Object, Deserialize)]
+#[oai(skip_serializing_if_is_none)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteIn {
     // No doc comment: see `KeyOut::kind`.
     pub language: Language,
     /// Python source, or WAT text for `wasm`.
-    pub code: Option<String>,
+    pub code: Option<Text>,
     /// An uploaded module's id (`wasm`).
-    pub module_id: Option<String>,
+    pub module_id: Option<Text>,
     /// A WebAssembly binary, base64 (`wasm`).
-    pub module: Option<String>,
+    pub module: Option<Text>,
     /// Standard input.
-    pub stdin: Option<String>,
+    pub stdin: Option<Text>,
     /// Arguments (`wasm`; `argv[0]` is `main`).
-    pub args: Option<Vec<String>>,
+    pub args: Option<Vec<Text>>,
     /// WebSocket only: keep stdin open for `stdin` messages until
     /// `stdin_close` (Python).
     pub interactive: Option<bool>,
@@ -121,6 +124,7 @@ pub enum ExecStatus {
 
 /// An exception.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ExecErrorOut {
     /// Exception type, e.g. `ZeroDivisionError`, or `trap`.
     #[oai(rename = "type")]
@@ -133,6 +137,7 @@ pub struct ExecErrorOut {
 
 /// The limit that stopped an execution.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct LimitOut {
     /// `wall_time`, `cpu_time`, `memory`, `output`, `code_size`, `fuel`, `table`.
     pub what: String,
@@ -142,6 +147,7 @@ pub struct LimitOut {
 
 /// The result of an execution.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ExecuteOut {
     // No doc comment: see `KeyOut::kind`.
     pub status: ExecStatus,
@@ -290,8 +296,8 @@ pub fn validate(input: &ExecuteIn) -> ApiResult<()> {
 /// The Python request for an input.
 pub fn python_request(input: &ExecuteIn) -> PythonRequest {
     PythonRequest {
-        code: input.code.clone().unwrap_or_default(),
-        stdin: input.stdin.clone(),
+        code: input.code.clone().map(|t| t.0).unwrap_or_default(),
+        stdin: input.stdin.clone().map(|t| t.0),
         interactive: input.interactive.unwrap_or(false),
         limits: input.limits.as_ref().map(Into::into).unwrap_or_default(),
     }
@@ -308,18 +314,29 @@ pub async fn start_wasm(
 ) -> ApiResult<WasmExecution> {
     let ex = executor(state)?;
     let request = WasmRequest {
-        args: input.args.clone().unwrap_or_default(),
-        stdin: input.stdin.clone().unwrap_or_default().into_bytes(),
+        args: input
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.0)
+            .collect(),
+        stdin: input
+            .stdin
+            .clone()
+            .map(|t| t.0)
+            .unwrap_or_default()
+            .into_bytes(),
         limits: input.limits.as_ref().map(Into::into).unwrap_or_default(),
     };
     if let Some(id) = &input.module_id {
         let store = ex.modules(project)?;
-        return store.start(id, request).await.map_err(sandbox_error);
+        return store.start(&id.0, request).await.map_err(sandbox_error);
     }
     let bytes = match (&input.code, &input.module) {
-        (Some(wat), _) => wat.clone().into_bytes(),
+        (Some(wat), _) => wat.0.clone().into_bytes(),
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
+            .decode(b64.0.trim())
             .map_err(|e| {
                 ApiError::bad_request("invalid_module", format!("`module` is not base64: {e}"))
             })?,

@@ -27,24 +27,26 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
+use crate::api::params::{Ident, Timestamp};
 use crate::auth::IngestKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::{AppState, app_state};
 
 /// One event as a client sends it.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct EventInput {
     /// Event name, e.g. `pageview` (1 to 200 characters).
+    #[oai(validator(min_length = 1, max_length = 200))]
     pub event: String,
     /// Client-chosen UUID; a retry with the same id is stored once.
     pub id: Option<Uuid>,
-    /// The user, as the client knows them (string or number).
-    pub distinct_id: Option<String>,
-    /// The session.
-    pub session_id: Option<String>,
-    /// When it happened: RFC 3339 string or integer milliseconds since the
-    /// epoch. Defaults to the time of receipt.
-    pub timestamp: Option<Value>,
+    // No doc comments: the schema of `Ident` documents them (the user as
+    // the client knows them, and the session).
+    pub distinct_id: Option<Ident>,
+    pub session_id: Option<Ident>,
+    // No doc comment: the schema of `Timestamp` documents it.
+    pub timestamp: Option<Timestamp>,
     /// Page URL.
     pub url: Option<String>,
     /// Referrer URL.
@@ -60,6 +62,7 @@ pub struct EventInput {
 
 /// A batch of events.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none, deny_unknown_fields)]
 pub struct BatchInput {
     /// The events (at most `ingest.max_batch_events`, default 1000).
     pub batch: Vec<EventInput>,
@@ -96,6 +99,7 @@ pub enum EventStatus {
 
 /// The verdict for one event.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct EventResult {
     /// Position in the request (0 for a single event).
     pub index: u32,
@@ -111,6 +115,7 @@ pub struct EventResult {
 
 /// The answer to an ingestion request, sent after the commit.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct IngestResponse {
     /// Events stored by this request.
     pub accepted: u32,

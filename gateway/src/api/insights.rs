@@ -11,7 +11,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{MAX_LIMIT, page_limit, parse_time, rfc3339_ms};
+use crate::api::params::{Limit, MAX_LIMIT, Time, page_limit, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::ApiResult;
 use crate::state::app_state;
@@ -40,6 +40,7 @@ impl InsightKind {
 
 /// An insight.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InsightOut {
     /// Id.
     pub id: Uuid,
@@ -83,6 +84,7 @@ impl From<Insight> for InsightOut {
 
 /// A list of insights.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct InsightList {
     /// Newest period first.
     pub insights: Vec<InsightOut>,
@@ -111,11 +113,11 @@ impl InsightsApi {
         /// Only this kind.
         kind: Query<Option<InsightKind>>,
         /// At most this many, 1 to 1000 (default 50).
-        limit: Query<Option<u64>>,
+        limit: Query<Option<Limit>>,
     ) -> ApiResult<Json<InsightList>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = page_limit(limit.0)?;
+        let limit = page_limit(limit.0);
         state.store.get_project(project_id.0).await?;
         let rows = state
             .store
@@ -145,14 +147,11 @@ impl InsightsApi {
         project_id: Path<Uuid>,
         /// Generate as of this time (RFC 3339 or ms) instead of now, e.g.
         /// to backfill a past day.
-        at: Query<Option<String>>,
+        at: Query<Option<Time>>,
     ) -> ApiResult<Json<InsightList>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let at = match at.0.as_deref() {
-            Some(v) => parse_time("at", v)?,
-            None => orrery_core::event::now_ms(),
-        };
+        let at = at.0.map_or_else(orrery_core::event::now_ms, |t| t.0);
         state.store.get_project(project_id.0).await?;
         let new = orrery_core::insights::generate(
             &state.store,

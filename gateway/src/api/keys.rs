@@ -8,8 +8,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::rfc3339_ms;
-use crate::api::projects::valid_name;
+use crate::api::params::{Name, rfc3339_ms};
 use crate::auth::{KeyChange, SecretKey};
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state as state;
@@ -39,6 +38,7 @@ impl From<KeyKind> for KeyKindOut {
 
 /// A key as listed: never the key itself.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct KeyOut {
     /// Key id.
     pub id: Uuid,
@@ -83,6 +83,7 @@ impl From<ApiKey> for KeyOut {
 
 /// A new key: the only time the key itself is shown.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CreatedKeyOut {
     /// The key. Store it now: only its hash is kept.
     pub key: String,
@@ -101,9 +102,10 @@ impl From<NewKey> for CreatedKeyOut {
 
 /// Body of key creation.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct KeyIn {
-    /// Display name, 1 to 100 characters.
-    pub name: String,
+    // No doc comment on the names: the schema of `Name` documents it.
+    pub name: Name,
     // No doc comment: poem-openapi would wrap the enum in `allOf`, which
     // some client generators reject; `KeyKindOut` documents itself.
     pub kind: KeyKindOut,
@@ -114,6 +116,7 @@ pub struct KeyIn {
 
 /// Body of rotation.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct RotateIn {
     /// Seconds the old key keeps working (0 to 30 days; default 0).
     #[oai(default, validator(maximum(value = "2592000")))]
@@ -122,6 +125,7 @@ pub struct RotateIn {
 
 /// The key list.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct KeyListOut {
     /// Keys, oldest first, revoked ones included.
     pub keys: Vec<KeyOut>,
@@ -166,7 +170,7 @@ impl KeysApi {
                 "only secret keys can be admin keys",
             ));
         }
-        let name = valid_name(&body.name)?;
+        let name = body.name.into_inner();
         let kind = match body.kind {
             KeyKindOut::Public => KeyKind::Public,
             KeyKindOut::Secret => KeyKind::Secret,

@@ -1,6 +1,7 @@
 //! The HTTP API, one file per resource.
 
 use poem_openapi::{OpenApiService, Tags};
+use serde_json::Value;
 
 pub mod dead_letters;
 pub mod events;
@@ -10,6 +11,7 @@ pub mod ingest;
 pub mod insights;
 pub mod keys;
 pub mod ops;
+pub mod params;
 pub mod pipelines;
 pub mod projects;
 pub mod sessions;
@@ -79,4 +81,132 @@ pub fn service() -> OpenApiService<Api, ()> {
          Every error is JSON `{\"code\": \"...\", \"message\": \"...\"}` with a stable `code`.",
     )
     .license(poem_openapi::LicenseObject::new("Apache-2.0"))
+}
+
+/// Objects whose unknown fields the server refuses (ingestion's parser),
+/// so the document closes them (`additionalProperties: false`), which
+/// poem-openapi's `deny_unknown_fields` does not write.
+const CLOSED_OBJECTS: &[&str] = &["EventInput", "BatchInput"];
+
+/// Limits a handler or the plugin registry enforces with a message that
+/// names the exact place (`stages[2].timeout_ms`), which a poem-openapi
+/// validator would not: stated in the document here instead, as
+/// (schema, property, keyword, value). `tests/tests/contract.rs` checks
+/// that the server enforces exactly these.
+fn stated_limits() -> [(&'static str, &'static str, &'static str, Value); 4] {
+    [
+        ("PipelineIn", "stages", "minItems", Value::from(1)),
+        (
+            "PipelineIn",
+            "stages",
+            "maxItems",
+            Value::from(pipelines::MAX_STAGES),
+        ),
+        ("StageDto", "timeout_ms", "minimum", Value::from(1)),
+        (
+            "StageDto",
+            "timeout_ms",
+            "maximum",
+            Value::from(orrery_plugins::registry::MAX_TIMEOUT_MS),
+        ),
+    ]
+}
+
+/// The OpenAPI document served at `/openapi.json` and printed by `orrery
+/// openapi`: poem-openapi's, completed with what it cannot write, so that
+/// the document says exactly what the server accepts:
+/// - the limits of [`stated_limits`];
+/// - the objects of [`CLOSED_OBJECTS`] take no other fields;
+/// - an unsigned integer is at least 0;
+/// - an optional field of a request body may be `null` (the server reads
+///   `null` as absent), except a field that is a `$ref`, which OpenAPI 3.0
+///   cannot mark: those refuse `null` in their handler.
+pub fn spec_json() -> String {
+    let mut spec: Value =
+        serde_json::from_str(&service().spec()).expect("poem-openapi writes JSON");
+    let schemas = &mut spec["components"]["schemas"];
+    for name in CLOSED_OBJECTS {
+        schemas[*name]["additionalProperties"] = Value::Bool(false);
+    }
+    for (schema, property, keyword, value) in stated_limits() {
+        schemas[schema]["properties"][property][keyword] = value;
+    }
+    let mut requests = std::collections::BTreeSet::new();
+    let mut roots = Vec::new();
+    for ops in spec["paths"]
+        .as_object()
+        .into_iter()
+        .flat_map(|p| p.values())
+    {
+        for op in ops.as_object().into_iter().flat_map(|o| o.values()) {
+            for media in op["requestBody"]["content"]
+                .as_object()
+                .into_iter()
+                .flat_map(|c| c.values())
+            {
+                roots.push(media["schema"].clone());
+            }
+        }
+    }
+    while let Some(schema) = roots.pop() {
+        visit_refs(&schema, &mut |name| {
+            if requests.insert(name.to_owned()) {
+                roots.push(spec["components"]["schemas"][name].clone());
+            }
+        });
+    }
+    let schemas = spec["components"]["schemas"]
+        .as_object_mut()
+        .expect("components.schemas");
+    for name in &requests {
+        if let Some(schema) = schemas.get_mut(name) {
+            let required: Vec<Value> = schema["required"].as_array().cloned().unwrap_or_default();
+            let props = schema.get_mut("properties").and_then(Value::as_object_mut);
+            for (field, prop) in props.into_iter().flatten() {
+                if !required.contains(&Value::from(field.as_str())) && prop.get("$ref").is_none() {
+                    prop["nullable"] = Value::Bool(true);
+                }
+            }
+        }
+    }
+    unsigned_minimum(&mut spec);
+    serde_json::to_string_pretty(&spec).expect("a JSON value serializes")
+}
+
+/// Calls `found` with the name of every `#/components/schemas/` reference
+/// inside `schema`.
+fn visit_refs(schema: &Value, found: &mut impl FnMut(&str)) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(name) = map
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            {
+                found(name);
+            }
+            map.values().for_each(|v| visit_refs(v, found));
+        }
+        Value::Array(items) => items.iter().for_each(|v| visit_refs(v, found)),
+        _ => {}
+    }
+}
+
+/// `minimum: 0` on every unsigned integer that states no minimum.
+fn unsigned_minimum(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            let unsigned = map.get("type").and_then(Value::as_str) == Some("integer")
+                && matches!(
+                    map.get("format").and_then(Value::as_str),
+                    Some("uint8" | "uint16" | "uint32" | "uint64")
+                );
+            if unsigned && !map.contains_key("minimum") {
+                map.insert("minimum".to_owned(), Value::from(0));
+            }
+            map.values_mut().for_each(unsigned_minimum);
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_minimum),
+        _ => {}
+    }
 }

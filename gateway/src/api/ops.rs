@@ -9,6 +9,7 @@ use crate::state::{AppState, app_state as state};
 
 /// Liveness.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct HealthOut {
     /// `ok`.
     pub status: String,
@@ -20,6 +21,7 @@ pub struct HealthOut {
 
 /// Readiness and details.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ReadyOut {
     /// `ok` or `unavailable`.
     pub status: String,

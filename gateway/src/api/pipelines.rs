@@ -8,12 +8,13 @@ use orrery_plugins::Registry;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
+use poem_openapi::types::MaybeUndefined;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::rfc3339_ms;
+use crate::api::params::{Text, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
@@ -56,18 +57,20 @@ impl From<OnError> for OnErrorPolicy {
 
 /// One stage: a plugin with its config, error policy and time limit.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct StageDto {
     /// The plugin: `ip_hash` (always first), `geoip`, `user_agent`,
     /// `referrer` or `session`.
-    pub plugin: String,
+    pub plugin: Text,
     /// The plugin's configuration; omitted fields take their defaults.
     /// Unknown fields are refused. Credentials (`provider_token`) are shown
     /// as `***` in answers and must be sent again with every `PUT`.
     pub config: Option<HashMap<String, Value>>,
     // No doc comment: a described enum field becomes an `allOf` that
     // openapi-python-client cannot read. What happens to an event the
-    // plugin fails on; `skip` when absent.
-    pub on_error: Option<OnErrorPolicy>,
+    // plugin fails on; `skip` when absent. `null` is refused (OpenAPI 3.0
+    // cannot mark a `$ref` nullable, so the document does not allow it).
+    pub on_error: MaybeUndefined<OnErrorPolicy>,
     /// Time limit of one call on a batch, in ms, 1 to 10000 (default: the
     /// instance's `pipeline.plugin_timeout_ms`, 100).
     pub timeout_ms: Option<u64>,
@@ -76,9 +79,9 @@ pub struct StageDto {
 impl From<StageDto> for StageSpec {
     fn from(d: StageDto) -> Self {
         Self {
-            plugin: d.plugin,
+            plugin: d.plugin.0,
             config: d.config.unwrap_or_default().into_iter().collect(),
-            on_error: d.on_error.map(Into::into).unwrap_or_default(),
+            on_error: d.on_error.take().map(Into::into).unwrap_or_default(),
             timeout_ms: d.timeout_ms,
         }
     }
@@ -98,7 +101,7 @@ pub const REDACTED: &str = "***";
 impl From<StageSpec> for StageDto {
     fn from(s: StageSpec) -> Self {
         Self {
-            plugin: s.plugin,
+            plugin: Text(s.plugin),
             config: Some(
                 s.config
                     .into_iter()
@@ -111,7 +114,7 @@ impl From<StageSpec> for StageDto {
                     })
                     .collect(),
             ),
-            on_error: Some(s.on_error.into()),
+            on_error: MaybeUndefined::Value(s.on_error.into()),
             timeout_ms: s.timeout_ms,
         }
     }
@@ -119,6 +122,7 @@ impl From<StageSpec> for StageDto {
 
 /// A project's pipeline.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PipelineOut {
     /// The stages, in order.
     pub stages: Vec<StageDto>,
@@ -131,8 +135,9 @@ pub struct PipelineOut {
 
 /// A new pipeline.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct PipelineIn {
-    /// The stages, in order; the first must be `ip_hash`.
+    /// The stages, in order (1 to 32); the first must be `ip_hash`.
     pub stages: Vec<StageDto>,
 }
 
@@ -210,6 +215,15 @@ impl PipelinesApi {
             return Err(ApiError::bad_request(
                 "invalid_pipeline",
                 format!("stages: at most {MAX_STAGES} stages"),
+            ));
+        }
+        if let Some(i) = body.0.stages.iter().position(|s| s.on_error.is_null()) {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                format!(
+                    "`stages[{i}].on_error` must be `skip`, `drop` or `dead_letter`, not null \
+                     (leave it out for `skip`)"
+                ),
             ));
         }
         let stages: Vec<StageSpec> = body.0.stages.into_iter().map(Into::into).collect();

@@ -2,20 +2,22 @@
 
 use orrery_core::store::{KeyKind, Project};
 use poem::Request;
+use poem::http::StatusCode;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::rfc3339_ms;
 use crate::api::keys::CreatedKeyOut;
+use crate::api::params::{Name, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state as state;
 
 /// A project.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ProjectOut {
     /// Project id.
     pub id: Uuid,
@@ -40,13 +42,15 @@ impl From<Project> for ProjectOut {
 
 /// Body of create and rename.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ProjectIn {
-    /// Name, 1 to 100 characters.
-    pub name: String,
+    // No doc comment: the schema of `Name` documents it.
+    pub name: Name,
 }
 
 /// A new project with its first keys, shown once.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct CreatedProjectOut {
     /// The project.
     pub project: ProjectOut,
@@ -58,6 +62,7 @@ pub struct CreatedProjectOut {
 
 /// The project list.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ProjectListOut {
     /// Projects, oldest first.
     pub projects: Vec<ProjectOut>,
@@ -79,18 +84,6 @@ pub enum Deleted {
     Deleted,
 }
 
-/// Checks a display name.
-pub fn valid_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ApiError::bad_request(
-            "invalid_name",
-            "`name` must be 1 to 100 characters",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
 /// Project administration.
 pub struct ProjectsApi;
 
@@ -109,7 +102,7 @@ impl ProjectsApi {
     ) -> ApiResult<CreatedProject> {
         auth.0.require_admin()?;
         let state = state(req);
-        let name = valid_name(&body.0.name)?;
+        let name = body.0.name.into_inner();
         let project = state.store.create_project(&name).await?;
         let public = state
             .store
@@ -173,7 +166,7 @@ impl ProjectsApi {
         body: Json<ProjectIn>,
     ) -> ApiResult<Json<ProjectOut>> {
         auth.0.require_project(project_id.0)?;
-        let name = valid_name(&body.0.name)?;
+        let name = body.0.name.into_inner();
         Ok(Json(
             state(req)
                 .store
@@ -201,7 +194,8 @@ impl ProjectsApi {
     ) -> ApiResult<Deleted> {
         auth.0.require_admin()?;
         if auth.0.project_id() == project_id.0 {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
                 "project_in_use",
                 "this project holds the key of this request; use an admin key of another project",
             ));

@@ -8,13 +8,16 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::events::{invalid_cursor, next_page, page_limit, parse_time, rfc3339_ms};
+use crate::api::params::{
+    Cursor, CursorKind, Cursors, Limit, Time, invalid_cursor, next_page, page_limit, rfc3339_ms,
+};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
 
 /// A session.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SessionOut {
     /// Session id.
     pub session_id: String,
@@ -60,6 +63,7 @@ impl From<Session> for SessionOut {
 
 /// One page of sessions.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct SessionPage {
     /// Newest first (by start).
     pub sessions: Vec<SessionOut>,
@@ -67,14 +71,23 @@ pub struct SessionPage {
     pub next_cursor: Option<String>,
 }
 
-fn encode_cursor(s: &Session) -> String {
-    format!("{}.{}", s.started_at, s.session_id)
+/// A sessions cursor holds the start (8 bytes) and the id of the last
+/// session of a page.
+fn encode_cursor(cursors: &Cursors, project: Uuid, s: &Session) -> String {
+    let mut position = s.started_at.to_be_bytes().to_vec();
+    position.extend_from_slice(s.session_id.as_bytes());
+    cursors.seal(CursorKind::Sessions, project, &position)
 }
 
-fn decode_cursor(c: &str) -> Result<(i64, String), ApiError> {
-    c.split_once('.')
-        .and_then(|(t, id)| Some((t.parse().ok()?, id.to_owned())))
-        .ok_or_else(invalid_cursor)
+fn decode_cursor(cursors: &Cursors, project: Uuid, c: &Cursor) -> Result<(i64, String), ApiError> {
+    let position = cursors.open(CursorKind::Sessions, project, c)?;
+    if position.len() < 8 {
+        return Err(invalid_cursor());
+    }
+    let (started, id) = position.split_at(8);
+    let started = i64::from_be_bytes(started.try_into().map_err(|_| invalid_cursor())?);
+    let id = String::from_utf8(id.to_vec()).map_err(|_| invalid_cursor())?;
+    Ok((started, id))
 }
 
 /// Sessions.
@@ -102,30 +115,36 @@ impl SessionsApi {
         /// Project id.
         project_id: Path<Uuid>,
         /// Sessions that started at or after this time (RFC 3339 or ms).
-        from: Query<Option<String>>,
+        from: Query<Option<Time>>,
         /// Sessions that started before this time (RFC 3339 or ms).
-        to: Query<Option<String>>,
+        to: Query<Option<Time>>,
         /// The `next_cursor` of the previous page.
-        cursor: Query<Option<String>>,
+        cursor: Query<Option<Cursor>>,
         /// Page size, 1 to 1000 (default 50).
-        limit: Query<Option<u64>>,
+        limit: Query<Option<Limit>>,
     ) -> ApiResult<Json<SessionPage>> {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
-        let limit = page_limit(limit.0)?;
-        let from = from
+        let limit = page_limit(limit.0);
+        let project = project_id.0;
+        let before = cursor
             .0
-            .as_deref()
-            .map(|v| parse_time("from", v))
+            .map(|c| decode_cursor(&state.cursors, project, &c))
             .transpose()?;
-        let to = to.0.as_deref().map(|v| parse_time("to", v)).transpose()?;
-        let before = cursor.0.as_deref().map(decode_cursor).transpose()?;
-        state.store.get_project(project_id.0).await?;
+        state.store.get_project(project).await?;
         let mut rows = state
             .store
-            .list_sessions(project_id.0, from, to, before, limit + 1)
+            .list_sessions(
+                project,
+                from.0.map(|t| t.0),
+                to.0.map(|t| t.0),
+                before,
+                limit + 1,
+            )
             .await?;
-        let next_cursor = next_page(&mut rows, limit, encode_cursor);
+        let next_cursor = next_page(&mut rows, limit, |s| {
+            encode_cursor(&state.cursors, project, s)
+        });
         Ok(Json(SessionPage {
             sessions: rows.into_iter().map(Into::into).collect(),
             next_cursor,

@@ -12,6 +12,7 @@ use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
 
 use crate::api::ApiTags;
 use crate::api::execute::{executor, sandbox_error};
+use crate::api::params::Name;
 use crate::auth::ExecuteKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
@@ -28,6 +29,7 @@ pub enum ModuleKind {
 
 /// A stored module.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ModuleOut {
     /// Hex SHA-256 of the module: its id.
     pub id: String,
@@ -60,6 +62,7 @@ impl From<ModuleInfo> for ModuleOut {
 
 /// The module list.
 #[derive(Debug, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct ModuleListOut {
     /// Modules of the key's project.
     pub modules: Vec<ModuleOut>,
@@ -98,21 +101,18 @@ impl WasmModulesApi {
         req: &Request,
         auth: ExecuteKey,
         /// A name for people.
-        name: Query<Option<String>>,
+        name: Query<Option<Name>>,
         body: Binary<Vec<u8>>,
     ) -> ApiResult<Uploaded> {
         let ex = executor(app_state(req))?;
         if body.0.is_empty() {
             return Err(ApiError::bad_request("invalid_module", "the body is empty"));
         }
-        if name.0.as_ref().is_some_and(|n| n.chars().count() > 100) {
-            return Err(ApiError::bad_request(
-                "invalid_name",
-                "`name` is longer than 100 characters",
-            ));
-        }
         let store = ex.modules(auth.0.project_id())?;
-        let info = store.upload(body.0, name.0).await.map_err(sandbox_error)?;
+        let info = store
+            .upload(body.0, name.0.map(Name::into_inner))
+            .await
+            .map_err(sandbox_error)?;
         Ok(Uploaded::Created(Json(info.into())))
     }
 
