@@ -68,7 +68,7 @@ pub enum WriteError {
     Closed,
     /// The database failed; nothing of this request was stored.
     #[error("the database failed: {0}")]
-    Store(String),
+    Store(Arc<DbErr>),
 }
 
 struct Job {
@@ -397,8 +397,9 @@ async fn commit_group(
         }
         Err(err) if is_connection_error(&err) => {
             error!(%err, "group commit failed: database unreachable");
+            let err = Arc::new(err);
             for job in group {
-                reply(job, Err(WriteError::Store(err.to_string())), pending);
+                reply(job, Err(WriteError::Store(Arc::clone(&err))), pending);
             }
         }
         Err(err) => {
@@ -418,12 +419,12 @@ async fn commit_alone(store: &Store, job: &Job) -> Result<Vec<WriteOutcome>, Wri
     let all: Vec<&EncodedEvent> = job.events.iter().collect();
     match commit(store, &all, &job.dead).await {
         Ok(outcomes) => return Ok(to_write_outcomes(outcomes)),
-        Err(err) if is_connection_error(&err) => return Err(WriteError::Store(err.to_string())),
+        Err(err) if is_connection_error(&err) => return Err(WriteError::Store(Arc::new(err))),
         Err(_) => {}
     }
     // Dead letters first, on their own.
     if let Err(err) = commit(store, &[], &job.dead).await {
-        return Err(WriteError::Store(err.to_string()));
+        return Err(WriteError::Store(Arc::new(err)));
     }
     let mut outcomes = Vec::with_capacity(job.events.len());
     for encoded in &job.events {
@@ -442,7 +443,7 @@ async fn commit_alone(store: &Store, job: &Job) -> Result<Vec<WriteOutcome>, Wri
                 };
                 commit(store, &[], std::slice::from_ref(&letter))
                     .await
-                    .map_err(|e| WriteError::Store(e.to_string()))?;
+                    .map_err(|e| WriteError::Store(Arc::new(e)))?;
                 outcomes.push(WriteOutcome::DeadLettered(reason));
             }
         }

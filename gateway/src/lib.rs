@@ -15,6 +15,7 @@ pub mod connections;
 pub mod error;
 pub mod exec;
 pub mod http;
+pub mod ingest;
 pub mod jobs;
 pub mod pipelines;
 pub mod server;

@@ -633,3 +633,103 @@ async fn insights_explain_summary_trend_and_anomaly_with_numbers() {
         db.drop_db().await;
     }
 }
+
+/// Makes the database refuse events named `poison`, as a real constraint
+/// violation would (`on` false removes that again).
+async fn poison_trigger(server: &Server, on: bool) {
+    let stmts: &[&str] = match (&server.database_url, on) {
+        (None, true) => &["CREATE TRIGGER poison BEFORE INSERT ON events \
+              WHEN NEW.name = 'poison' BEGIN SELECT RAISE(ABORT, 'poisoned event'); END"],
+        (None, false) => &["DROP TRIGGER poison"],
+        (Some(_), true) => &[
+            "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+               IF NEW.name = 'poison' THEN RAISE EXCEPTION 'poisoned event'; END IF; \
+               RETURN NEW; END $$ LANGUAGE plpgsql",
+            "CREATE TRIGGER poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION poison()",
+        ],
+        (Some(_), false) => &["DROP TRIGGER poison ON events"],
+    };
+    use sqlx::Connection;
+    match &server.database_url {
+        None => {
+            let url = format!("sqlite://{}", server.data_dir.join("orrery.db").display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            for s in stmts {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+        }
+        Some(url) => {
+            let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+            for s in stmts {
+                sqlx::query(s).execute(&mut conn).await.unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_cause() {
+    for backend in
+        backends("an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_cause")
+    {
+        let db = TestDatabase::create(backend).await;
+        let server = server(&db).await;
+        poison_trigger(&server, true).await;
+        let batch = json!({"batch": [{"event": "a"}, {"event": "poison"}, {"event": "b"}]});
+        let (status, body) = send(&server, "127.0.0.1", CHROME, batch).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            (&body["accepted"], &body["dead_lettered"]),
+            (&json!(2), &json!(1)),
+            "{body}"
+        );
+        // The sender (a public key) learns that the store refused it, not the
+        // database's own message; the project's admin sees that in the dead
+        // letter.
+        let reason = body["results"][1]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("store: "), "{reason}");
+        assert!(!reason.contains("poisoned"), "{reason}");
+        let (_, page) = admin(&server, "GET", "/dead-letters", None).await;
+        let letters = page["dead_letters"].as_array().unwrap();
+        assert_eq!(letters.len(), 1, "{page}");
+        assert_eq!(letters[0]["plugin"], "store");
+        assert!(
+            letters[0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("poisoned event"),
+            "{page}"
+        );
+
+        // Refused again on replay: that dead letter is closed and a new one
+        // holds the new error.
+        let (status, out) = admin(&server, "POST", "/dead-letters/replay", Some(json!({}))).await;
+        assert_eq!(status, 200, "{out}");
+        assert_eq!(
+            (&out["failed"], &out["replayed"]),
+            (&json!(1), &json!(1)),
+            "{out}"
+        );
+        let (_, open) = admin(&server, "GET", "/dead-letters", None).await;
+        assert_eq!(open["dead_letters"].as_array().unwrap().len(), 1, "{open}");
+        assert_ne!(open["dead_letters"][0]["id"], letters[0]["id"]);
+
+        // Once the database takes it, the replay stores it.
+        poison_trigger(&server, false).await;
+        let (_, out) = admin(&server, "POST", "/dead-letters/replay", Some(json!({}))).await;
+        assert_eq!(
+            (&out["accepted"], &out["replayed"]),
+            (&json!(1), &json!(1)),
+            "{out}"
+        );
+        let names: Vec<Value> = all_events(&server, "", 100)
+            .await
+            .into_iter()
+            .map(|e| e["event"].clone())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(names.contains(&json!("poison")));
+        drop(server);
+        db.drop_db().await;
+    }
+}

@@ -14,10 +14,11 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::ingest::{EventStatus, enrich_and_store};
+use crate::api::ingest::ingest_error;
 use crate::api::params::{Cursor, CursorKind, Limit, next_page, page_limit, rfc3339_ms};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
+use crate::ingest::{DeadLetterCause, Outcome, enrich_and_store};
 use crate::state::app_state;
 
 /// Most dead letters replayed by one call.
@@ -227,23 +228,20 @@ impl DeadLettersApi {
                 _ => out.unreadable += 1,
             }
         }
-        let processed = enrich_and_store(state, project, envelopes, false).await?;
+        let verdicts = enrich_and_store(state, project, envelopes, false)
+            .await
+            .map_err(|e| ingest_error(state, e))?;
         let mut closed = Vec::new();
-        for (p, id) in processed.into_iter().zip(ids) {
-            match p.status {
-                EventStatus::Accepted => out.accepted += 1,
-                EventStatus::Duplicate => out.duplicates += 1,
-                EventStatus::Dropped => out.dropped += 1,
+        for (v, id) in verdicts.into_iter().zip(ids) {
+            match v.outcome {
+                Outcome::Accepted => out.accepted += 1,
+                Outcome::Duplicate => out.duplicates += 1,
+                Outcome::Dropped { .. } => out.dropped += 1,
                 // The store refused it again: the writer wrote a new dead
                 // letter with the new error, this one is closed.
-                EventStatus::DeadLetter
-                    if p.reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("store: ")) =>
-                {
-                    out.failed += 1;
-                }
-                EventStatus::DeadLetter | EventStatus::Rejected => {
+                Outcome::DeadLettered(DeadLetterCause::Store) => out.failed += 1,
+                // A plugin failed again: this dead letter stays open.
+                Outcome::DeadLettered(DeadLetterCause::Plugin { .. }) | Outcome::Rejected(_) => {
                     out.failed += 1;
                     continue;
                 }

@@ -10,10 +10,8 @@ use std::io::Read;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use orrery_core::event::{Envelope, EventLimits, RequestContext, now_ms, parse_event};
-use orrery_core::pipeline::Fate;
-use orrery_core::store::{ApiKey, KeyKind, NewDeadLetter};
-use orrery_core::writer::{WriteError, WriteOutcome};
+use orrery_core::event::RequestContext;
+use orrery_core::store::{ApiKey, KeyKind};
 use poem::http::header;
 use poem::{Request, RequestBody};
 use poem_openapi::param::Query;
@@ -30,6 +28,7 @@ use crate::api::ApiTags;
 use crate::api::params::{Ident, Timestamp};
 use crate::auth::IngestKey;
 use crate::error::{ApiError, ApiResult};
+use crate::ingest::{self, DeadLetterCause, IngestError, Outcome, Verdict};
 use crate::state::{AppState, app_state};
 
 /// One event as a client sends it.
@@ -481,7 +480,8 @@ fn request_context(req: &Request, state: &AppState, key: &ApiKey) -> Arc<Request
     })
 }
 
-/// Validates, enriches and commits events for the key's project.
+/// Validates, enriches and commits events for the key's project, and
+/// answers one verdict per event.
 ///
 /// # Errors
 /// 503 when the queue is full, the server is stopping or the database
@@ -492,160 +492,73 @@ pub async fn ingest_values(
     ctx: Arc<RequestContext>,
     values: Vec<Value>,
 ) -> ApiResult<IngestResponse> {
-    let received_at = now_ms();
-    let limits = EventLimits {
-        max_event_bytes: state.config.ingest.max_event_bytes,
-    };
-    let mut results: Vec<Option<EventResult>> = Vec::with_capacity(values.len());
-    let mut envelopes = Vec::with_capacity(values.len());
-    let mut positions = Vec::with_capacity(values.len());
-    for (i, v) in values.iter().enumerate() {
-        match parse_event(v, key.project_id, received_at, limits) {
-            Ok(mut event) => {
-                if event.user_agent.is_none() && !ctx.server_side {
-                    event.user_agent = ctx.user_agent.clone();
-                }
-                envelopes.push(Envelope {
-                    event,
-                    context: Arc::clone(&ctx),
-                });
-                positions.push(i);
-                results.push(None);
-            }
-            Err(rejection) => results.push(Some(EventResult {
-                index: i as u32,
-                id: None,
-                status: EventStatus::Rejected,
-                field: Some(rejection.field),
-                reason: Some(rejection.reason),
-            })),
-        }
-    }
-    let processed = enrich_and_store(state, key.project_id, envelopes, true).await?;
-    for (p, pos) in processed.into_iter().zip(positions) {
-        results[pos] = Some(EventResult {
-            index: pos as u32,
-            id: Some(p.id),
-            status: p.status,
-            field: None,
-            reason: p.reason,
-        });
-    }
-    let results: Vec<EventResult> = results.into_iter().flatten().collect();
+    let verdicts = ingest::ingest(state, key.project_id, ctx, values)
+        .await
+        .map_err(|e| ingest_error(state, e))?;
+    let results: Vec<EventResult> = verdicts
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| event_result(i, v))
+        .collect();
     let count = |s: EventStatus| results.iter().filter(|r| r.status == s).count() as u32;
-    let response = IngestResponse {
+    Ok(IngestResponse {
         accepted: count(EventStatus::Accepted),
         duplicates: count(EventStatus::Duplicate),
         rejected: count(EventStatus::Rejected),
         dropped: count(EventStatus::Dropped),
         dead_lettered: count(EventStatus::DeadLetter),
         results,
+    })
+}
+
+/// The answer's form of a verdict.
+fn event_result(index: usize, v: Verdict) -> EventResult {
+    let (status, field, reason) = match v.outcome {
+        Outcome::Accepted => (EventStatus::Accepted, None, None),
+        Outcome::Duplicate => (EventStatus::Duplicate, None, None),
+        Outcome::Rejected(r) => (EventStatus::Rejected, Some(r.field), Some(r.reason)),
+        Outcome::Dropped { plugin, reason } => (
+            EventStatus::Dropped,
+            None,
+            Some(format!("{plugin}: {reason}")),
+        ),
+        Outcome::DeadLettered(DeadLetterCause::Plugin { plugin, error }) => (
+            EventStatus::DeadLetter,
+            None,
+            Some(format!("{plugin}: {error}")),
+        ),
+        Outcome::DeadLettered(DeadLetterCause::Store) => (
+            EventStatus::DeadLetter,
+            None,
+            Some("store: the database refused this event; it is kept as a dead letter".to_owned()),
+        ),
     };
-    let m = &state.core_metrics;
-    m.count("accepted", response.accepted.into());
-    m.count("duplicate", response.duplicates.into());
-    m.count("rejected", response.rejected.into());
-    m.count("dropped", response.dropped.into());
-    m.count("dead_letter", response.dead_lettered.into());
-    Ok(response)
-}
-
-/// What became of one event after the pipeline and the writer.
-#[derive(Debug, Clone)]
-pub struct Processed {
-    /// The event's id.
-    pub id: Uuid,
-    /// Accepted, duplicate, dropped or dead-lettered.
-    pub status: EventStatus,
-    /// Why, for dropped and dead-lettered events: `plugin: reason`.
-    pub reason: Option<String>,
-}
-
-/// Runs `envelopes` (events of `project`) through the project's current
-/// pipeline and commits what it keeps; answers one [`Processed`] per
-/// envelope, in order, once committed. Events the pipeline sends to dead
-/// letters are written there when `write_dead_letters` (a replay keeps the
-/// original dead letter instead).
-///
-/// # Errors
-/// 503 when the queue is full, the server is stopping or the database
-/// failed; nothing was stored then.
-pub async fn enrich_and_store(
-    state: &AppState,
-    project: Uuid,
-    envelopes: Vec<Envelope>,
-    write_dead_letters: bool,
-) -> ApiResult<Vec<Processed>> {
-    let pipeline = state.pipelines.for_project(&state.store, project).await;
-    let fates = pipeline.run(envelopes).await;
-    let mut out: Vec<Option<Processed>> = Vec::with_capacity(fates.len());
-    let mut to_store = Vec::with_capacity(fates.len());
-    let mut store_positions = Vec::with_capacity(fates.len());
-    let mut dead = Vec::new();
-    for (pos, (env, fate)) in fates.into_iter().enumerate() {
-        let id = env.event.id;
-        match fate {
-            Fate::Store => {
-                to_store.push(env.event);
-                store_positions.push(pos);
-                out.push(None);
-            }
-            Fate::Dropped { plugin, reason } => out.push(Some(Processed {
-                id,
-                status: EventStatus::Dropped,
-                reason: Some(format!("{plugin}: {reason}")),
-            })),
-            Fate::DeadLetter { plugin, error } => {
-                out.push(Some(Processed {
-                    id,
-                    status: EventStatus::DeadLetter,
-                    reason: Some(format!("{plugin}: {error}")),
-                }));
-                if write_dead_letters {
-                    dead.push(NewDeadLetter {
-                        project_id: env.event.project_id,
-                        event_id: Some(id),
-                        payload: serde_json::to_value(&env.event).unwrap_or(Value::Null),
-                        plugin,
-                        error,
-                    });
-                }
-            }
-        }
+    EventResult {
+        index: index as u32,
+        id: v.id,
+        status,
+        field,
+        reason,
     }
-    let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
-    let outcomes = state
-        .writer
-        .write(to_store, dead)
-        .await
-        .map_err(|e| write_error(state, e))?;
-    for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
-        let (status, reason) = match outcome {
-            WriteOutcome::Inserted => (EventStatus::Accepted, None),
-            WriteOutcome::Duplicate => (EventStatus::Duplicate, None),
-            WriteOutcome::DeadLettered(r) => (EventStatus::DeadLetter, Some(format!("store: {r}"))),
-        };
-        out[pos] = Some(Processed { id, status, reason });
-    }
-    Ok(out.into_iter().flatten().collect())
 }
 
-/// The answer to a write the writer refused.
-fn write_error(state: &AppState, e: WriteError) -> ApiError {
+/// The answer to a request of which nothing was stored. The database's own
+/// message is logged (with the request id), never sent.
+pub fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
     let retry = state.config.ingest.retry_after_secs;
     match e {
-        WriteError::QueueFull => ApiError::unavailable(
+        IngestError::QueueFull => ApiError::unavailable(
             "queue_full",
             "the server is at capacity; nothing was stored, retry later",
             retry,
         ),
-        WriteError::Closed => ApiError::unavailable(
+        IngestError::ShuttingDown => ApiError::unavailable(
             "shutting_down",
             "the server is shutting down; nothing was stored, retry later",
             retry,
         ),
-        WriteError::Store(cause) => {
-            tracing::error!(%cause, "commit failed");
+        IngestError::Database(cause) => {
+            tracing::error!(error = %cause, "commit failed");
             ApiError::unavailable(
                 "database_unavailable",
                 "the database is unavailable; nothing was stored, retry later",
