@@ -1,6 +1,6 @@
-//! Authentication: project keys in `X-API-Key`, checked against their
-//! SHA-256 hashes, with a short-lived cache so ingestion does not pay a
-//! database lookup per request.
+//! Authentication on the HTTP side: project keys in `X-API-Key` (looked
+//! up through `keys::KeyCache`), the rights of each kind of key, and the
+//! rule of who may change which key.
 //!
 //! The security schemes are handler parameters, so a handler cannot forget
 //! them: [`SecretKey`] guards reading and administration, [`IngestKey`]
@@ -8,13 +8,7 @@
 //! key from the body or query string, for browsers). JWT user accounts can
 //! be added as a `Bearer` scheme producing the same [`Principal`].
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
-use orrery_core::event::now_ms;
-use orrery_core::store::keys::hash_key;
-use orrery_core::store::{ApiKey, KeyKind, Store};
+use orrery_core::store::{ApiKey, KeyKind};
 use poem::Request;
 use poem_openapi::SecurityScheme;
 use poem_openapi::auth::ApiKey as HeaderKey;
@@ -22,12 +16,6 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::state::app_state as state;
-
-/// How long a key lookup is trusted. Revocation through this instance's
-/// API takes effect at once (the cache is cleared); through another
-/// instance sharing the database, within this time.
-const CACHE_TTL: Duration = Duration::from_secs(10);
-const CACHE_MAX: usize = 100_000;
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -122,71 +110,6 @@ impl Principal {
             )));
         }
         Ok(())
-    }
-}
-
-/// Cache of key lookups by hash; `None` remembers unknown keys.
-#[derive(Debug, Default)]
-pub struct KeyCache {
-    entries: Mutex<HashMap<String, (Option<ApiKey>, Instant)>>,
-}
-
-impl KeyCache {
-    /// Forgets everything; called after any key or project change.
-    pub fn clear(&self) {
-        self.lock().clear();
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<ApiKey>, Instant)>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Authenticates a key.
-    ///
-    /// # Errors
-    /// 401 `invalid_key`, `key_revoked` or `key_expired`.
-    pub async fn authenticate(&self, store: &Store, key: &str) -> Result<ApiKey, ApiError> {
-        let key = key.trim();
-        if !(key.starts_with("pk_") || key.starts_with("sk_") || key.starts_with("xk_")) {
-            return Err(ApiError::unauthorized(
-                "invalid_key",
-                "unknown API key: keys start with pk_, sk_ or xk_",
-            ));
-        }
-        let hash = hash_key(key);
-        let cached = self
-            .lock()
-            .get(&hash)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(k, _)| k.clone());
-        let found = match cached {
-            Some(found) => found,
-            None => {
-                let found = store.find_key_by_hash(&hash).await?;
-                let mut entries = self.lock();
-                if entries.len() >= CACHE_MAX {
-                    entries.clear();
-                }
-                entries.insert(hash, (found.clone(), Instant::now()));
-                found
-            }
-        };
-        let Some(found) = found else {
-            return Err(ApiError::unauthorized("invalid_key", "unknown API key"));
-        };
-        if found.revoked_at.is_some() {
-            return Err(ApiError::unauthorized(
-                "key_revoked",
-                format!("the key {}... was revoked", found.prefix),
-            ));
-        }
-        if !found.is_active(now_ms()) {
-            return Err(ApiError::unauthorized(
-                "key_expired",
-                format!("the key {}... expired after rotation", found.prefix),
-            ));
-        }
-        Ok(found)
     }
 }
 

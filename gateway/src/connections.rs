@@ -51,7 +51,7 @@ use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::error::ApiError;
-use crate::http::HttpMetrics;
+use crate::http_metrics::HttpMetrics;
 
 /// The limits of [`serve`], from `[http]`.
 #[derive(Debug, Clone)]

@@ -10,9 +10,9 @@ use orrery_core::writer::{Writer, WriterConfig};
 use prometheus_client::registry::Registry;
 
 use crate::api::params::Cursors;
-use crate::auth::KeyCache;
 use crate::exec::Executor;
-use crate::http::HttpMetrics;
+use crate::http_metrics::HttpMetrics;
+use crate::keys::KeyCache;
 use crate::pipelines::Pipelines;
 
 /// Everything a handler needs; shared behind an `Arc`.

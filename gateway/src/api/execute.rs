@@ -1,5 +1,5 @@
 //! The code-execution service: `POST /api/v1/execute` and the WebSocket
-//! `/api/v1/execute/ws` (see `execute_ws`). Untrusted Python runs in the
+//! `/api/v1/execute/ws` (`execute_ws`, built on this file). Untrusted Python runs in the
 //! sandbox's forked, walled-in processes, never in the gateway; WebAssembly
 //! runs in wasmtime with fuel, a deadline and memory caps.
 
@@ -11,15 +11,13 @@ use orrery_sandbox::{
     ExecutionResult, LimitsRequest, Outcome, PythonRequest, SandboxError, WasmRequest,
 };
 use poem::Request;
-use poem::web::websocket::{BoxWebSocketUpgraded, WebSocket};
-use poem_openapi::SecurityScheme;
 use poem_openapi::payload::Json;
 use poem_openapi::{Enum, Object, OpenApi};
 use serde::Deserialize;
 
 use crate::api::ApiTags;
 use crate::api::params::Text;
-use crate::auth::{ExecuteKey, ExecuteKeyQuery};
+use crate::auth::ExecuteKey;
 use crate::error::{ApiError, ApiResult};
 use crate::exec::{Executor, outcome_name};
 use crate::state::{AppState, app_state};
@@ -345,16 +343,6 @@ pub async fn start_wasm(
     ex.wasm.start(bytes, request).await.map_err(sandbox_error)
 }
 
-/// The WebSocket's credential: the header, or `api_key` in the query string
-/// for browsers (which cannot set headers on a WebSocket).
-#[derive(SecurityScheme)]
-pub enum WsAuth {
-    /// `X-API-Key` header.
-    Header(ExecuteKey),
-    /// `api_key` query parameter.
-    Query(ExecuteKeyQuery),
-}
-
 /// Code execution.
 pub struct ExecuteApi;
 
@@ -400,29 +388,5 @@ impl ExecuteApi {
             "executed"
         );
         Ok(Json(result.into()))
-    }
-
-    /// Run code, streaming
-    ///
-    /// A WebSocket: send `{"type": "execute", ...}` with the fields of
-    /// `POST /execute`; receive `stdout` / `stderr` chunks as the program
-    /// writes them, then one `result`. Also `stdin`, `stdin_close` and
-    /// `cancel` messages. The protocol is described in the README.
-    #[oai(path = "/execute/ws", method = "get", operation_id = "execute_ws")]
-    async fn ws(
-        &self,
-        req: &Request,
-        auth: WsAuth,
-        ws: WebSocket,
-    ) -> ApiResult<BoxWebSocketUpgraded> {
-        let state = app_state(req).clone();
-        executor(&state)?;
-        let principal = match auth {
-            WsAuth::Header(k) => k.0,
-            WsAuth::Query(k) => k.0,
-        };
-        Ok(ws
-            .on_upgrade(move |socket| crate::api::execute_ws::session(state, principal, socket))
-            .boxed())
     }
 }

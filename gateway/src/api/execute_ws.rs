@@ -22,16 +22,59 @@
 
 use futures_util::{SinkExt, StreamExt};
 use orrery_sandbox::Stream;
-use poem::web::websocket::{Message, WebSocketStream};
+use poem::Request;
+use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketStream};
+use poem_openapi::{OpenApi, SecurityScheme};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::api::ApiTags;
 use crate::api::execute::{
     ExecuteIn, ExecuteOut, Language, executor, python_request, sandbox_error, start_wasm, validate,
 };
-use crate::auth::Principal;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::auth::{ExecuteKey, ExecuteKeyQuery, Principal};
+use crate::error::{ApiError, ApiResult};
+use crate::state::{AppState, app_state};
+
+/// The WebSocket's credential: the header, or `api_key` in the query string
+/// for browsers (which cannot set headers on a WebSocket).
+#[derive(SecurityScheme)]
+pub enum WsAuth {
+    /// `X-API-Key` header.
+    Header(ExecuteKey),
+    /// `api_key` query parameter.
+    Query(ExecuteKeyQuery),
+}
+
+/// Code execution over a WebSocket.
+pub struct ExecuteWsApi;
+
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Execute")]
+impl ExecuteWsApi {
+    /// Run code, streaming
+    ///
+    /// A WebSocket: send `{"type": "execute", ...}` with the fields of
+    /// `POST /execute`; receive `stdout` / `stderr` chunks as the program
+    /// writes them, then one `result`. Also `stdin`, `stdin_close` and
+    /// `cancel` messages. The protocol is described in the README.
+    #[oai(path = "/execute/ws", method = "get", operation_id = "execute_ws")]
+    async fn ws(
+        &self,
+        req: &Request,
+        auth: WsAuth,
+        ws: WebSocket,
+    ) -> ApiResult<BoxWebSocketUpgraded> {
+        let state = app_state(req).clone();
+        executor(&state)?;
+        let principal = match auth {
+            WsAuth::Header(k) => k.0,
+            WsAuth::Query(k) => k.0,
+        };
+        Ok(ws
+            .on_upgrade(move |socket| session(state, principal, socket))
+            .boxed())
+    }
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

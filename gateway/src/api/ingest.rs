@@ -220,7 +220,7 @@ impl<'a> ApiExtractor<'a> for IngestBody {
             .and_then(|v| v.parse::<usize>().ok())
             .is_some_and(|n| n > limits.max_body_bytes)
         {
-            crate::http::HttpMetrics::count(&state.http_metrics.body_errors, "too_large");
+            crate::http_metrics::HttpMetrics::count(&state.http_metrics.body_errors, "too_large");
             return Err(too_large().into());
         }
         let timeout = std::time::Duration::from_millis(state.config.http.body_read_timeout_ms);
@@ -287,7 +287,8 @@ impl PixelResponse {
 /// Ingestion operations.
 pub struct IngestApi;
 
-#[OpenApi(prefix_path = "/", tag = "ApiTags::Ingestion")]
+// No prefix: the pixel lives outside `/api/v1`.
+#[OpenApi(tag = "ApiTags::Ingestion")]
 impl IngestApi {
     /// Send events
     ///

@@ -142,14 +142,14 @@ pub enum CreatedKey {
 /// Key administration.
 pub struct KeysApi;
 
-#[OpenApi(prefix_path = "/api/v1/projects", tag = "ApiTags::Keys")]
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Keys")]
 impl KeysApi {
     /// Create a key
     ///
     /// A secret key creates public, secret and execute keys for its
     /// project; only an admin key may create an admin key (403 otherwise).
     #[oai(
-        path = "/:project_id/keys",
+        path = "/projects/:project_id/keys",
         method = "post",
         operation_id = "create_key"
     )]
@@ -186,7 +186,11 @@ impl KeysApi {
     }
 
     /// List keys
-    #[oai(path = "/:project_id/keys", method = "get", operation_id = "list_keys")]
+    #[oai(
+        path = "/projects/:project_id/keys",
+        method = "get",
+        operation_id = "list_keys"
+    )]
     async fn list(
         &self,
         req: &Request,
@@ -209,7 +213,7 @@ impl KeysApi {
     /// key (403 otherwise), and the instance's last admin key that keeps
     /// working cannot be revoked (409 `last_admin_key`).
     #[oai(
-        path = "/:project_id/keys/:key_id/revoke",
+        path = "/projects/:project_id/keys/:key_id/revoke",
         method = "post",
         operation_id = "revoke_key"
     )]
@@ -237,7 +241,7 @@ impl KeysApi {
     /// working at once, or after `grace_seconds`. Only an admin key may
     /// rotate an admin key (403 otherwise).
     #[oai(
-        path = "/:project_id/keys/:key_id/rotate",
+        path = "/projects/:project_id/keys/:key_id/rotate",
         method = "post",
         operation_id = "rotate_key"
     )]

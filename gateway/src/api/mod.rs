@@ -40,8 +40,20 @@ pub enum ApiTags {
     Ops,
 }
 
-/// All operations, as one OpenAPI service.
-pub type Api = (
+/// The resources, each an `OpenApi` type of its file, written once: the
+/// `Api` type and its value.
+macro_rules! resources {
+    ($($file:ident::$api:ident),+ $(,)?) => {
+        /// All operations, as one OpenAPI service.
+        pub type Api = ($($file::$api,)+);
+
+        fn resources() -> Api {
+            ($($file::$api,)+)
+        }
+    };
+}
+
+resources!(
     ingest::IngestApi,
     events::EventsApi,
     sessions::SessionsApi,
@@ -51,6 +63,7 @@ pub type Api = (
     projects::ProjectsApi,
     keys::KeysApi,
     execute::ExecuteApi,
+    execute_ws::ExecuteWsApi,
     wasm_modules::WasmModulesApi,
     ops::OpsApi,
 );
@@ -59,28 +72,12 @@ pub type Api = (
 /// Handlers find the state in the request data, so the spec can be built
 /// without a database.
 pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new(
-        (
-            ingest::IngestApi,
-            events::EventsApi,
-            sessions::SessionsApi,
-            pipelines::PipelinesApi,
-            dead_letters::DeadLettersApi,
-            insights::InsightsApi,
-            projects::ProjectsApi,
-            keys::KeysApi,
-            execute::ExecuteApi,
-            wasm_modules::WasmModulesApi,
-            ops::OpsApi,
-        ),
-        "Orrery",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(
-        "Self-hosted, plugin-extensible event gateway for product and web analytics. \
+    OpenApiService::new(resources(), "Orrery", env!("CARGO_PKG_VERSION"))
+        .description(
+            "Self-hosted, plugin-extensible event gateway for product and web analytics. \
          Every error is JSON `{\"code\": \"...\", \"message\": \"...\"}` with a stable `code`.",
-    )
-    .license(poem_openapi::LicenseObject::new("Apache-2.0"))
+        )
+        .license(poem_openapi::LicenseObject::new("Apache-2.0"))
 }
 
 /// Objects whose unknown fields the server refuses (ingestion's parser),

@@ -88,14 +88,18 @@ pub enum Removed {
 /// WebAssembly module storage.
 pub struct WasmModulesApi;
 
-#[OpenApi(prefix_path = "/api/v1/wasm", tag = "ApiTags::Execute")]
+#[OpenApi(prefix_path = "/api/v1", tag = "ApiTags::Execute")]
 impl WasmModulesApi {
     /// Upload a module
     ///
     /// The body is the binary module or component (`application/wasm`).
     /// It is validated now: bytes that are not WebAssembly, or a program
     /// without a WASI entry point, are a 400 naming the problem.
-    #[oai(path = "/modules", method = "post", operation_id = "upload_module")]
+    #[oai(
+        path = "/wasm/modules",
+        method = "post",
+        operation_id = "upload_module"
+    )]
     async fn upload(
         &self,
         req: &Request,
@@ -117,7 +121,7 @@ impl WasmModulesApi {
     }
 
     /// List modules
-    #[oai(path = "/modules", method = "get", operation_id = "list_modules")]
+    #[oai(path = "/wasm/modules", method = "get", operation_id = "list_modules")]
     async fn list(&self, req: &Request, auth: ExecuteKey) -> ApiResult<Json<ModuleListOut>> {
         let ex = executor(app_state(req))?;
         let modules = ex.modules(auth.0.project_id())?.list();
@@ -128,7 +132,7 @@ impl WasmModulesApi {
 
     /// Get a module
     #[oai(
-        path = "/modules/:module_id",
+        path = "/wasm/modules/:module_id",
         method = "get",
         operation_id = "get_module"
     )]
@@ -149,7 +153,7 @@ impl WasmModulesApi {
 
     /// Delete a module
     #[oai(
-        path = "/modules/:module_id",
+        path = "/wasm/modules/:module_id",
         method = "delete",
         operation_id = "delete_module"
     )]
