@@ -50,7 +50,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tracing::{debug, info, warn};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::http_metrics::HttpMetrics;
 
 /// The limits of [`serve`], from `[http]`.
@@ -386,31 +386,32 @@ impl Guarded {
     fn json_answer(&self, status: StatusCode) -> Vec<u8> {
         let (code, message) = match status {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
-                "headers_too_large",
+                ErrorCode::HeadersTooLarge,
                 format!(
                     "the request line and headers are larger than {} bytes (http.max_header_bytes) \
                      or have more than 100 fields",
                     self.max_header_bytes
                 ),
             ),
-            StatusCode::URI_TOO_LONG => {
-                ("uri_too_long", "the request target is too long".to_owned())
-            }
+            StatusCode::URI_TOO_LONG => (
+                ErrorCode::UriTooLong,
+                "the request target is too long".to_owned(),
+            ),
             _ => (
-                "malformed_request",
+                ErrorCode::MalformedRequest,
                 "the request is not valid HTTP/1.1 (request line, header syntax or framing)"
                     .to_owned(),
             ),
         };
-        HttpMetrics::count(&self.metrics.protocol_errors, code);
-        raw_answer(&ApiError::new(status, code, message))
+        HttpMetrics::count(&self.metrics.protocol_errors, code.as_str());
+        raw_answer(&ApiError::new(code, message))
     }
 }
 
 /// An [`ApiError`] as the bytes of a whole HTTP/1.1 answer that closes the
 /// connection.
 fn raw_answer(err: &ApiError) -> Vec<u8> {
-    let body = serde_json::json!({"code": err.code, "message": err.message}).to_string();
+    let body = serde_json::json!({"code": err.code.as_str(), "message": err.message}).to_string();
     let mut head = format!(
         "HTTP/1.1 {} {}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\n\
          connection: close\r\nx-content-type-options: nosniff\r\nx-request-id: {}\r\n",
@@ -648,7 +649,11 @@ fn refuse(stream: TcpStream, refusal: Refusal, limits: &Limits, metrics: &HttpMe
         ),
     };
     HttpMetrics::count(&metrics.connections_refused, reason);
-    let answer = raw_answer(&ApiError::unavailable("too_many_connections", message, 1));
+    let answer = raw_answer(&ApiError::unavailable(
+        ErrorCode::TooManyConnections,
+        message,
+        1,
+    ));
     let _ = stream.try_write(&answer);
 }
 

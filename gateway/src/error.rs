@@ -18,14 +18,104 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// Declares [`ErrorCode`]: each code once, with its status and meaning.
+macro_rules! error_codes {
+    ($($variant:ident = $status:literal $code:literal $meaning:literal,)+) => {
+        /// Every error code of the API, each with the one status it is sent
+        /// with. The OpenAPI document lists them (the `ErrorBody.code` enum
+        /// and each status's description), and a test checks README's
+        /// error table against that list.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $(#[doc = $meaning] $variant,)+
+        }
+
+        impl ErrorCode {
+            /// All codes, in the order of the table.
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)+];
+
+            /// The code as sent: `invalid_key`.
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $code,)+ }
+            }
+
+            /// The HTTP status it is sent with.
+            pub fn status(self) -> u16 {
+                match self { $(Self::$variant => $status,)+ }
+            }
+
+            /// What it means, for the documentation.
+            pub fn meaning(self) -> &'static str {
+                match self { $(Self::$variant => $meaning,)+ }
+            }
+        }
+    };
+}
+
+error_codes! {
+    BadRequest = 400 "bad_request" "A request the HTTP layer refused; the message says why.",
+    InvalidJson = 400 "invalid_json" "The ingestion body is not JSON.",
+    InvalidEvent = 400 "invalid_event" "The one event sent is invalid; the message names the field.",
+    InvalidBatch = 400 "invalid_batch" "`batch` is not an array of events.",
+    InvalidGzip = 400 "invalid_gzip" "A gzip body that does not decompress.",
+    InvalidCursor = 400 "invalid_cursor" "A `cursor` this API did not hand out for this list.",
+    InvalidParameter = 400 "invalid_parameter" "A query or path parameter outside what the document allows; the message names it.",
+    InvalidBody = 400 "invalid_body" "A body outside what the document allows; the message names the field.",
+    DuplicateKey = 400 "duplicate_key" "A body with one key twice in one object.",
+    InvalidKeyKind = 400 "invalid_key_kind" "Admin rights asked for a key that is not a secret key.",
+    InvalidPipeline = 400 "invalid_pipeline" "A pipeline the registry refuses; the message names the stage and field.",
+    InvalidRequest = 400 "invalid_request" "An execution request whose fields do not fit its language.",
+    InvalidModule = 400 "invalid_module" "Bytes that are not a WebAssembly program with a WASI entry point.",
+    Unsupported = 400 "unsupported" "An operation the configured database cannot do.",
+    MalformedRequest = 400 "malformed_request" "Not valid HTTP/1.1.",
+    MalformedBody = 400 "malformed_body" "A body with broken framing (chunked encoding or length).",
+    InvalidHeader = 400 "invalid_header" "A header that must appear once appears twice (`Host`).",
+    MissingKey = 401 "missing_key" "No key in `X-API-Key` (or the body, or the query string where allowed).",
+    InvalidKey = 401 "invalid_key" "An unknown key.",
+    KeyRevoked = 401 "key_revoked" "A revoked key.",
+    KeyExpired = 401 "key_expired" "A key past the grace period of its rotation.",
+    Unauthorized = 401 "unauthorized" "Missing or invalid credentials.",
+    Forbidden = 403 "forbidden" "The key does not allow this (its kind, its project, its rights).",
+    NotFound = 404 "not_found" "No such route or resource.",
+    ExecutionDisabled = 404 "execution_disabled" "The code-execution service is switched off.",
+    MethodNotAllowed = 405 "method_not_allowed" "The path exists, not with this method (`Allow` lists them).",
+    BodyTimeout = 408 "body_timeout" "The body did not arrive within `http.body_read_timeout_ms`.",
+    LastAdminKey = 409 "last_admin_key" "The change would leave the instance without a lasting admin key.",
+    ProjectInUse = 409 "project_in_use" "Deleting the project of the key in use.",
+    PayloadTooLarge = 413 "payload_too_large" "A body or module over its limit.",
+    BatchTooLarge = 413 "batch_too_large" "A batch over `ingest.max_batch_events`.",
+    UriTooLong = 414 "uri_too_long" "A request target over `http.max_uri_bytes`.",
+    UnsupportedMediaType = 415 "unsupported_media_type" "A content type this endpoint does not take.",
+    UnsupportedEncoding = 415 "unsupported_encoding" "A content encoding other than gzip.",
+    RateLimited = 429 "rate_limited" "Over `execute.rate_per_minute`; `Retry-After` says when to retry.",
+    HeadersTooLarge = 431 "headers_too_large" "Request line and headers over `http.max_header_bytes`.",
+    ClientAborted = 499 "client_aborted" "The client went away before its body was complete (counted; nobody reads the answer).",
+    Internal = 500 "internal" "A fault of the server; the log has the detail, under the request id.",
+    QueueFull = 503 "queue_full" "The write queue is full; nothing was stored. `Retry-After`.",
+    ShuttingDown = 503 "shutting_down" "The server is stopping; nothing was stored. `Retry-After`.",
+    DatabaseUnavailable = 503 "database_unavailable" "The database does not answer; nothing was stored. `Retry-After`.",
+    TooManyConnections = 503 "too_many_connections" "Over `http.max_connections` or `http.max_connections_per_ip`.",
+    Unavailable = 503 "unavailable" "The service cannot answer now. `Retry-After`.",
+    PythonUnavailable = 503 "python_unavailable" "The Python sandbox is restarting. `Retry-After`.",
+    Busy = 503 "busy" "Every execution slot and the queue are taken. `Retry-After`.",
+    ModuleStoreFull = 507 "module_store_full" "The project's modules use `execute.wasm_store_bytes`; delete some.",
+}
+
+impl serde::Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 /// An API error.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{code}: {message}")]
+#[error("{}: {message}", code.as_str())]
 pub struct ApiError {
-    /// HTTP status.
+    /// HTTP status: the code's, except for an error poem raised with a
+    /// status no code has.
     pub status: StatusCode,
     /// Stable code.
-    pub code: &'static str,
+    pub code: ErrorCode,
     /// Human message.
     pub message: String,
     /// Seconds for `Retry-After`, on 429 and 503.
@@ -33,73 +123,69 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// An error with the given status, code and message.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error with the given code (and so its status) and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
+            status: StatusCode::from_u16(code.status()).unwrap_or(StatusCode::BAD_REQUEST),
             code,
             message: message.into(),
             retry_after: None,
         }
     }
 
-    /// 400 with a code.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
+    /// A 400 (the code says which).
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
+        debug_assert_eq!(code.status(), 400, "{code:?}");
+        Self::new(code, message)
     }
 
-    /// 401: no usable credentials.
-    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    /// A 401: no usable credentials.
+    pub fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Self {
+        debug_assert_eq!(code.status(), 401, "{code:?}");
+        Self::new(code, message)
     }
 
     /// 403: the credentials do not allow this.
     pub fn forbidden(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+        Self::new(ErrorCode::Forbidden, message)
     }
 
     /// 404 for `what`.
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(ErrorCode::NotFound, format!("{what} not found"))
     }
 
     /// 413 with a message.
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(ErrorCode::PayloadTooLarge, message)
     }
 
-    /// 503 with `Retry-After`.
-    pub fn unavailable(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+    /// A 503 (or 429) with `Retry-After`.
+    pub fn unavailable(code: ErrorCode, message: impl Into<String>, retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+            ..Self::new(code, message)
         }
     }
 
     /// 500. The cause is logged here, once; the client sees no detail.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         error!(error = %cause, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
     }
 
-    /// The same error with another code.
-    pub fn with_code(mut self, code: &'static str) -> Self {
-        self.code = code;
-        self
+    /// The same error with another code (and its status).
+    pub fn with_code(self, code: ErrorCode) -> Self {
+        Self {
+            retry_after: self.retry_after,
+            ..Self::new(code, self.message)
+        }
     }
 
     /// The JSON body.
     pub fn body(&self) -> ErrorBody {
         ErrorBody {
-            code: self.code.to_owned(),
+            code: self.code.as_str().to_owned(),
             message: self.message.clone(),
         }
     }
@@ -110,19 +196,22 @@ impl From<orrery_core::store::StoreError> for ApiError {
         use orrery_core::store::StoreError;
         match err {
             StoreError::NotFound(what) => Self::not_found(what),
-            StoreError::Unsupported(msg) => Self::bad_request("unsupported", msg),
+            StoreError::Unsupported(msg) => Self::bad_request(ErrorCode::Unsupported, msg),
             StoreError::LastAdminKey => Self::new(
-                StatusCode::CONFLICT,
-                "last_admin_key",
+                ErrorCode::LastAdminKey,
                 "refused: this would leave the instance without an admin key that keeps \
                  working (not revoked, not expiring after a rotation); create another admin \
                  key first",
             ),
-            StoreError::Db(sea_orm::DbErr::ConnectionAcquire(e)) => Self::unavailable(
-                "database_unavailable",
-                format!("the database is unavailable: {e}"),
-                1,
-            ),
+            StoreError::Db(sea_orm::DbErr::ConnectionAcquire(e)) => {
+                // The pool's message stays in the log.
+                error!(error = %e, "database unavailable");
+                Self::unavailable(
+                    ErrorCode::DatabaseUnavailable,
+                    "the database is unavailable; retry later",
+                    1,
+                )
+            }
             other => Self::internal(&other),
         }
     }
@@ -154,31 +243,60 @@ impl poem::error::ResponseError for ApiError {
     }
 }
 
-/// The error statuses every operation documents.
-const DOCUMENTED: &[(u16, &str)] = &[
+/// What each error status means, before its codes.
+const STATUS_TEXT: &[(u16, &str)] = &[
     (
         400,
-        "Bad request: the `code` and `message` name what is wrong",
+        "Bad request: the `code` and `message` name what is wrong.",
     ),
-    (401, "Missing, unknown, revoked or expired key"),
-    (403, "The key does not allow this operation"),
-    (404, "Not found"),
+    (401, "Missing, unknown, revoked or expired key."),
+    (403, "The key does not allow this operation."),
+    (404, "Not found."),
     (
-        409,
-        "Conflict with the stored state: `last_admin_key` (the change would leave the instance without an admin key), `project_in_use` (deleting the project of the key in use)",
+        405,
+        "Method not allowed; `Allow` lists the methods of the path.",
     ),
-    (413, "Body or batch too large"),
-    (415, "Unsupported content type or encoding"),
+    (408, "The request body did not arrive in time."),
+    (409, "Conflict with the stored state."),
+    (413, "Body, batch or module too large."),
+    (414, "Request target too long."),
+    (415, "Unsupported content type or encoding."),
+    (429, "Too many requests; retry after `Retry-After` seconds."),
+    (431, "Request headers too large."),
     (
-        503,
-        "Queue full, shutting down, or database unavailable; retry after `Retry-After` seconds",
+        500,
+        "A fault of the server; the log has the detail, under the request id.",
     ),
+    (503, "Unavailable; retry after `Retry-After` seconds."),
+    (507, "Storage limit reached."),
 ];
+
+/// The error statuses every operation documents, each described with its
+/// codes: `(status, "text Codes: `a`, `b`.")`. A status whose code the
+/// client never reads (499) is left out.
+fn documented() -> &'static [(u16, &'static str)] {
+    static DOCUMENTED: std::sync::LazyLock<Vec<(u16, &'static str)>> =
+        std::sync::LazyLock::new(|| {
+            STATUS_TEXT
+                .iter()
+                .map(|&(status, text)| {
+                    let codes: Vec<String> = ErrorCode::ALL
+                        .iter()
+                        .filter(|c| c.status() == status)
+                        .map(|c| format!("`{}`", c.as_str()))
+                        .collect();
+                    let description = format!("{text} Codes: {}.", codes.join(", "));
+                    (status, &*description.leak())
+                })
+                .collect()
+        });
+    &DOCUMENTED
+}
 
 impl ApiResponse for ApiError {
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: DOCUMENTED
+            responses: documented()
                 .iter()
                 .map(|&(status, description)| MetaResponse {
                     description,
@@ -188,7 +306,7 @@ impl ApiResponse for ApiError {
                         content_type: "application/json; charset=utf-8",
                         schema: ErrorBody::schema_ref(),
                     }],
-                    headers: if status == 503 {
+                    headers: if status == 503 || status == 429 {
                         vec![MetaHeader {
                             name: "Retry-After".to_owned(),
                             description: Some("Seconds to wait before retrying".to_owned()),
@@ -238,29 +356,30 @@ pub fn normalize(err: poem::Error) -> Response {
     // A parameter or body the schema refuses: the message names the field.
     if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseParamError>() {
         let code = if e.name == "cursor" {
-            "invalid_cursor"
+            ErrorCode::InvalidCursor
         } else {
-            "invalid_parameter"
+            ErrorCode::InvalidParameter
         };
         return ApiError::bad_request(code, format!("`{}` {}", e.name, e.reason)).into_response();
     }
     if let Some(e) = err.downcast_ref::<poem_openapi::error::ParseRequestPayloadError>() {
-        return ApiError::bad_request("invalid_body", payload_message(&e.reason)).into_response();
+        return ApiError::bad_request(ErrorCode::InvalidBody, payload_message(&e.reason))
+            .into_response();
     }
     let code = match status {
-        StatusCode::BAD_REQUEST => "bad_request",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::UNAUTHORIZED => ErrorCode::Unauthorized,
+        StatusCode::FORBIDDEN => ErrorCode::Forbidden,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
+        StatusCode::SERVICE_UNAVAILABLE => ErrorCode::Unavailable,
         s if s.is_server_error() => {
             return ApiError::internal(&err).into_response();
         }
-        _ => "error",
+        // 400, and any other 4xx poem raises, keeping its status.
+        _ => ErrorCode::BadRequest,
     };
     let message = match status {
         StatusCode::NOT_FOUND => "no such route or resource".to_owned(),
@@ -269,5 +388,9 @@ pub fn normalize(err: poem::Error) -> Response {
         }
         _ => err.to_string(),
     };
-    ApiError::new(status, code, message).into_response()
+    ApiError {
+        status,
+        ..ApiError::new(code, message)
+    }
+    .into_response()
 }

@@ -23,7 +23,31 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::error::ApiError;
+/// Why the execution service refused to run something (its HTTP answer
+/// is chosen once, in `api::execute`).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    /// A project's module directory could not be opened.
+    #[error("the module store could not be opened: {0}")]
+    ModuleStore(String),
+    /// The Python runtime did not start, or is switched off.
+    #[error("the Python runtime is unavailable: {0}")]
+    PythonUnavailable(String),
+    /// The key ran `per_minute` executions in the last minute.
+    #[error("over {per_minute} executions a minute")]
+    RateLimited {
+        /// The limit (`execute.rate_per_minute`).
+        per_minute: u32,
+        /// Seconds until the next token.
+        retry_after: u64,
+    },
+    /// Every slot and the queue are taken.
+    #[error("every execution slot and the queue are taken")]
+    Busy,
+    /// The service is stopping.
+    #[error("the execution service is shutting down")]
+    ShuttingDown,
+}
 
 /// Labels of an execution counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -253,8 +277,9 @@ impl Executor {
     /// The uploaded modules of a project (`<data_dir>/wasm/<project>/`).
     ///
     /// # Errors
-    /// 500 when the directory cannot be created or read.
-    pub fn modules(&self, project: Uuid) -> Result<std::sync::Arc<ModuleStore>, ApiError> {
+    /// [`ExecError::ModuleStore`] when the directory cannot be created or
+    /// read.
+    pub fn modules(&self, project: Uuid) -> Result<std::sync::Arc<ModuleStore>, ExecError> {
         let mut stores = self.stores.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(store) = stores.get(&project) {
             return Ok(store.clone());
@@ -263,7 +288,8 @@ impl Executor {
         config.max_module_bytes = self.config.wasm_module_bytes;
         config.max_total_bytes = self.config.wasm_store_bytes;
         let store = std::sync::Arc::new(
-            ModuleStore::open(config, self.wasm.clone()).map_err(|e| ApiError::internal(&e))?,
+            ModuleStore::open(config, self.wasm.clone())
+                .map_err(|e| ExecError::ModuleStore(e.to_string()))?,
         );
         stores.insert(project, store.clone());
         Ok(store)
@@ -272,18 +298,19 @@ impl Executor {
     /// The Python runtime.
     ///
     /// # Errors
-    /// 503 `python_unavailable` when it could not start or is switched off.
-    pub fn python(&self) -> Result<&PythonRuntime, ApiError> {
+    /// [`ExecError::PythonUnavailable`] when it could not start or is
+    /// switched off.
+    pub fn python(&self) -> Result<&PythonRuntime, ExecError> {
         self.python
             .as_ref()
-            .map_err(|why| ApiError::unavailable("python_unavailable", why.clone(), 30))
+            .map_err(|why| ExecError::PythonUnavailable(why.clone()))
     }
 
     /// Takes one token of the key's bucket.
     ///
     /// # Errors
-    /// 429 `rate_limited` with `Retry-After` when the bucket is empty.
-    pub fn check_rate(&self, key: Uuid) -> Result<(), ApiError> {
+    /// [`ExecError::RateLimited`] when the bucket is empty.
+    pub fn check_rate(&self, key: Uuid) -> Result<(), ExecError> {
         let per_minute = f64::from(self.config.rate_per_minute.max(1));
         let per_sec = per_minute / 60.0;
         let now = Instant::now();
@@ -299,16 +326,9 @@ impl Executor {
             Ok(())
         } else {
             let wait = ((1.0 - *tokens) / per_sec).ceil() as u64;
-            Err(ApiError {
-                retry_after: Some(wait.max(1)),
-                ..ApiError::new(
-                    poem::http::StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!(
-                        "this key may run {} executions a minute (execute.rate_per_minute)",
-                        self.config.rate_per_minute
-                    ),
-                )
+            Err(ExecError::RateLimited {
+                per_minute: self.config.rate_per_minute,
+                retry_after: wait.max(1),
             })
         }
     }
@@ -317,25 +337,22 @@ impl Executor {
     /// while it has room.
     ///
     /// # Errors
-    /// 503 `busy` with `Retry-After` when the queue is full.
-    pub async fn slot(&self) -> Result<Slot, ApiError> {
+    /// [`ExecError::Busy`] when the queue is full,
+    /// [`ExecError::ShuttingDown`] when the service stops.
+    pub async fn slot(&self) -> Result<Slot, ExecError> {
         let permit = match self.slots.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 let before = self.waiting.fetch_add(1, Ordering::AcqRel);
                 if before >= self.config.max_queued {
                     self.waiting.fetch_sub(1, Ordering::AcqRel);
-                    return Err(ApiError::unavailable(
-                        "busy",
-                        "all execution slots and the queue are full; retry later",
-                        1,
-                    ));
+                    return Err(ExecError::Busy);
                 }
                 self.metrics.queue_depth.inc();
                 let permit = self.slots.clone().acquire_owned().await;
                 self.metrics.queue_depth.dec();
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
-                permit.map_err(|_| ApiError::unavailable("shutting_down", "shutting down", 1))?
+                permit.map_err(|_| ExecError::ShuttingDown)?
             }
         };
         self.metrics.running.inc();

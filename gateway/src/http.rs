@@ -10,7 +10,7 @@ use poem_openapi::OperationId;
 use tracing::{Instrument, debug, info_span};
 use uuid::Uuid;
 
-use crate::error::{ApiError, normalize};
+use crate::error::{ApiError, ErrorCode, normalize};
 use crate::http_metrics::{HttpMetrics, RequestLabels, RouteLabel};
 use crate::state::AppState;
 
@@ -44,19 +44,17 @@ impl BodyError {
                 "request body is larger than {limit} bytes ({setting})"
             )),
             Self::Malformed => ApiError::bad_request(
-                "malformed_body",
+                ErrorCode::MalformedBody,
                 "the request body is not validly framed (chunked encoding or length)",
             ),
             // Written to a closed connection: nobody reads it. The status
             // is nginx's "client closed request", for the request metrics.
             Self::Aborted => ApiError::new(
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "client_aborted",
+                ErrorCode::ClientAborted,
                 "the client closed the connection before the body was complete",
             ),
             Self::Timeout => ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 "the request body did not arrive in time (http.body_read_timeout_ms)",
             ),
         }
@@ -291,15 +289,14 @@ impl<E> Hygiene<E> {
         if uri_len > max_uri {
             HttpMetrics::count(&self.state.http_metrics.protocol_errors, "uri_too_long");
             return Err(ApiError::new(
-                StatusCode::URI_TOO_LONG,
-                "uri_too_long",
+                ErrorCode::UriTooLong,
                 format!("the request target is longer than {max_uri} bytes (http.max_uri_bytes)"),
             ));
         }
         if req.headers().get_all(header::HOST).iter().count() > 1 {
             HttpMetrics::count(&self.state.http_metrics.protocol_errors, "duplicate_host");
             return Err(ApiError::bad_request(
-                "invalid_header",
+                ErrorCode::InvalidHeader,
                 "the request has more than one Host header",
             ));
         }
@@ -384,7 +381,7 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                             .is_some_and(|v| v.contains("json"));
                         if json && let Some(path) = duplicate_key(&bytes) {
                             return ApiError::bad_request(
-                                "duplicate_key",
+                                ErrorCode::DuplicateKey,
                                 format!("the body has the key `{path}` more than once"),
                             )
                             .into_response();

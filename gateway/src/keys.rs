@@ -10,7 +10,7 @@ use orrery_core::event::now_ms;
 use orrery_core::store::keys::hash_key;
 use orrery_core::store::{ApiKey, Store};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// How long a key lookup is trusted. Revocation through this instance's
 /// API takes effect at once (the cache is cleared); through another
@@ -42,7 +42,7 @@ impl KeyCache {
         let key = key.trim();
         if !(key.starts_with("pk_") || key.starts_with("sk_") || key.starts_with("xk_")) {
             return Err(ApiError::unauthorized(
-                "invalid_key",
+                ErrorCode::InvalidKey,
                 "unknown API key: keys start with pk_, sk_ or xk_",
             ));
         }
@@ -65,17 +65,20 @@ impl KeyCache {
             }
         };
         let Some(found) = found else {
-            return Err(ApiError::unauthorized("invalid_key", "unknown API key"));
+            return Err(ApiError::unauthorized(
+                ErrorCode::InvalidKey,
+                "unknown API key",
+            ));
         };
         if found.revoked_at.is_some() {
             return Err(ApiError::unauthorized(
-                "key_revoked",
+                ErrorCode::KeyRevoked,
                 format!("the key {}... was revoked", found.prefix),
             ));
         }
         if !found.is_active(now_ms()) {
             return Err(ApiError::unauthorized(
-                "key_expired",
+                ErrorCode::KeyExpired,
                 format!("the key {}... expired after rotation", found.prefix),
             ));
         }

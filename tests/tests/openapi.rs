@@ -107,3 +107,50 @@ async fn generated_python_client_works_against_the_gateway() {
     assert!(run.status.success(), "generated client failed:\n{out}");
     assert!(out.contains("python client OK: 5 events"), "{out}");
 }
+
+/// README's error table is the list of codes the document gives: the same
+/// codes, each under the status the document lists it for.
+#[test]
+fn readme_error_table_matches_the_document() {
+    let spec: Value = serde_json::from_str(&printed_spec()).unwrap();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let start = readme
+        .find("| code | status | meaning |")
+        .expect("README has the error table");
+    let mut table: Vec<(String, u16)> = Vec::new();
+    for line in readme[start..].lines().skip(2) {
+        let Some(row) = line.strip_prefix("| `") else {
+            break;
+        };
+        let (code, rest) = row.split_once("` | ").expect("| `code` | status |");
+        let status = rest.split(" |").next().unwrap().trim().parse().unwrap();
+        table.push((code.to_owned(), status));
+    }
+    let codes: Vec<String> =
+        spec["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+            .as_array()
+            .expect("ErrorBody.code is an enum")
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+    let in_table: Vec<String> = table.iter().map(|(c, _)| c.clone()).collect();
+    assert_eq!(
+        in_table, codes,
+        "README's table and the document's codes differ"
+    );
+    // Any operation: every one documents every error status.
+    let responses = &spec["paths"]["/api/v1/projects"]["get"]["responses"];
+    for (code, status) in &table {
+        if *status == 499 {
+            // The client is gone; no answer is read.
+            continue;
+        }
+        let description = responses[status.to_string()]["description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("status {status} of `{code}` is not documented"));
+        assert!(
+            description.contains(&format!("`{code}`")),
+            "`{code}` is not listed under {status}: {description}"
+        );
+    }
+}

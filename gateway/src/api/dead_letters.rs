@@ -17,7 +17,7 @@ use crate::api::ApiTags;
 use crate::api::ingest::ingest_error;
 use crate::api::params::{Cursor, CursorKind, Limit, next_page, page_limit, rfc3339_ms};
 use crate::auth::SecretKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ingest::{DeadLetterCause, Outcome, enrich_and_store};
 use crate::state::app_state;
 
@@ -188,7 +188,7 @@ impl DeadLettersApi {
         let limit = body.0.limit.unwrap_or(MAX_REPLAY);
         if !(1..=MAX_REPLAY).contains(&limit) {
             return Err(ApiError::bad_request(
-                "invalid_parameter",
+                ErrorCode::InvalidParameter,
                 format!("`limit` must be between 1 and {MAX_REPLAY}"),
             ));
         }

@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::api::ApiTags;
 use crate::api::params::Text;
 use crate::auth::ExecuteKey;
-use crate::error::{ApiError, ApiResult};
-use crate::exec::{Executor, outcome_name};
+use crate::error::{ApiError, ApiResult, ErrorCode};
+use crate::exec::{ExecError, Executor, outcome_name};
 use crate::state::{AppState, app_state};
 
 /// The language of an execution.
@@ -219,30 +219,68 @@ impl From<ExecutionResult> for ExecuteOut {
 pub fn executor(state: &AppState) -> ApiResult<&Executor> {
     state.exec.as_deref().ok_or_else(|| {
         ApiError::new(
-            poem::http::StatusCode::NOT_FOUND,
-            "execution_disabled",
+            ErrorCode::ExecutionDisabled,
             "the code-execution service is switched off (execute.enabled = false)",
         )
     })
 }
 
+impl From<ExecError> for ApiError {
+    fn from(e: ExecError) -> Self {
+        match e {
+            ExecError::ModuleStore(_) => ApiError::internal(&e),
+            ExecError::PythonUnavailable(why) => {
+                // Why it did not start (paths, errno) stays in the log.
+                tracing::error!(error = %why, "python runtime unavailable");
+                ApiError::unavailable(
+                    ErrorCode::PythonUnavailable,
+                    "the Python sandbox is unavailable; retry later",
+                    30,
+                )
+            }
+            ExecError::RateLimited {
+                per_minute,
+                retry_after,
+            } => ApiError::unavailable(
+                ErrorCode::RateLimited,
+                format!(
+                    "this key may run {per_minute} executions a minute (execute.rate_per_minute)"
+                ),
+                retry_after,
+            ),
+            ExecError::Busy => ApiError::unavailable(
+                ErrorCode::Busy,
+                "all execution slots and the queue are full; retry later",
+                1,
+            ),
+            ExecError::ShuttingDown => {
+                ApiError::unavailable(ErrorCode::ShuttingDown, "shutting down", 1)
+            }
+        }
+    }
+}
+
 /// Maps sandbox failures to API errors.
 pub fn sandbox_error(err: SandboxError) -> ApiError {
     match err {
-        SandboxError::InvalidModule(why) => ApiError::bad_request("invalid_module", why),
+        SandboxError::InvalidModule(why) => ApiError::bad_request(ErrorCode::InvalidModule, why),
         SandboxError::ModuleNotFound(id) => ApiError::not_found(&format!("module {id}")),
         SandboxError::ModuleTooLarge { size, limit } => ApiError::too_large(format!(
             "module is {size} bytes, more than the limit of {limit} (execute.wasm_module_bytes)"
         )),
         SandboxError::StoreFull { limit } => ApiError::new(
-            poem::http::StatusCode::INSUFFICIENT_STORAGE,
-            "module_store_full",
+            ErrorCode::ModuleStoreFull,
             format!(
                 "the project's modules already use {limit} bytes (execute.wasm_store_bytes); delete some"
             ),
         ),
         SandboxError::Zygote(_) | SandboxError::ZygoteDied => {
-            ApiError::unavailable("python_unavailable", err.to_string(), 5)
+            tracing::error!(error = %err, "python sandbox unavailable");
+            ApiError::unavailable(
+                ErrorCode::PythonUnavailable,
+                "the Python sandbox is restarting; retry later",
+                5,
+            )
         }
         other => ApiError::internal(&other),
     }
@@ -255,7 +293,7 @@ pub fn sandbox_error(err: SandboxError) -> ApiError {
 pub fn validate(input: &ExecuteIn) -> ApiResult<()> {
     let bad = |field: &str, why: &str| {
         Err(ApiError::bad_request(
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("`{field}` {why}"),
         ))
     };
@@ -336,7 +374,10 @@ pub async fn start_wasm(
         (None, Some(b64)) => base64::engine::general_purpose::STANDARD
             .decode(b64.0.trim())
             .map_err(|e| {
-                ApiError::bad_request("invalid_module", format!("`module` is not base64: {e}"))
+                ApiError::bad_request(
+                    ErrorCode::InvalidModule,
+                    format!("`module` is not base64: {e}"),
+                )
             })?,
         (None, None) => Vec::new(),
     };

@@ -27,7 +27,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::params::{Ident, Timestamp};
 use crate::auth::IngestKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::ingest::{self, DeadLetterCause, IngestError, Outcome, Verdict};
 use crate::state::{AppState, app_state};
 
@@ -182,8 +182,7 @@ impl<'a> ApiExtractor<'a> for IngestBody {
             None | Some("" | "application/json" | "text/plain") => {}
             Some(other) => {
                 return Err(ApiError::new(
-                    poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_media_type",
+                    ErrorCode::UnsupportedMediaType,
                     format!(
                         "content type {other} is not accepted; send application/json or text/plain"
                     ),
@@ -202,8 +201,7 @@ impl<'a> ApiExtractor<'a> for IngestBody {
             Some("gzip" | "x-gzip") => true,
             Some(other) => {
                 return Err(ApiError::new(
-                    poem::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    "unsupported_encoding",
+                    ErrorCode::UnsupportedEncoding,
                     format!("content encoding {other} is not accepted; send gzip or none"),
                 )
                 .into());
@@ -241,7 +239,10 @@ impl<'a> ApiExtractor<'a> for IngestBody {
             .take(max as u64 + 1)
             .read_to_end(&mut out)
             .map_err(|e| {
-                ApiError::bad_request("invalid_gzip", format!("body is not valid gzip: {e}"))
+                ApiError::bad_request(
+                    ErrorCode::InvalidGzip,
+                    format!("body is not valid gzip: {e}"),
+                )
             })?;
         if out.len() > max {
             return Err(ApiError::too_large(format!(
@@ -308,14 +309,17 @@ impl IngestApi {
     ) -> ApiResult<Json<IngestResponse>> {
         let state = app_state(req).clone();
         let value: Value = serde_json::from_slice(&body.0).map_err(|e| {
-            ApiError::bad_request("invalid_json", format!("body is not valid JSON: {e}"))
+            ApiError::bad_request(
+                ErrorCode::InvalidJson,
+                format!("body is not valid JSON: {e}"),
+            )
         })?;
         let body_key = value.get("api_key").and_then(Value::as_str);
         let key = match auth.header().or(body_key) {
             Some(k) => ingest_key(&state, k).await?,
             None => {
                 return Err(ApiError::unauthorized(
-                    "missing_key",
+                    ErrorCode::MissingKey,
                     "send the project key in the X-API-Key header or an api_key field",
                 ));
             }
@@ -330,13 +334,13 @@ impl IngestApi {
                             "batch has {} events, more than the limit of {max} (ingest.max_batch_events)",
                             items.len()
                         ))
-                        .with_code("batch_too_large"));
+                        .with_code(ErrorCode::BatchTooLarge));
                     }
                     items
                 }
                 _ => {
                     return Err(ApiError::bad_request(
-                        "invalid_batch",
+                        ErrorCode::InvalidBatch,
                         "`batch` must be an array of events",
                     ));
                 }
@@ -350,7 +354,7 @@ impl IngestApi {
             && r.status == EventStatus::Rejected
         {
             return Err(ApiError::bad_request(
-                "invalid_event",
+                ErrorCode::InvalidEvent,
                 format!(
                     "field `{}` {}",
                     r.field.as_deref().unwrap_or("$"),
@@ -549,19 +553,19 @@ pub fn ingest_error(state: &AppState, e: IngestError) -> ApiError {
     let retry = state.config.ingest.retry_after_secs;
     match e {
         IngestError::QueueFull => ApiError::unavailable(
-            "queue_full",
+            ErrorCode::QueueFull,
             "the server is at capacity; nothing was stored, retry later",
             retry,
         ),
         IngestError::ShuttingDown => ApiError::unavailable(
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the server is shutting down; nothing was stored, retry later",
             retry,
         ),
         IngestError::Database(cause) => {
             tracing::error!(error = %cause, "commit failed");
             ApiError::unavailable(
-                "database_unavailable",
+                ErrorCode::DatabaseUnavailable,
                 "the database is unavailable; nothing was stored, retry later",
                 retry,
             )

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::params::{Name, rfc3339_ms};
 use crate::auth::{KeyChange, SecretKey};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state as state;
 
 /// What a key may do.
@@ -166,7 +166,7 @@ impl KeysApi {
             .may_change_key(KeyChange::Create, project_id.0, body.admin)?;
         if body.admin && body.kind != KeyKindOut::Secret {
             return Err(ApiError::bad_request(
-                "invalid_key_kind",
+                ErrorCode::InvalidKeyKind,
                 "only secret keys can be admin keys",
             ));
         }

@@ -113,6 +113,7 @@ fn stated_limits() -> [(&'static str, &'static str, &'static str, Value); 4] {
 /// openapi`: poem-openapi's, completed with what it cannot write, so that
 /// the document says exactly what the server accepts:
 /// - the limits of [`stated_limits`];
+/// - the error codes, as the enum of `ErrorBody.code`;
 /// - the objects of [`CLOSED_OBJECTS`] take no other fields;
 /// - an unsigned integer is at least 0;
 /// - an optional field of a request body may be `null` (the server reads
@@ -128,6 +129,11 @@ pub fn spec_json() -> String {
     for (schema, property, keyword, value) in stated_limits() {
         schemas[schema]["properties"][property][keyword] = value;
     }
+    // Every error code, for clients that switch on them.
+    schemas["ErrorBody"]["properties"]["code"]["enum"] = crate::error::ErrorCode::ALL
+        .iter()
+        .map(|c| Value::from(c.as_str()))
+        .collect();
     let mut requests = std::collections::BTreeSet::new();
     let mut roots = Vec::new();
     for ops in spec["paths"]

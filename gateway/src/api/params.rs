@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use orrery_core::event::json_type;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: u64 = 50;
@@ -428,7 +428,10 @@ impl ParseFromParameter for Cursor {
 
 /// The answer to a `cursor` this API did not hand out.
 pub fn invalid_cursor() -> ApiError {
-    ApiError::bad_request("invalid_cursor", "cursor is not one this API returned")
+    ApiError::bad_request(
+        ErrorCode::InvalidCursor,
+        "cursor is not one this API returned",
+    )
 }
 
 /// Seals and opens page cursors, so that they reveal nothing (a cursor of

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::params::{Text, rfc3339_ms};
 use crate::auth::SecretKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state;
 
 /// Most stages in one pipeline.
@@ -213,13 +213,13 @@ impl PipelinesApi {
         state.store.get_project(project_id.0).await?;
         if body.0.stages.len() > MAX_STAGES {
             return Err(ApiError::bad_request(
-                "invalid_pipeline",
+                ErrorCode::InvalidPipeline,
                 format!("stages: at most {MAX_STAGES} stages"),
             ));
         }
         if let Some(i) = body.0.stages.iter().position(|s| s.on_error.is_null()) {
             return Err(ApiError::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 format!(
                     "`stages[{i}].on_error` must be `skip`, `drop` or `dead_letter`, not null \
                      (leave it out for `skip`)"
@@ -231,7 +231,7 @@ impl PipelinesApi {
             for (k, v) in &st.config {
                 if is_credential(k) && v.as_str() == Some(REDACTED) {
                     return Err(ApiError::bad_request(
-                        "invalid_pipeline",
+                        ErrorCode::InvalidPipeline,
                         format!(
                             "stages[{i}].config.{k}: send the credential itself, not `{REDACTED}`"
                         ),
@@ -242,7 +242,7 @@ impl PipelinesApi {
         let pipeline = state
             .pipelines
             .build(&stages)
-            .map_err(|e| ApiError::bad_request("invalid_pipeline", e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPipeline, e.to_string()))?;
         let stored = state.store.put_pipeline(project_id.0, &stages).await?;
         state
             .pipelines

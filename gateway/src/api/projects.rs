@@ -2,7 +2,6 @@
 
 use orrery_core::store::{KeyKind, Project};
 use poem::Request;
-use poem::http::StatusCode;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -12,7 +11,7 @@ use crate::api::ApiTags;
 use crate::api::keys::CreatedKeyOut;
 use crate::api::params::{Name, rfc3339_ms};
 use crate::auth::SecretKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state as state;
 
 /// A project.
@@ -195,8 +194,7 @@ impl ProjectsApi {
         auth.0.require_admin()?;
         if auth.0.project_id() == project_id.0 {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "project_in_use",
+                ErrorCode::ProjectInUse,
                 "this project holds the key of this request; use an admin key of another project",
             ));
         }

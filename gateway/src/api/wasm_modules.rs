@@ -14,7 +14,7 @@ use crate::api::ApiTags;
 use crate::api::execute::{executor, sandbox_error};
 use crate::api::params::Name;
 use crate::auth::ExecuteKey;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state;
 
 /// Core module or component.
@@ -110,7 +110,10 @@ impl WasmModulesApi {
     ) -> ApiResult<Uploaded> {
         let ex = executor(app_state(req))?;
         if body.0.is_empty() {
-            return Err(ApiError::bad_request("invalid_module", "the body is empty"));
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidModule,
+                "the body is empty",
+            ));
         }
         let store = ex.modules(auth.0.project_id())?;
         let info = store
