@@ -256,7 +256,7 @@ impl SessionFolder {
                 self.pending.clear();
             }
             Err(err) => {
-                warn!(%err, sessions = self.pending.len(), "writing sessions failed; will retry")
+                warn!(error = %err, sessions = self.pending.len(), "writing sessions failed; will retry")
             }
         }
         // Also after a failure: retry at the next interval, not at once.
@@ -269,7 +269,7 @@ impl SessionFolder {
         if self.pending.is_empty()
             && let Err(err) = store.writer_db().drop_session_mark(self.writer).await
         {
-            warn!(%err, "removing the writer's session mark failed");
+            warn!(error = %err, "removing the writer's session mark failed");
         }
     }
 }
@@ -396,7 +396,7 @@ async fn commit_group(
             }
         }
         Err(err) if is_connection_error(&err) => {
-            error!(%err, "group commit failed: database unreachable");
+            error!(error = %err, "group commit failed: database unreachable");
             let err = Arc::new(err);
             for job in group {
                 reply(job, Err(WriteError::Store(Arc::clone(&err))), pending);
@@ -404,7 +404,7 @@ async fn commit_group(
         }
         Err(err) => {
             metrics.commit_failures.inc();
-            warn!(%err, jobs = group.len(), "group commit failed; retrying in parts");
+            warn!(error = %err, jobs = group.len(), "group commit failed; retrying in parts");
             for job in group {
                 let result = commit_alone(store, &job).await;
                 reply(job, result, pending);

@@ -44,6 +44,7 @@ pub fn spawn_insights(state: AppState) {
     });
 }
 
+#[tracing::instrument(skip(state))]
 async fn run_insights(state: &AppState, now: i64, threshold: f64) {
     let projects = match state.store.list_projects(None).await {
         Ok(p) => p,

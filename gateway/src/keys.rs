@@ -38,6 +38,7 @@ impl KeyCache {
     ///
     /// # Errors
     /// 401 `invalid_key`, `key_revoked` or `key_expired`.
+    #[tracing::instrument(level = "debug", skip_all)]
     pub async fn authenticate(&self, store: &Store, key: &str) -> Result<ApiKey, ApiError> {
         let key = key.trim();
         if !(key.starts_with("pk_") || key.starts_with("sk_") || key.starts_with("xk_")) {

@@ -13,7 +13,7 @@ pub mod auth;
 pub mod commands;
 pub mod connections;
 pub mod error;
-pub mod exec;
+pub mod execution;
 pub mod http;
 pub mod http_metrics;
 pub mod ingest;

@@ -63,6 +63,7 @@ impl Pipelines {
 
     /// The pipeline of `project`. When its stored stages cannot be read,
     /// the last known pipeline (or the default) is used, with a warning.
+    #[tracing::instrument(level = "debug", skip(self, store))]
     pub async fn for_project(&self, store: &Store, project: Uuid) -> Arc<Pipeline> {
         if let Some(c) = self
             .cache

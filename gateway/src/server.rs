@@ -59,7 +59,10 @@ pub async fn serve(mut config: Config) -> anyhow::Result<()> {
     raise_open_file_limit(config.http.max_connections);
     let projects = store.list_projects(None).await?.len();
     let exec = if config.execute.enabled {
-        Some(crate::exec::Executor::start(&config, crate::exec::ExecMetrics::default()).await?)
+        Some(
+            crate::execution::Executor::start(&config, crate::execution::ExecMetrics::default())
+                .await?,
+        )
     } else {
         None
     };

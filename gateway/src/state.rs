@@ -10,7 +10,7 @@ use orrery_core::writer::{Writer, WriterConfig};
 use prometheus_client::registry::Registry;
 
 use crate::api::params::Cursors;
-use crate::exec::Executor;
+use crate::execution::Executor;
 use crate::http_metrics::HttpMetrics;
 use crate::keys::KeyCache;
 use crate::pipelines::Pipelines;

@@ -206,7 +206,7 @@ impl Registry {
             }
             user_agent::NAME => Arc::new(user_agent::UserAgent::from_config(parse(config)?)?),
             referrer::NAME => Arc::new(referrer::Referrer::from_config(parse(config)?)?),
-            session::NAME => Arc::new(session::Session::from_config(
+            session::NAME => Arc::new(session::SessionPlugin::from_config(
                 parse(config)?,
                 Arc::clone(&self.sessions),
                 self.store.clone(),

@@ -79,21 +79,21 @@ impl SessionTracker {
 }
 
 /// The `session` plugin.
-pub struct Session {
+pub struct SessionPlugin {
     window_ms: i64,
     tracker: Arc<SessionTracker>,
     store: Option<Store>,
 }
 
-impl std::fmt::Debug for Session {
+impl std::fmt::Debug for SessionPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
+        f.debug_struct("SessionPlugin")
             .field("window_ms", &self.window_ms)
             .finish_non_exhaustive()
     }
 }
 
-impl Session {
+impl SessionPlugin {
     /// Builds the plugin over the process's `tracker`; with a `store`,
     /// visitors unknown to the tracker are looked up in `sessions`.
     ///
@@ -168,7 +168,7 @@ impl Session {
 }
 
 #[async_trait]
-impl Plugin for Session {
+impl Plugin for SessionPlugin {
     fn name(&self) -> &str {
         NAME
     }
@@ -246,8 +246,8 @@ mod tests {
         }
     }
 
-    fn plugin(minutes: u64) -> Session {
-        Session::from_config(
+    fn plugin(minutes: u64) -> SessionPlugin {
+        SessionPlugin::from_config(
             SessionConfig {
                 inactivity_minutes: minutes,
             },
@@ -263,7 +263,7 @@ mod tests {
         assert_eq!(c.inactivity_minutes, 10);
         let err = serde_json::from_value::<SessionConfig>(json!({"timeout": 1})).unwrap_err();
         assert!(err.to_string().contains("timeout"));
-        let err = Session::from_config(
+        let err = SessionPlugin::from_config(
             SessionConfig {
                 inactivity_minutes: 0,
             },

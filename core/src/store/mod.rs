@@ -250,7 +250,7 @@ async fn checkpoint_sqlite(pool: sqlx::SqlitePool) {
             if pool.is_closed() {
                 break;
             }
-            tracing::debug!(%err, "background WAL checkpoint failed");
+            tracing::debug!(error = %err, "background WAL checkpoint failed");
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::api::ApiTags;
 use crate::api::params::Text;
 use crate::auth::ExecuteKey;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::exec::{ExecError, Executor, outcome_name};
+use crate::execution::{ExecError, Executor, outcome_name};
 use crate::state::{AppState, app_state};
 
 /// The language of an execution.
