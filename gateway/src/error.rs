@@ -66,7 +66,6 @@ error_codes! {
     InvalidPipeline = 400 "invalid_pipeline" "A pipeline the registry refuses; the message names the stage and field.",
     InvalidRequest = 400 "invalid_request" "An execution request whose fields do not fit its language.",
     InvalidModule = 400 "invalid_module" "Bytes that are not a WebAssembly program with a WASI entry point.",
-    Unsupported = 400 "unsupported" "An operation the configured database cannot do.",
     MalformedRequest = 400 "malformed_request" "Not valid HTTP/1.1.",
     MalformedBody = 400 "malformed_body" "A body with broken framing (chunked encoding or length).",
     InvalidHeader = 400 "invalid_header" "A header that must appear once appears twice (`Host`).",
@@ -196,7 +195,6 @@ impl From<orrery_core::store::StoreError> for ApiError {
         use orrery_core::store::StoreError;
         match err {
             StoreError::NotFound(what) => Self::not_found(what),
-            StoreError::Unsupported(msg) => Self::bad_request(ErrorCode::Unsupported, msg),
             StoreError::LastAdminKey => Self::new(
                 ErrorCode::LastAdminKey,
                 "refused: this would leave the instance without an admin key that keeps \
@@ -291,6 +289,40 @@ fn documented() -> &'static [(u16, &'static str)] {
                 .collect()
         });
     &DOCUMENTED
+}
+
+/// The error answers of an operation that can send `codes`, as OpenAPI
+/// response objects by status: each status described with the codes of
+/// this operation, `Retry-After` on 429 and 503. (A status whose answer
+/// nobody reads, 499, is left out.)
+pub fn error_responses(codes: &[ErrorCode]) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::json;
+    let mut out = serde_json::Map::new();
+    for &(status, text) in STATUS_TEXT {
+        let mine: Vec<String> = codes
+            .iter()
+            .filter(|c| c.status() == status)
+            .map(|c| format!("`{}`", c.as_str()))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut response = json!({
+            "description": format!("{text} Codes: {}.", mine.join(", ")),
+            "content": {"application/json; charset=utf-8": {
+                "schema": {"$ref": "#/components/schemas/ErrorBody"}
+            }},
+        });
+        if status == 429 || status == 503 {
+            response["headers"] = json!({"Retry-After": {
+                "description": "Seconds to wait before retrying",
+                "deprecated": false,
+                "schema": {"type": "integer", "format": "uint64", "minimum": 0},
+            }});
+        }
+        out.insert(status.to_string(), response);
+    }
+    out
 }
 
 impl ApiResponse for ApiError {
