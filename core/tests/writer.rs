@@ -1,6 +1,7 @@
 //! The store and the group-commit writer on real SQLite files and the
 //! local PostgreSQL (when `ORRERY_TEST_DATABASE_URL` is set).
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::sync::Arc;
 use std::time::Duration;
 

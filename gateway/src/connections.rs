@@ -18,7 +18,7 @@
 //!   HTTP/2 at all (`http.http2 = false`);
 //! - the JSON error shape for the errors hyper answers by itself before any
 //!   request reaches the application (400 malformed request, 431 head too
-//!   large): see [`Guarded::poll_write`].
+//!   large): see `Guarded::poll_write`.
 //!
 //! Each connection counts its requests in flight (a request is in flight
 //! until its answer's body is written); the watchdog only closes a

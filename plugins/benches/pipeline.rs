@@ -7,6 +7,7 @@
 //! `cargo bench -p orrery-plugins --bench pipeline` prints µs per event
 //! (median of the rounds).
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::hint::black_box;
 use std::net::IpAddr;
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 //!
 //! `cargo bench -p orrery-plugins --bench user_agent` prints the figures.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

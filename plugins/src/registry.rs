@@ -1,7 +1,7 @@
 //! The plugin registry: turns a project's stage list into a [`Pipeline`].
 //!
 //! Every built-in plugin is registered here with one line in
-//! [`Registry::build_stage`]. A stage list is valid when it is not empty,
+//! `Registry::build_stage`. A stage list is valid when it is not empty,
 //! starts with `ip_hash` (exactly once: no raw IP may reach another
 //! plugin's output), names only known plugins, and each stage's config
 //! parses (unknown fields are refused). Errors name the offending field as

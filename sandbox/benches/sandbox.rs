@@ -6,6 +6,7 @@
 //! `cargo bench -p orrery-sandbox --bench sandbox` (optionally `-- N` for
 //! the number of executions per case).
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,7 @@
 //! The binary is `target/<profile>/orrery` next to the test executable
 //! (build it first: `cargo build -p orrery-gateway`), or `$ORRERY_BIN`.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

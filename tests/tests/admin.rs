@@ -1,6 +1,7 @@
 //! Projects and keys through the admin API: who may do what, revocation
 //! and rotation taking effect at once.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use orrery_tests::{Backend, Server, TestDatabase, call};
 use serde_json::{Value, json};
 

@@ -3,6 +3,7 @@
 //! every endpoint in the OpenAPI spec (so a new endpoint cannot be
 //! forgotten).
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::collections::BTreeMap;
 
 use orrery_tests::{Backend, Server, TestDatabase, backends, call, client};

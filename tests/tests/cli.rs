@@ -1,6 +1,7 @@
 //! The command line: help, configuration, start-up errors, backup, stats,
 //! vacuum, migrate; and the privacy promise checked on the database file.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::net::TcpListener;
 
 use orrery_tests::{Backend, Server, TestDatabase, client, orrery_bin, run_cli};

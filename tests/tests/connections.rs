@@ -3,6 +3,7 @@
 //! caps; errors below the API in the JSON shape; body-read failures told
 //! apart; HTTP/2 stream limits.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::time::{Duration, Instant};
 
 use orrery_tests::{Backend, Server, TestDatabase, client};

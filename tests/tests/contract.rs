@@ -4,6 +4,7 @@
 //! cursors reveal nothing, and a property-based run (schemathesis) over
 //! the whole document finds no failure.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::process::Command;
 use std::time::Duration;
 

@@ -1,6 +1,7 @@
 //! Promise 1: an acknowledged event is never lost. Back-pressure with 503,
 //! graceful shutdown, and `kill -9` while clients are sending.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,6 +2,7 @@
 //! and WebAssembly over REST, uploaded modules, the WebSocket stream,
 //! rights, rate limits and saturation.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};

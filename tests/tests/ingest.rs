@@ -1,6 +1,7 @@
 //! Black-box ingestion tests against the real binary: single and batch
 //! events, bad input of every kind, the beacon and the pixel, duplicates.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::io::Write;
 
 use orrery_tests::{Server, TestDatabase, all_events, backends, client};

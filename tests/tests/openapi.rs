@@ -2,6 +2,7 @@
 //! and a Python client generated from it by a real generator (from PyPI)
 //! works against a running gateway.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::process::Command;
 
 use orrery_tests::{Backend, Server, TestDatabase, orrery_bin, python_venv, repo};

@@ -3,6 +3,7 @@
 //! pipelines changed while events flow, dead letters and their replay,
 //! insights, and per-plugin metrics.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

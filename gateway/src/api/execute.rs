@@ -84,6 +84,7 @@ impl From<&LimitsIn> for LimitsRequest {
 #[serde(deny_unknown_fields)]
 pub struct ExecuteIn {
     // No doc comment: see `KeyOut::kind`.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub language: Language,
     /// Python source, or WAT text for `wasm`.
     pub code: Option<Text>,
@@ -148,6 +149,7 @@ pub struct LimitOut {
 #[oai(skip_serializing_if_is_none)]
 pub struct ExecuteOut {
     // No doc comment: see `KeyOut::kind`.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub status: ExecStatus,
     /// Standard output (cut at the output limit).
     pub stdout: String,

@@ -42,9 +42,12 @@ pub struct EventInput {
     pub id: Option<Uuid>,
     // No doc comments: the schema of `Ident` documents them (the user as
     // the client knows them, and the session).
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub distinct_id: Option<Ident>,
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub session_id: Option<Ident>,
     // No doc comment: the schema of `Timestamp` documents it.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub timestamp: Option<Timestamp>,
     /// Page URL.
     pub url: Option<String>,
@@ -105,6 +108,7 @@ pub struct EventResult {
     /// The event id, when the event was valid.
     pub id: Option<Uuid>,
     // No doc comment: see `KeyOut::kind`.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub status: EventStatus,
     /// The offending field, for rejected events.
     pub field: Option<String>,

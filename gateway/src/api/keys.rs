@@ -48,6 +48,7 @@ pub struct KeyOut {
     pub name: String,
     // No doc comment: poem-openapi would wrap the enum in `allOf`, which
     // some client generators reject; `KeyKindOut` documents itself.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub kind: KeyKindOut,
     /// Administers every project (secret keys only).
     pub admin: bool,
@@ -105,9 +106,11 @@ impl From<NewKey> for CreatedKeyOut {
 #[oai(skip_serializing_if_is_none)]
 pub struct KeyIn {
     // No doc comment on the names: the schema of `Name` documents it.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub name: Name,
     // No doc comment: poem-openapi would wrap the enum in `allOf`, which
     // some client generators reject; `KeyKindOut` documents itself.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub kind: KeyKindOut,
     /// Administer every project (secret keys; needs an admin key).
     #[oai(default)]

@@ -114,9 +114,9 @@ fn stated_limits() -> [(&'static str, &'static str, &'static str, Value); 4] {
 /// The OpenAPI document served at `/openapi.json` and printed by `orrery
 /// openapi`: poem-openapi's, completed with what it cannot write, so that
 /// the document says exactly what the server accepts:
-/// - the limits of [`stated_limits`];
+/// - the limits of `stated_limits`;
 /// - the error codes, as the enum of `ErrorBody.code`;
-/// - the objects of [`CLOSED_OBJECTS`] take no other fields;
+/// - the objects of `CLOSED_OBJECTS` take no other fields;
 /// - an unsigned integer is at least 0;
 /// - an optional field of a request body may be `null` (the server reads
 ///   `null` as absent), except a field that is a `$ref`, which OpenAPI 3.0

@@ -70,6 +70,7 @@ pub struct StageDto {
     // openapi-python-client cannot read. What happens to an event the
     // plugin fails on; `skip` when absent. `null` is refused (OpenAPI 3.0
     // cannot mark a `$ref` nullable, so the document does not allow it).
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub on_error: MaybeUndefined<OnErrorPolicy>,
     /// Time limit of one call on a batch, in ms, 1 to 10000 (default: the
     /// instance's `pipeline.plugin_timeout_ms`, 100).

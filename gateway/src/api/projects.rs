@@ -44,6 +44,7 @@ impl From<Project> for ProjectOut {
 #[oai(skip_serializing_if_is_none)]
 pub struct ProjectIn {
     // No doc comment: the schema of `Name` documents it.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub name: Name,
 }
 

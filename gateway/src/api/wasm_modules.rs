@@ -34,6 +34,7 @@ pub struct ModuleOut {
     /// Hex SHA-256 of the module: its id.
     pub id: String,
     // No doc comment: see `KeyOut::kind`.
+    #[allow(missing_docs)] // documented by its type's schema; see the comment above
     pub kind: ModuleKind,
     /// Size in bytes.
     pub size: u64,

@@ -1,6 +1,7 @@
 //! Integration tests of orrery-sandbox, as one binary: real CPython through
 //! the crate's host binary as zygote, real wasmtime.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 mod common;
 mod concurrency;
 mod module_store;

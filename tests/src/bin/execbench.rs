@@ -11,6 +11,7 @@
 //! target/release/orrery-execbench --seconds 10
 //! ```
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

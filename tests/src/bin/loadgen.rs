@@ -18,6 +18,7 @@
 //! event ids are patched in place, on a current-thread runtime; no
 //! allocation per request. `--client reqwest` is there to compare.
 
+#![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
