@@ -176,6 +176,51 @@ impl Server {
         server
     }
 
+    /// Sends `body` to `POST /api/v1/events` with `key` and extra
+    /// `headers` (`X-Forwarded-For`, `User-Agent`...); answers the status
+    /// and the JSON body (`Null` when it is not JSON).
+    pub async fn post_events(
+        &self,
+        key: &str,
+        headers: &[(&str, &str)],
+        body: Value,
+    ) -> (u16, Value) {
+        let mut req = client()
+            .post(self.url("/api/v1/events"))
+            .header("X-API-Key", key);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.json(&body).send().await.expect("post events");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A call on the first project, `/api/v1/projects/{id}{path}`, with its
+    /// admin secret key.
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let path = format!("/api/v1/projects/{}{path}", self.keys.project_id);
+        let method = method.parse().expect("an HTTP method");
+        call(self, method, &path, &self.keys.secret_key, body).await
+    }
+
+    /// The sum of the samples of the metric lines starting with `name` in
+    /// `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Starts the process (again) on the same data and waits until it
     /// listens.
     pub fn spawn(&mut self) {

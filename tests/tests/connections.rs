@@ -61,18 +61,7 @@ fn parse_answer(bytes: &[u8]) -> (u16, String, Value) {
 }
 
 async fn metric(server: &Server, name: &str) -> f64 {
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    server.metric(name).await
 }
 
 async fn healthy(server: &Server) {

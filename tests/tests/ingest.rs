@@ -8,15 +8,7 @@ use orrery_tests::{Server, TestDatabase, all_events, backends, client};
 use serde_json::{Value, json};
 
 async fn post(server: &Server, key: &str, body: Value) -> (u16, Value) {
-    let resp = client()
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", key)
-        .json(&body)
-        .send()
-        .await
-        .expect("post");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    server.post_events(key, &[], body).await
 }
 
 async fn sqlite_server(env: &[(&str, &str)]) -> Server {

@@ -58,40 +58,14 @@ async fn sessions_when(server: &Server, ready: impl Fn(&[Value]) -> bool) -> Val
 }
 
 async fn send(server: &Server, ip: &str, ua: &str, body: Value) -> (u16, Value) {
-    let resp = client()
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .header("X-Forwarded-For", ip)
-        .header("User-Agent", ua)
-        .json(&body)
-        .send()
+    let headers = [("X-Forwarded-For", ip), ("User-Agent", ua)];
+    server
+        .post_events(&server.keys.public_key, &headers, body)
         .await
-        .expect("post");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let url = server.url(&format!(
-        "/api/v1/projects/{}{path}",
-        server.keys.project_id
-    ));
-    let http = client();
-    let req = match method {
-        "GET" => http.get(url),
-        "PUT" => http.put(url),
-        "POST" => http.post(url),
-        "DELETE" => http.delete(url),
-        m => panic!("{m}"),
-    }
-    .header("X-API-Key", &server.keys.secret_key);
-    let req = match body {
-        Some(b) => req.json(&b),
-        None => req,
-    };
-    let resp = req.send().await.expect("admin call");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
+    server.admin(method, path, body).await
 }
 
 #[tokio::test]
