@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use orrery_core::config::{Config, ExecuteConfig};
 use orrery_sandbox::python::ZygoteCommand;
 use orrery_sandbox::{
-    ExecutionResult, Limits, ModuleStore, ModuleStoreConfig, Outcome, PythonConfig, PythonRuntime,
+    ExecutionResult, Limits, ModuleStore, ModuleStoreConfig, PythonConfig, PythonRuntime,
     WasmConfig, WasmRuntime,
 };
 use prometheus_client::encoding::EncodeLabelSet;
@@ -133,7 +133,7 @@ impl ExecMetrics {
 
     /// Records a finished execution.
     pub fn record(&self, language: &'static str, result: &ExecutionResult) {
-        let outcome = outcome_name(&result.outcome);
+        let outcome = result.outcome.name();
         self.executions
             .get_or_create(&ExecLabels { language, outcome })
             .inc();
@@ -147,18 +147,6 @@ impl ExecMetrics {
                 })
                 .inc();
         }
-    }
-}
-
-/// The stable name of an outcome.
-pub fn outcome_name(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Completed => "completed",
-        Outcome::Error { .. } => "error",
-        Outcome::Rejected { .. } => "rejected",
-        Outcome::LimitExceeded(_) => "limit_exceeded",
-        Outcome::Cancelled => "cancelled",
-        Outcome::Crashed { .. } => "crashed",
     }
 }
 

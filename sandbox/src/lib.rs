@@ -62,12 +62,14 @@ pub mod error;
 pub mod limits;
 pub mod python;
 pub mod result;
+pub mod running;
 pub mod wasm;
 
 pub use error::SandboxError;
 pub use limits::{Limit, LimitExceeded, Limits, LimitsRequest};
 pub use python::{Execution, PythonConfig, PythonRequest, PythonRuntime};
 pub use result::{ExecutionResult, Outcome, OutputChunk, Stream};
+pub use running::Running;
 pub use wasm::{
     ModuleInfo, ModuleStore, ModuleStoreConfig, WasmConfig, WasmExecution, WasmRequest, WasmRuntime,
 };

@@ -57,6 +57,21 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    /// The outcome's one name, as the API's `status`, the metrics and the
+    /// logs spell it (the serde tag says the same).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Error { .. } => "error",
+            Self::Rejected { .. } => "rejected",
+            Self::LimitExceeded(_) => "limit_exceeded",
+            Self::Cancelled => "cancelled",
+            Self::Crashed { .. } => "crashed",
+        }
+    }
+}
+
 /// The result of one execution.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecutionResult {

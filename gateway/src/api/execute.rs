@@ -19,7 +19,7 @@ use crate::api::ApiTags;
 use crate::api::params::Text;
 use crate::auth::ExecuteKey;
 use crate::error::{ApiError, ApiResult, ErrorCode};
-use crate::execution::{ExecError, Executor, outcome_name};
+use crate::execution::{ExecError, Executor};
 use crate::state::{AppState, app_state};
 
 /// The language of an execution.
@@ -171,16 +171,29 @@ pub struct ExecuteOut {
     pub duration_ms: f64,
 }
 
+impl ExecStatus {
+    /// The status of an outcome.
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Completed => Self::Completed,
+            Outcome::Error { .. } => Self::Error,
+            Outcome::Rejected { .. } => Self::Rejected,
+            Outcome::LimitExceeded(_) => Self::LimitExceeded,
+            Outcome::Cancelled => Self::Cancelled,
+            Outcome::Crashed { .. } => Self::Crashed,
+        }
+    }
+}
+
 impl From<ExecutionResult> for ExecuteOut {
     fn from(r: ExecutionResult) -> Self {
-        let (status, error, limit, reason) = match r.outcome {
-            Outcome::Completed => (ExecStatus::Completed, None, None, None),
+        let status = ExecStatus::of(&r.outcome);
+        let (error, limit, reason) = match r.outcome {
             Outcome::Error {
                 error_type,
                 message,
                 traceback,
             } => (
-                ExecStatus::Error,
                 Some(ExecErrorOut {
                     error_type,
                     message,
@@ -189,9 +202,7 @@ impl From<ExecutionResult> for ExecuteOut {
                 None,
                 None,
             ),
-            Outcome::Rejected { reason } => (ExecStatus::Rejected, None, None, Some(reason)),
             Outcome::LimitExceeded(hit) => (
-                ExecStatus::LimitExceeded,
                 None,
                 Some(LimitOut {
                     what: hit.what.as_str().to_owned(),
@@ -199,8 +210,10 @@ impl From<ExecutionResult> for ExecuteOut {
                 }),
                 None,
             ),
-            Outcome::Cancelled => (ExecStatus::Cancelled, None, None, None),
-            Outcome::Crashed { reason } => (ExecStatus::Crashed, None, None, Some(reason)),
+            Outcome::Rejected { reason } | Outcome::Crashed { reason } => {
+                (None, None, Some(reason))
+            }
+            Outcome::Completed | Outcome::Cancelled => (None, None, None),
         };
         Self {
             status,
@@ -427,9 +440,46 @@ impl ExecuteApi {
         ex.metrics.record(input.language.label(), &result);
         tracing::debug!(
             language = input.language.label(),
-            outcome = outcome_name(&result.outcome),
+            outcome = result.outcome.name(),
             "executed"
         );
         Ok(Json(result.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use orrery_sandbox::{Limit, LimitExceeded, Outcome};
+    use poem_openapi::types::ToJSON;
+
+    use super::ExecStatus;
+
+    /// The API's `status` is the outcome's one name (`Outcome::name`, also
+    /// the metrics' and logs' label): one spelling per outcome.
+    #[test]
+    fn the_api_status_is_the_outcome_name() {
+        let outcomes = [
+            Outcome::Completed,
+            Outcome::Error {
+                error_type: "E".into(),
+                message: "m".into(),
+                traceback: None,
+            },
+            Outcome::Rejected { reason: "r".into() },
+            Outcome::LimitExceeded(LimitExceeded {
+                what: Limit::WallTime,
+                limit: 1,
+            }),
+            Outcome::Cancelled,
+            Outcome::Crashed { reason: "r".into() },
+        ];
+        for outcome in outcomes {
+            let status = ExecStatus::of(&outcome);
+            assert_eq!(
+                status.to_json(),
+                Some(serde_json::Value::from(outcome.name())),
+                "{outcome:?}"
+            );
+        }
     }
 }

@@ -21,7 +21,7 @@
 //! One connection runs any number of executions, one at a time.
 
 use futures_util::{SinkExt, StreamExt};
-use orrery_sandbox::Stream;
+use orrery_sandbox::{Running, Stream};
 use poem::Request;
 use poem::web::websocket::{BoxWebSocketUpgraded, Message, WebSocket, WebSocketStream};
 use poem_openapi::{OpenApi, SecurityScheme};
@@ -198,49 +198,6 @@ pub async fn session(state: AppState, principal: Principal, socket: WebSocketStr
                     return;
                 }
             }
-        }
-    }
-}
-
-/// A running execution of either language.
-enum Running {
-    Python(orrery_sandbox::Execution),
-    Wasm(orrery_sandbox::wasm::WasmExecution),
-}
-
-impl Running {
-    async fn next_output(&mut self) -> Option<orrery_sandbox::OutputChunk> {
-        match self {
-            Self::Python(e) => e.next_output().await,
-            Self::Wasm(e) => e.next_output().await,
-        }
-    }
-
-    /// False when stdin is closed (WASM gets all of its stdin at the start).
-    fn write_stdin(&self, data: &str) -> bool {
-        match self {
-            Self::Python(e) => e.write_stdin(data.as_bytes()),
-            Self::Wasm(_) => false,
-        }
-    }
-
-    fn close_stdin(&mut self) {
-        if let Self::Python(e) = self {
-            e.close_stdin();
-        }
-    }
-
-    fn cancel(&mut self) {
-        match self {
-            Self::Python(e) => e.cancel(),
-            Self::Wasm(e) => e.cancel(),
-        }
-    }
-
-    async fn wait(self) -> orrery_sandbox::ExecutionResult {
-        match self {
-            Self::Python(e) => e.wait().await,
-            Self::Wasm(e) => e.wait().await,
         }
     }
 }
