@@ -173,3 +173,49 @@ fn readme_error_table_matches_the_document() {
         );
     }
 }
+
+/// Every metric the server exports is listed in the README, and every
+/// metric the README's `/metrics` row lists is exported.
+#[tokio::test]
+async fn readme_lists_the_exported_metrics() {
+    let db = TestDatabase::create(Backend::Sqlite).await;
+    let server = Server::start(&db, &[]).await;
+    let text = orrery_tests::client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let exported: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    assert!(exported.len() >= 20, "{exported:?}");
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    for name in &exported {
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "metric {name} is exported but not in the README"
+        );
+    }
+    let row = readme
+        .lines()
+        .find(|l| l.starts_with("| `/metrics` |"))
+        .expect("README's /metrics row");
+    for listed in row
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|t| t.starts_with("orrery_"))
+    {
+        let base = listed.split('{').next().unwrap();
+        let base = base.strip_suffix("_total").unwrap_or(base);
+        assert!(
+            exported.contains(&base),
+            "README lists {listed}, which /metrics does not export"
+        );
+    }
+}
