@@ -82,6 +82,115 @@ pub struct Envelope {
     pub context: Arc<RequestContext>,
 }
 
+/// Builds events for tests and benchmarks, through the same validation as
+/// ingestion (`parse_event`), so that a test event is one a client could
+/// have sent: `EventBuilder::new("pageview").session("s1").at(t).event()`.
+#[derive(Debug, Clone)]
+pub struct EventBuilder {
+    fields: Map<String, Value>,
+    project: Uuid,
+    received_at: i64,
+    context: RequestContext,
+    visitor_id: Option<String>,
+}
+
+impl EventBuilder {
+    /// An event named `name` of the nil project, received now.
+    pub fn new(name: &str) -> Self {
+        let mut fields = Map::new();
+        fields.insert("event".into(), Value::from(name));
+        Self {
+            fields,
+            project: Uuid::nil(),
+            received_at: now_ms(),
+            context: RequestContext::default(),
+            visitor_id: None,
+        }
+    }
+
+    /// Of `project`.
+    pub fn project(mut self, project: Uuid) -> Self {
+        self.project = project;
+        self
+    }
+
+    /// A client field (`url`, `distinct_id`, `properties`...) as JSON.
+    pub fn field(mut self, name: &str, value: impl Into<Value>) -> Self {
+        self.fields.insert(name.into(), value.into());
+        self
+    }
+
+    /// In session `id`.
+    pub fn session(self, id: &str) -> Self {
+        self.field("session_id", id)
+    }
+
+    /// Happened at `ms` (the client's timestamp).
+    pub fn at(self, ms: i64) -> Self {
+        self.field("timestamp", ms)
+    }
+
+    /// Received at `ms` (and, without `at`, happened then).
+    pub fn received_at(mut self, ms: i64) -> Self {
+        self.received_at = ms;
+        self
+    }
+
+    /// Sent from `ip`.
+    pub fn ip(mut self, ip: &str) -> Self {
+        self.context.ip = Some(ip.parse().expect("a test IP address"));
+        self
+    }
+
+    /// Sent with this `User-Agent` header.
+    pub fn header_user_agent(mut self, ua: &str) -> Self {
+        self.context.user_agent = Some(ua.into());
+        self
+    }
+
+    /// Sent with a secret (server-side) key.
+    pub fn server_side(mut self) -> Self {
+        self.context.server_side = true;
+        self
+    }
+
+    /// With the visitor id a plugin (`ip_hash`) would have set.
+    pub fn visitor(mut self, id: &str) -> Self {
+        self.visitor_id = Some(id.into());
+        self
+    }
+
+    /// The event.
+    ///
+    /// # Panics
+    /// When ingestion would refuse it: a test event must be a valid one.
+    pub fn event(self) -> Event {
+        let limits = EventLimits {
+            max_event_bytes: 64 * 1024,
+        };
+        let mut event = parse_event(
+            &Value::Object(self.fields),
+            self.project,
+            self.received_at,
+            limits,
+        )
+        .unwrap_or_else(|r| panic!("a test event ingestion refuses: {} {}", r.field, r.reason));
+        if self.visitor_id.is_some() {
+            event.visitor_id = self.visitor_id;
+        }
+        event
+    }
+
+    /// The event with its request context, as the pipeline gets it.
+    pub fn envelope(self) -> Envelope {
+        let context = Arc::new(self.context.clone());
+        Envelope {
+            event: self.event(),
+            context,
+        }
+    }
+}
+
 /// Why one event of a request was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EventRejection {

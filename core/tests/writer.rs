@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orrery_core::config::Config;
-use orrery_core::event::{Event, EventLimits, now_ms, parse_event};
+use orrery_core::event::{Event, EventBuilder, now_ms};
 use orrery_core::metrics::CoreMetrics;
 use orrery_core::store::{EncodedEvent, EventFilter, KeyKind, PendingSessions, Session, Store};
 use orrery_core::writer::{WriteError, WriteOutcome, Writer, WriterConfig};
@@ -27,15 +27,10 @@ async fn open(backend: Backend, dir: &tempfile::TempDir) -> (Store, TestDatabase
 }
 
 fn event(project: Uuid, name: &str) -> Event {
-    parse_event(
-        &serde_json::json!({"event": name, "properties": {"k": 1}}),
-        project,
-        now_ms(),
-        EventLimits {
-            max_event_bytes: 10_000,
-        },
-    )
-    .unwrap()
+    EventBuilder::new(name)
+        .project(project)
+        .field("properties", serde_json::json!({"k": 1}))
+        .event()
 }
 
 fn writer(store: &Store, interval_ms: u64, capacity: usize) -> (Writer, CoreMetrics) {
@@ -280,18 +275,13 @@ async fn stored_pipelines_round_trip_and_reset() {
 
 /// A page view (or `click`) in session `sid` at `t` ms on `path`.
 fn session_event(project: Uuid, name: &str, sid: &str, t: i64, path: &str) -> Event {
-    parse_event(
-        &serde_json::json!({
-            "event": name, "session_id": sid, "timestamp": t,
-            "distinct_id": format!("user-{sid}"), "url": format!("https://a.test{path}"),
-        }),
-        project,
-        now_ms(),
-        EventLimits {
-            max_event_bytes: 10_000,
-        },
-    )
-    .unwrap()
+    EventBuilder::new(name)
+        .project(project)
+        .session(sid)
+        .at(t)
+        .field("distinct_id", format!("user-{sid}"))
+        .field("url", format!("https://a.test{path}"))
+        .event()
 }
 
 async fn sessions_of(store: &Store, project: Uuid) -> Vec<Session> {

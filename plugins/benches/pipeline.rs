@@ -9,12 +9,10 @@
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::hint::black_box;
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orrery_core::event::{Envelope, EventLimits, RequestContext, parse_event};
+use orrery_core::event::{Envelope, EventBuilder};
 use orrery_core::metrics::PluginMetrics;
 use orrery_core::pipeline::{Pipeline, StageSpec};
 use orrery_plugins::{Registry, RegistryConfig};
@@ -45,37 +43,28 @@ fn batch(round: usize) -> Vec<Envelope> {
     (0..BATCH)
         .map(|i| {
             let n = round * BATCH + i;
-            let ip: IpAddr = match n % 4 {
-                0 | 1 => format!("81.2.69.{}", n % 250).parse().unwrap(),
-                2 => format!("2a01:4f8::{:x}", n % 4000).parse().unwrap(),
-                _ => format!("93.184.{}.{}", (n / 250) % 250, n % 250).parse().unwrap(),
+            let ip = match n % 4 {
+                0 | 1 => format!("81.2.69.{}", n % 250),
+                2 => format!("2a01:4f8::{:x}", n % 4000),
+                _ => format!("93.184.{}.{}", (n / 250) % 250, n % 250),
             };
-            let mut v = json!({
-                "event": "pageview",
-                "url": format!("https://shop.test/docs/page-{}?utm_source=news&utm_campaign=c{}", n % 50, n % 3),
-                "properties": {"plan": "free"},
-            });
+            let url = format!(
+                "https://shop.test/docs/page-{}?utm_source=news&utm_campaign=c{}",
+                n % 50,
+                n % 3
+            );
+            let mut event = EventBuilder::new("pageview")
+                .project(project)
+                .received_at(now)
+                .field("url", url)
+                .field("properties", json!({"plan": "free"}))
+                .ip(&ip)
+                .header_user_agent(UAS[n % UAS.len()]);
             let r = REFERRERS[n % REFERRERS.len()];
             if !r.is_empty() {
-                v["referrer"] = json!(r);
+                event = event.field("referrer", r);
             }
-            let event = parse_event(
-                &v,
-                project,
-                now,
-                EventLimits {
-                    max_event_bytes: 8192,
-                },
-            )
-            .unwrap();
-            Envelope {
-                event,
-                context: Arc::new(RequestContext {
-                    ip: Some(ip),
-                    user_agent: Some(UAS[n % UAS.len()].to_owned()),
-                    server_side: false,
-                }),
-            }
+            event.envelope()
         })
         .collect()
 }

@@ -5,10 +5,9 @@
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::hint::black_box;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orrery_core::event::{Envelope, EventLimits, RequestContext, parse_event};
+use orrery_core::event::{Envelope, EventBuilder};
 use orrery_core::plugin::Plugin;
 use orrery_plugins::user_agent::{UserAgent, UserAgentConfig, warm_up};
 
@@ -26,18 +25,14 @@ const TEMPLATES: &[&str] = &[
 ];
 
 fn batch(n: usize, distinct: bool) -> Vec<Envelope> {
-    let limits = EventLimits {
-        max_event_bytes: 8192,
-    };
     (0..n)
         .map(|i| {
             let number = if distinct { i } else { 0 };
             let ua = TEMPLATES[i % TEMPLATES.len()].replace("{}", &number.to_string());
-            let event = serde_json::json!({"event": "pageview", "user_agent": ua});
-            Envelope {
-                event: parse_event(&event, uuid::Uuid::nil(), 1_795_430_000_000, limits).unwrap(),
-                context: Arc::new(RequestContext::default()),
-            }
+            EventBuilder::new("pageview")
+                .received_at(1_795_430_000_000)
+                .field("user_agent", ua)
+                .envelope()
         })
         .collect()
 }

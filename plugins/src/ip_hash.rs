@@ -184,10 +184,9 @@ impl Plugin for IpHash {
 
 #[cfg(test)]
 mod tests {
-    use std::net::IpAddr;
     use std::sync::Arc;
 
-    use orrery_core::event::{EventLimits, RequestContext, parse_event};
+    use orrery_core::event::{EventBuilder, RequestContext};
     use uuid::Uuid;
 
     use super::*;
@@ -196,23 +195,12 @@ mod tests {
     const DAY2: i64 = DAY1 + 86_400_000;
 
     fn envelope(ip: &str, at: i64, project: Uuid) -> Envelope {
-        let event = parse_event(
-            &serde_json::json!({"event": "pageview"}),
-            project,
-            at,
-            EventLimits {
-                max_event_bytes: 4096,
-            },
-        )
-        .unwrap();
-        Envelope {
-            event,
-            context: Arc::new(RequestContext {
-                ip: Some(ip.parse::<IpAddr>().unwrap()),
-                user_agent: Some("Mozilla/5.0".into()),
-                server_side: false,
-            }),
-        }
+        EventBuilder::new("pageview")
+            .project(project)
+            .received_at(at)
+            .ip(ip)
+            .header_user_agent("Mozilla/5.0")
+            .envelope()
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl Plugin for SessionPlugin {
 mod tests {
     use std::sync::Arc;
 
-    use orrery_core::event::{EventLimits, RequestContext, parse_event};
+    use orrery_core::event::EventBuilder;
     use serde_json::json;
 
     use super::*;
@@ -226,24 +226,14 @@ mod tests {
     const T0: i64 = 1_795_430_000_000;
 
     fn env(visitor: Option<&str>, t: i64, session: Option<&str>) -> Envelope {
-        let mut v = json!({"event": "pageview", "timestamp": t});
+        let mut event = EventBuilder::new("pageview").at(t).received_at(t);
         if let Some(s) = session {
-            v["session_id"] = json!(s);
+            event = event.session(s);
         }
-        let mut event = parse_event(
-            &v,
-            Uuid::nil(),
-            t,
-            EventLimits {
-                max_event_bytes: 4096,
-            },
-        )
-        .unwrap();
-        event.visitor_id = visitor.map(str::to_owned);
-        Envelope {
-            event,
-            context: Arc::new(RequestContext::default()),
+        if let Some(v) = visitor {
+            event = event.visitor(v);
         }
+        event.envelope()
     }
 
     fn plugin(minutes: u64) -> SessionPlugin {

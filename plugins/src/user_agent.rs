@@ -409,7 +409,7 @@ impl Plugin for UserAgent {
 
 #[cfg(test)]
 mod tests {
-    use orrery_core::event::{EventLimits, RequestContext, parse_event};
+    use orrery_core::event::EventBuilder;
     use serde_json::json;
 
     use super::*;
@@ -419,21 +419,17 @@ mod tests {
         "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)";
 
     fn envelope(event_ua: Option<&str>, header_ua: Option<&str>, server_side: bool) -> Envelope {
-        let mut event = json!({"event": "pageview"});
+        let mut event = EventBuilder::new("pageview").received_at(1_795_430_000_000);
         if let Some(ua) = event_ua {
-            event["user_agent"] = json!(ua);
+            event = event.field("user_agent", ua);
         }
-        let limits = EventLimits {
-            max_event_bytes: 8192,
-        };
-        Envelope {
-            event: parse_event(&event, uuid::Uuid::nil(), 1_795_430_000_000, limits).unwrap(),
-            context: Arc::new(RequestContext {
-                ip: None,
-                user_agent: header_ua.map(str::to_owned),
-                server_side,
-            }),
+        if let Some(ua) = header_ua {
+            event = event.header_user_agent(ua);
         }
+        if server_side {
+            event = event.server_side();
+        }
+        event.envelope()
     }
 
     fn plugin(config: Value) -> UserAgent {

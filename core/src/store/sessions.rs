@@ -379,28 +379,18 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-    use crate::event::{EventLimits, parse_event};
+    use crate::event::EventBuilder;
 
     fn ev(name: &str, sid: Option<&str>, t: i64, url: Option<&str>) -> Event {
-        let mut v = json!({"event": name, "timestamp": t});
+        let mut event = EventBuilder::new(name).at(t).received_at(t + 10);
         if let Some(s) = sid {
-            v["session_id"] = json!(s);
+            event = event.session(s);
         }
         if let Some(u) = url {
-            v["url"] = json!(u);
+            event = event.field("url", u);
         }
-        parse_event(
-            &v,
-            Uuid::nil(),
-            t + 10,
-            EventLimits {
-                max_event_bytes: 4096,
-            },
-        )
-        .unwrap()
+        event.event()
     }
 
     #[test]

@@ -2,15 +2,13 @@
 //! (made by `make_geoip_mmdb.py` there), and the ipinfo provider against a
 //! small HTTP server started by each test.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use orrery_core::event::{EventLimits, RequestContext, parse_event};
+use orrery_core::event::EventBuilder;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use uuid::Uuid;
 
 use super::*;
 
@@ -24,23 +22,12 @@ const ASN_DB: &str = concat!(
 );
 
 fn envelope(ip: Option<&str>) -> Envelope {
-    let event = parse_event(
-        &json!({"event": "pageview"}),
-        Uuid::nil(),
-        1_795_392_000_000,
-        EventLimits {
-            max_event_bytes: 4096,
-        },
-    )
-    .unwrap();
-    Envelope {
-        event,
-        context: Arc::new(RequestContext {
-            ip: ip.map(|ip| ip.parse::<IpAddr>().unwrap()),
-            user_agent: None,
-            server_side: false,
-        }),
+    let event = EventBuilder::new("pageview").received_at(1_795_392_000_000);
+    match ip {
+        Some(ip) => event.ip(ip),
+        None => event,
     }
+    .envelope()
 }
 
 /// Runs `plugin` over one event per IP and returns their enrichment.
