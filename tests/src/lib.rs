@@ -453,3 +453,30 @@ pub async fn silent_provider() -> u16 {
     });
     port
 }
+
+/// The `p` quantile (0 < p <= 1) of `sorted` by the nearest-rank method: the
+/// smallest value with at least a share `p` of all values at or below it;
+/// `None` when empty. The one definition of every benchmark's p50 and p99
+/// (`orrery-loadgen`, `orrery-execbench`).
+pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.5), Some(50));
+        assert_eq!(percentile(&v, 0.99), Some(99));
+        assert_eq!(percentile(&v, 0.999), Some(100));
+        assert_eq!(percentile(&[7u32], 0.5), Some(7));
+        assert_eq!(percentile::<u32>(&[], 0.5), None);
+    }
+}

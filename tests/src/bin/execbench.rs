@@ -47,12 +47,10 @@ const WAT: &str = r#"(module
     (i32.store (i32.const 4) (i32.const 7))
     (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 20)))))"#;
 
+/// The `p` quantile of `sorted` in ms (0 when there are none), by the
+/// harness's one definition.
 fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
+    orrery_tests::percentile(sorted, p).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
 /// Runs `body` against /api/v1/execute at `concurrency` for `seconds`.

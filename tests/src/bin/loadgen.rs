@@ -797,12 +797,9 @@ struct Report {
     in_doubt_events: u64,
 }
 
+/// The `p` quantile of latencies in µs, in ms (0 when there are none).
 fn percentile(sorted: &[u32], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    f64::from(sorted[rank - 1]) / 1000.0
+    orrery_tests::percentile(sorted, p).map_or(0.0, |us| f64::from(us) / 1000.0)
 }
 
 /// CPU seconds (user, system) of a process.
