@@ -4,7 +4,7 @@
 
 use poem::http::{HeaderValue, StatusCode};
 use poem::{IntoResponse, Response};
-use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Object};
 use tracing::error;
@@ -269,28 +269,6 @@ const STATUS_TEXT: &[(u16, &str)] = &[
     (507, "Storage limit reached."),
 ];
 
-/// The error statuses every operation documents, each described with its
-/// codes: `(status, "text Codes: `a`, `b`.")`. A status whose code the
-/// client never reads (499) is left out.
-fn documented() -> &'static [(u16, &'static str)] {
-    static DOCUMENTED: std::sync::LazyLock<Vec<(u16, &'static str)>> =
-        std::sync::LazyLock::new(|| {
-            STATUS_TEXT
-                .iter()
-                .map(|&(status, text)| {
-                    let codes: Vec<String> = ErrorCode::ALL
-                        .iter()
-                        .filter(|c| c.status() == status)
-                        .map(|c| format!("`{}`", c.as_str()))
-                        .collect();
-                    let description = format!("{text} Codes: {}.", codes.join(", "));
-                    (status, &*description.leak())
-                })
-                .collect()
-        });
-    &DOCUMENTED
-}
-
 /// The error answers of an operation that can send `codes`, as OpenAPI
 /// response objects by status: each status described with the codes of
 /// this operation, `Retry-After` on 429 and 503. (A status whose answer
@@ -326,31 +304,22 @@ pub fn error_responses(codes: &[ErrorCode]) -> serde_json::Map<String, serde_jso
 }
 
 impl ApiResponse for ApiError {
+    /// One placeholder error answer, which marks the operations that answer
+    /// errors: `api::spec_json` replaces it with each operation's own
+    /// statuses and codes ([`error_responses`]), the one place they are
+    /// written.
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: documented()
-                .iter()
-                .map(|&(status, description)| MetaResponse {
-                    description,
-                    status: Some(status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: "application/json; charset=utf-8",
-                        schema: ErrorBody::schema_ref(),
-                    }],
-                    headers: if status == 503 || status == 429 {
-                        vec![MetaHeader {
-                            name: "Retry-After".to_owned(),
-                            description: Some("Seconds to wait before retrying".to_owned()),
-                            required: false,
-                            deprecated: false,
-                            schema: u64::schema_ref(),
-                        }]
-                    } else {
-                        Vec::new()
-                    },
-                })
-                .collect(),
+            responses: vec![MetaResponse {
+                description: "An error; the document lists each operation's own.",
+                status: Some(400),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "application/json; charset=utf-8",
+                    schema: ErrorBody::schema_ref(),
+                }],
+                headers: Vec::new(),
+            }],
         }
     }
 

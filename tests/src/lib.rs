@@ -204,18 +204,24 @@ impl Server {
         call(self, method, &path, &self.keys.secret_key, body).await
     }
 
-    /// The sum of the samples of the metric lines starting with `name` in
-    /// `/metrics`.
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = client()
+    /// The text of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        client()
             .get(self.url("/metrics"))
             .send()
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics text");
-        text.lines()
+            .expect("metrics text")
+    }
+
+    /// The sum of the samples of the metric lines starting with `name` in
+    /// `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
@@ -430,6 +436,18 @@ pub fn python_venv() -> PathBuf {
         assert!(ok, "pip install {PYTHON_TOOLS:?} failed (PyPI reachable?)");
     }
     venv
+}
+
+/// A pipeline whose `geoip` stage asks the provider on `port` (see
+/// [`silent_provider`]) and dead-letters what it fails on within 50 ms:
+/// every event from a public IP becomes a dead letter.
+pub fn dead_letter_stages(port: u16) -> Value {
+    serde_json::json!({"stages": [
+        {"plugin": "ip_hash"},
+        {"plugin": "geoip", "on_error": "dead_letter", "timeout_ms": 50,
+         "config": {"provider": "ipinfo", "provider_url": format!("http://127.0.0.1:{port}"),
+                    "provider_timeout_ms": 5000, "batch_deadline_ms": 2000}},
+    ]})
 }
 
 /// A local HTTP "provider" that accepts connections and never answers

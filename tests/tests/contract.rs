@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use orrery_tests::{
-    Backend, Server, TestDatabase, call, client, orrery_bin, python_venv, repo, silent_provider,
+    Backend, Server, TestDatabase, call, client, dead_letter_stages, orrery_bin, python_venv, repo,
+    silent_provider,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -177,18 +178,8 @@ async fn real_answers_match_the_spec() {
     let default = r.call("GET", &pipeline, &secret, None).await;
     assert_eq!(default["is_default"], true);
     let port = silent_provider().await;
-    r.call(
-        "PUT",
-        &pipeline,
-        &secret,
-        Some(json!({"stages": [
-            {"plugin": "ip_hash"},
-            {"plugin": "geoip", "on_error": "dead_letter", "timeout_ms": 50,
-             "config": {"provider": "ipinfo", "provider_url": format!("http://127.0.0.1:{port}"),
-                        "provider_timeout_ms": 5000, "batch_deadline_ms": 2000}},
-        ]})),
-    )
-    .await;
+    r.call("PUT", &pipeline, &secret, Some(dead_letter_stages(port)))
+        .await;
     r.call("GET", &pipeline, &secret, None).await;
 
     // Ingestion: dead letters first (a public IP meets the silent

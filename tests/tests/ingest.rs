@@ -550,14 +550,7 @@ async fn http_hygiene_headers_cors_and_errors() {
     // Metrics after some traffic.
     let (status, _) = post(&server, &server.keys.public_key, json!({"event": "m"})).await;
     assert_eq!(status, 200);
-    let metrics = http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_text().await;
     for needle in [
         "orrery_events_total{outcome=\"accepted\"} 1",
         "orrery_http_requests_total{route=\"ingest_events\",method=\"POST\",status=\"200\"} 1",

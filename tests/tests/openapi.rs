@@ -180,14 +180,7 @@ fn readme_error_table_matches_the_document() {
 async fn readme_lists_the_exported_metrics() {
     let db = TestDatabase::create(Backend::Sqlite).await;
     let server = Server::start(&db, &[]).await;
-    let text = orrery_tests::client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text().await;
     let exported: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use orrery_tests::{Backend, Server, TestDatabase, all_events, backends, client, silent_provider};
+use orrery_tests::{
+    Backend, Server, TestDatabase, all_events, backends, client, dead_letter_stages,
+    silent_provider,
+};
 use serde_json::{Value, json};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
@@ -109,14 +112,7 @@ async fn a_browser_pageview_is_fully_enriched_and_no_raw_ip_is_stored() {
         assert!(!e.to_string().contains(LONDON_IP));
 
         // Per-plugin metrics.
-        let metrics = client()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = server.metrics_text().await;
         for plugin in ["ip_hash", "geoip", "user_agent", "referrer", "session"] {
             assert!(
                 metrics.contains(&format!(
@@ -394,18 +390,7 @@ async fn dead_letters_are_listed_and_replayed_once() {
         let port = silent_provider().await;
         // geoip waits for a provider that never answers, past its stage's
         // 50 ms limit: every event of a public IP fails under dead_letter.
-        let (status, p) = admin(
-            &server,
-            "PUT",
-            "/pipeline",
-            Some(json!({"stages": [
-                {"plugin": "ip_hash"},
-                {"plugin": "geoip", "on_error": "dead_letter", "timeout_ms": 50,
-                 "config": {"provider": "ipinfo", "provider_url": format!("http://127.0.0.1:{port}"),
-                            "provider_timeout_ms": 5000, "batch_deadline_ms": 2000}},
-            ]})),
-        )
-        .await;
+        let (status, p) = admin(&server, "PUT", "/pipeline", Some(dead_letter_stages(port))).await;
         assert_eq!(status, 200, "{p}");
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
         let batch: Vec<Value> = ids
