@@ -61,7 +61,7 @@ fn writer_with_sessions(
 async fn concurrent_writes_share_commits_and_all_land() {
     for backend in backends("concurrent_writes_share_commits_and_all_land") {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         let project = store.create_project("p").await.unwrap();
         let (writer, metrics) = writer(&store, 20, 10_000);
         let mut tasks = Vec::new();
@@ -99,7 +99,6 @@ async fn concurrent_writes_share_commits_and_all_land() {
             Err(WriteError::Closed)
         ));
         store.close().await;
-        db.drop_db().await;
     }
 }
 
@@ -125,7 +124,7 @@ async fn poison_trigger(store: &Store) {
 async fn an_unstorable_event_goes_to_dead_letters_and_spares_its_neighbours() {
     for backend in backends("an_unstorable_event_goes_to_dead_letters_and_spares_its_neighbours") {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         poison_trigger(&store).await;
         let project = store.create_project("p").await.unwrap();
         let (writer, metrics) = writer(&store, 30, 10_000);
@@ -165,14 +164,13 @@ async fn an_unstorable_event_goes_to_dead_letters_and_spares_its_neighbours() {
         assert_eq!(metrics.commit_failures.get(), 1);
         w.close().await;
         store.close().await;
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn a_full_queue_refuses_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, db) = open(Backend::Sqlite, &dir).await;
+    let (store, _db) = open(Backend::Sqlite, &dir).await;
     let project = store.create_project("p").await.unwrap();
     let (writer, _) = writer(&store, 0, 5);
     let too_many: Vec<Event> = (0..6).map(|_| event(project.id, "e")).collect();
@@ -183,14 +181,13 @@ async fn a_full_queue_refuses_at_once() {
     let fits: Vec<Event> = (0..5).map(|_| event(project.id, "e")).collect();
     assert_eq!(writer.write(fits, Vec::new()).await.unwrap().len(), 5);
     writer.close().await;
-    db.drop_db().await;
 }
 
 #[tokio::test]
 async fn projects_and_keys_round_trip() {
     for backend in backends("projects_and_keys_round_trip") {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         let p = store.create_project("site").await.unwrap();
         let k = store
             .create_key(p.id, "web", KeyKind::Public, true)
@@ -214,7 +211,6 @@ async fn projects_and_keys_round_trip() {
         assert!(store.list_keys(p.id).await.unwrap().is_empty());
         assert!(store.get_project(p.id).await.is_err());
         store.close().await;
-        db.drop_db().await;
     }
 }
 
@@ -222,7 +218,7 @@ async fn projects_and_keys_round_trip() {
 async fn a_job_lease_has_one_holder_until_it_expires() {
     for backend in backends("a_job_lease_has_one_holder_until_it_expires") {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         let later = now_ms() + 60_000;
         assert!(store.acquire_lease("insights", "a", later).await.unwrap());
         assert!(!store.acquire_lease("insights", "b", later).await.unwrap());
@@ -244,7 +240,6 @@ async fn a_job_lease_has_one_holder_until_it_expires() {
         assert!(store.acquire_lease("expiring", "b", later).await.unwrap());
         assert!(!store.acquire_lease("expiring", "a", later).await.unwrap());
         store.close().await;
-        db.drop_db().await;
     }
 }
 
@@ -253,7 +248,7 @@ async fn stored_pipelines_round_trip_and_reset() {
     use orrery_core::pipeline::StageSpec;
     for backend in backends("stored_pipelines_round_trip_and_reset") {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         let project = store.create_project("p").await.unwrap();
         assert_eq!(store.get_pipeline(project.id).await.unwrap(), None);
         let stages: Vec<StageSpec> = serde_json::from_value(serde_json::json!([
@@ -269,7 +264,6 @@ async fn stored_pipelines_round_trip_and_reset() {
         store.delete_pipeline(project.id).await.unwrap();
         assert_eq!(store.get_pipeline(project.id).await.unwrap(), None);
         store.close().await;
-        db.drop_db().await;
     }
 }
 
@@ -312,7 +306,7 @@ async fn sessions_are_written_by_interval_and_at_shutdown_and_recovered_after_a_
         backends("sessions_are_written_by_interval_and_at_shutdown_and_recovered_after_a_crash")
     {
         let dir = tempfile::tempdir().unwrap();
-        let (store, db) = open(backend, &dir).await;
+        let (store, _db) = open(backend, &dir).await;
         let project = store.create_project("p").await.unwrap().id;
         let t = 1_795_430_000_000;
 
@@ -414,6 +408,5 @@ async fn sessions_are_written_by_interval_and_at_shutdown_and_recovered_after_a_
             "{backend:?}: the dead writer's mark is gone"
         );
         store.close().await;
-        db.drop_db().await;
     }
 }

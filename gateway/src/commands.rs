@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use orrery_core::config::{Config, redact_url};
-use orrery_core::store::{KeyKind, Store};
+use orrery_core::store::{KeyKind, Project, Store};
 use serde_json::json;
 
 async fn open(config: &Config) -> anyhow::Result<Store> {
@@ -47,13 +47,11 @@ pub async fn init(mut config: Config, name: &str, as_json: bool) -> anyhow::Resu
         }
         return Ok(());
     }
-    let project = store.create_project(name).await?;
-    let public = store
-        .create_key(project.id, "default public key", KeyKind::Public, false)
-        .await?;
-    let secret = store
-        .create_key(project.id, "admin secret key", KeyKind::Secret, true)
-        .await?;
+    let FirstProject {
+        project,
+        public_key,
+        secret_key,
+    } = first_project(&store, name).await?;
     if as_json {
         println!(
             "{}",
@@ -61,8 +59,8 @@ pub async fn init(mut config: Config, name: &str, as_json: bool) -> anyhow::Resu
                 "initialised": true,
                 "project_id": project.id,
                 "project_name": project.name,
-                "public_key": public.plaintext,
-                "secret_key": secret.plaintext,
+                "public_key": public_key,
+                "secret_key": secret_key,
             })
         );
     } else {
@@ -77,11 +75,44 @@ pub async fn init(mut config: Config, name: &str, as_json: bool) -> anyhow::Resu
             redact_url(&config.effective_database_url()),
             project.name,
             project.id,
-            public.plaintext,
-            secret.plaintext,
+            public_key,
+            secret_key,
         );
     }
     Ok(())
+}
+
+/// A project made by [`first_project`], with its keys in plain text (shown
+/// once; only their hashes are stored).
+#[derive(Debug, Clone)]
+pub struct FirstProject {
+    /// The project.
+    pub project: Project,
+    /// Its public key (`pk_...`), for sending events.
+    pub public_key: String,
+    /// Its admin secret key (`sk_...`).
+    pub secret_key: String,
+}
+
+/// Creates a project with a public key and an admin secret key: what
+/// `orrery init` does on an empty database, and what in-process tests start
+/// from.
+///
+/// # Errors
+/// When the database fails.
+pub async fn first_project(store: &Store, name: &str) -> anyhow::Result<FirstProject> {
+    let project = store.create_project(name).await?;
+    let public = store
+        .create_key(project.id, "default public key", KeyKind::Public, false)
+        .await?;
+    let secret = store
+        .create_key(project.id, "admin secret key", KeyKind::Secret, true)
+        .await?;
+    Ok(FirstProject {
+        project,
+        public_key: public.plaintext,
+        secret_key: secret.plaintext,
+    })
 }
 
 /// `orrery migrate`.

@@ -33,7 +33,7 @@ pub fn openapi_json() -> String {
 
 /// Builds the HTTP application: the API, `/openapi.json`, `/docs`, and the
 /// hygiene middleware around all of it.
-pub fn app(state: AppState) -> impl Endpoint {
+pub fn app(state: AppState) -> impl Endpoint<Output = poem::Response> {
     let service = api::service();
     let spec_text = api::spec_json();
     let routes = http::Routes::from_spec(&spec_text, &[("/openapi.json", "get"), ("/docs", "get")]);

@@ -1,10 +1,7 @@
 //! `orrery serve`: start, serve, and shut down without losing events.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use orrery_core::config::{Config, redact_url};
-use orrery_core::store::Store;
 use tracing::info;
 
 use crate::state::State;
@@ -16,57 +13,19 @@ use crate::state::State;
 /// # Errors
 /// A message naming what failed: the database (URL without password), the
 /// listen address, the secrets.
-pub async fn serve(mut config: Config) -> anyhow::Result<()> {
-    crate::settings::ensure_secrets(&mut config)?;
-    let store = Store::connect(&config).await?;
-    store
-        .migrate()
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = State::open(config).await?;
+    let store = state.store.clone();
+    let listen = &state.config.listen;
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("migrating {}", redact_url(&config.effective_database_url())))?;
-    let secret = config.secrets.instance_key();
-    // Compile the user-agent regexes now rather than in the first request.
-    tokio::task::spawn_blocking(orrery_plugins::user_agent::warm_up)
-        .await
-        .context("warming up the user-agent parser")??;
-    let registry = orrery_plugins::Registry::new(
-        &secret,
-        orrery_plugins::RegistryConfig {
-            timeout: Duration::from_millis(config.pipeline.plugin_timeout_ms),
-            geoip_database: config.pipeline.geoip_database.clone(),
-            geoip_asn_database: config.pipeline.geoip_asn_database.clone(),
-        },
-        Some(store.clone()),
-        orrery_core::metrics::PluginMetrics::default(),
-    );
-    let pipelines = crate::pipelines::Pipelines::new(
-        registry,
-        Duration::from_secs(config.pipeline.reload_secs),
-    )
-    .context("building the default pipeline (see [pipeline] in the configuration)")?;
-    if config.pipeline.geoip_database.is_none() {
-        info!(
-            "geoip: no database configured (pipeline.geoip_database); events get no location \
-             unless a project's pipeline names a database or provider"
-        );
-    }
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener
         .local_addr()
         .map(|a| a.to_string())
-        .unwrap_or_else(|_| config.listen.clone());
-    raise_open_file_limit(config.http.max_connections);
+        .unwrap_or_else(|_| listen.clone());
+    raise_open_file_limit(state.config.http.max_connections);
     let projects = store.list_projects(None).await?.len();
-    let exec = if config.execute.enabled {
-        Some(
-            crate::execution::Executor::start(&config, crate::execution::ExecMetrics::default())
-                .await?,
-        )
-    } else {
-        None
-    };
-    let state = State::new(config, store.clone(), pipelines, exec);
     // Install the handlers before announcing the address, so that a signal
     // sent as soon as we listen is a graceful shutdown, not a kill.
     let shutdown = shutdown_signal()?;

@@ -1,9 +1,11 @@
 //! The shared state of a running gateway.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use orrery_core::config::Config;
+use anyhow::Context;
+
+use orrery_core::config::{Config, redact_url};
 use orrery_core::metrics::CoreMetrics;
 use orrery_core::store::Store;
 use orrery_core::writer::{Writer, WriterConfig};
@@ -46,6 +48,53 @@ pub struct State {
 pub type AppState = Arc<State>;
 
 impl State {
+    /// Opens everything a gateway serves from: the secrets (created in the
+    /// data directory when missing), the database (migrated), the plugin
+    /// registry and pipelines, and the code-execution service when
+    /// `execute.enabled`. `orrery serve` and the in-process tests both start
+    /// here.
+    ///
+    /// # Errors
+    /// A message naming what failed: the secrets, the database (URL without
+    /// password), the default pipeline, the sandbox.
+    #[tracing::instrument(name = "open_state", skip_all)]
+    pub async fn open(mut config: Config) -> anyhow::Result<AppState> {
+        crate::settings::ensure_secrets(&mut config)?;
+        let store = Store::connect(&config).await?;
+        store.migrate().await.with_context(|| {
+            format!("migrating {}", redact_url(&config.effective_database_url()))
+        })?;
+        let secret = config.secrets.instance_key();
+        // Compile the user-agent regexes now rather than in the first request.
+        tokio::task::spawn_blocking(orrery_plugins::user_agent::warm_up)
+            .await
+            .context("warming up the user-agent parser")??;
+        let registry = orrery_plugins::Registry::new(
+            &secret,
+            orrery_plugins::RegistryConfig {
+                timeout: Duration::from_millis(config.pipeline.plugin_timeout_ms),
+                geoip_database: config.pipeline.geoip_database.clone(),
+                geoip_asn_database: config.pipeline.geoip_asn_database.clone(),
+            },
+            Some(store.clone()),
+            orrery_core::metrics::PluginMetrics::default(),
+        );
+        let pipelines = Pipelines::new(registry, Duration::from_secs(config.pipeline.reload_secs))
+            .context("building the default pipeline (see [pipeline] in the configuration)")?;
+        if config.pipeline.geoip_database.is_none() {
+            tracing::info!(
+                "geoip: no database configured (pipeline.geoip_database); events get no location \
+                 unless a project's pipeline names a database or provider"
+            );
+        }
+        let exec = if config.execute.enabled {
+            Some(Executor::start(&config, crate::execution::ExecMetrics::default()).await?)
+        } else {
+            None
+        };
+        Ok(Self::new(config, store, pipelines, exec))
+    }
+
     /// Builds the state and starts the writer (needs a tokio runtime).
     pub fn new(
         config: Config,

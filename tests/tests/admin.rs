@@ -2,26 +2,18 @@
 //! and rotation taking effect at once.
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
-use orrery_tests::{Backend, Server, TestDatabase, call};
+use orrery_tests::{Api, InProcess};
 use serde_json::{Value, json};
 
-async fn ingest(server: &Server, key: &str) -> (u16, Value) {
-    call(
-        server,
-        reqwest::Method::POST,
-        "/api/v1/events",
-        key,
-        Some(json!({"event": "k"})),
-    )
-    .await
+async fn ingest(server: &impl Api, key: &str) -> (u16, Value) {
+    server
+        .call("POST", "/api/v1/events", key, Some(json!({"event": "k"})))
+        .await
 }
-
-use reqwest::Method;
 
 #[tokio::test]
 async fn wrong_revoked_and_rotated_keys() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = InProcess::sqlite().await;
     let (sk, pk, pid) = (
         server.keys.secret_key.clone(),
         server.keys.public_key.clone(),
@@ -38,56 +30,46 @@ async fn wrong_revoked_and_rotated_keys() {
         );
     }
     // A public key cannot read or administer.
-    let (status, body) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{pid}/events"),
-        &pk,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call("GET", &format!("/api/v1/projects/{pid}/events"), &pk, None)
+        .await;
     assert_eq!(status, 403);
     assert_eq!(body["code"], "forbidden");
-    let (status, _) = call(&server, Method::GET, "/api/v1/projects", &pk, None).await;
+    let (status, _) = server.call("GET", "/api/v1/projects", &pk, None).await;
     assert_eq!(status, 403);
 
     // Create a public key, use it, revoke it.
-    let (status, created) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{pid}/keys"),
-        &sk,
-        Some(json!({"name": "website", "kind": "public"})),
-    )
-    .await;
+    let (status, created) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{pid}/keys"),
+            &sk,
+            Some(json!({"name": "website", "kind": "public"})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let key = created["key"].as_str().unwrap().to_owned();
     assert!(key.starts_with("pk_"));
     assert_eq!(created["info"]["prefix"], &key[..11]);
     let key_id = created["info"]["id"].as_str().unwrap().to_owned();
     assert_eq!(ingest(&server, &key).await.0, 200);
-    let (status, listed) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{pid}/keys"),
-        &sk,
-        None,
-    )
-    .await;
+    let (status, listed) = server
+        .call("GET", &format!("/api/v1/projects/{pid}/keys"), &sk, None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(listed["keys"].as_array().unwrap().len(), 3);
     assert!(
         !listed.to_string().contains(&key),
         "the key itself is never listed"
     );
-    let (status, revoked) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{pid}/keys/{key_id}/revoke"),
-        &sk,
-        None,
-    )
-    .await;
+    let (status, revoked) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{pid}/keys/{key_id}/revoke"),
+            &sk,
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(revoked["active"], false);
     let (status, body) = ingest(&server, &key).await;
@@ -104,14 +86,14 @@ async fn wrong_revoked_and_rotated_keys() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, rotated) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{pid}/keys/{pk_id}/rotate"),
-        &sk,
-        Some(json!({})),
-    )
-    .await;
+    let (status, rotated) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{pid}/keys/{pk_id}/rotate"),
+            &sk,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 201, "{rotated}");
     let new_pk = rotated["key"].as_str().unwrap().to_owned();
     assert_ne!(new_pk, pk);
@@ -120,14 +102,14 @@ async fn wrong_revoked_and_rotated_keys() {
 
     // Rotate with grace: both work for now.
     let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
-    let (status, graced) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{pid}/keys/{new_id}/rotate"),
-        &sk,
-        Some(json!({"grace_seconds": 3600})),
-    )
-    .await;
+    let (status, graced) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{pid}/keys/{new_id}/rotate"),
+            &sk,
+            Some(json!({"grace_seconds": 3600})),
+        )
+        .await;
     assert_eq!(status, 201);
     assert_eq!(
         ingest(&server, &new_pk).await.0,
@@ -139,30 +121,29 @@ async fn wrong_revoked_and_rotated_keys() {
         200
     );
     // Rotating a revoked key is refused.
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{pid}/keys/{key_id}/rotate"),
-        &sk,
-        Some(json!({})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{pid}/keys/{key_id}/rotate"),
+            &sk,
+            Some(json!({})),
+        )
+        .await;
     assert_eq!(status, 404);
 }
 
 #[tokio::test]
 async fn projects_crud_and_scoping() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = InProcess::sqlite().await;
     let admin = server.keys.secret_key.clone();
-    let (status, created) = call(
-        &server,
-        Method::POST,
-        "/api/v1/projects",
-        &admin,
-        Some(json!({"name": "shop"})),
-    )
-    .await;
+    let (status, created) = server
+        .call(
+            "POST",
+            "/api/v1/projects",
+            &admin,
+            Some(json!({"name": "shop"})),
+        )
+        .await;
     assert_eq!(status, 201, "{created}");
     let shop = created["project"]["id"].as_str().unwrap().to_owned();
     let shop_sk = created["secret_key"]["key"].as_str().unwrap().to_owned();
@@ -171,14 +152,14 @@ async fn projects_crud_and_scoping() {
 
     // Bad names.
     for name in ["", "   ", &"x".repeat(101)] {
-        let (status, body) = call(
-            &server,
-            Method::POST,
-            "/api/v1/projects",
-            &admin,
-            Some(json!({"name": name})),
-        )
-        .await;
+        let (status, body) = server
+            .call(
+                "POST",
+                "/api/v1/projects",
+                &admin,
+                Some(json!({"name": name})),
+            )
+            .await;
         assert_eq!(status, 400);
         assert_eq!(body["code"], "invalid_body");
         assert!(
@@ -186,140 +167,115 @@ async fn projects_crud_and_scoping() {
             "{body}"
         );
     }
-    let (status, body) = call(
-        &server,
-        Method::POST,
-        "/api/v1/projects",
-        &admin,
-        Some(json!({"title": "x"})),
-    )
-    .await;
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/v1/projects",
+            &admin,
+            Some(json!({"title": "x"})),
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
 
     // The project's own secret key sees only its project and cannot create.
-    let (_, list) = call(&server, Method::GET, "/api/v1/projects", &shop_sk, None).await;
+    let (_, list) = server.call("GET", "/api/v1/projects", &shop_sk, None).await;
     assert_eq!(list["projects"].as_array().unwrap().len(), 1);
-    let (_, list) = call(&server, Method::GET, "/api/v1/projects", &admin, None).await;
+    let (_, list) = server.call("GET", "/api/v1/projects", &admin, None).await;
     assert_eq!(list["projects"].as_array().unwrap().len(), 2);
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/projects",
-        &shop_sk,
-        Some(json!({"name": "n"})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/projects",
+            &shop_sk,
+            Some(json!({"name": "n"})),
+        )
+        .await;
     assert_eq!(status, 403);
-    let other = &server.keys.project_id;
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{other}/events"),
-        &shop_sk,
-        None,
-    )
-    .await;
+    let other = &server.keys().project_id;
+    let (status, _) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{other}/events"),
+            &shop_sk,
+            None,
+        )
+        .await;
     assert_eq!(status, 403, "a project key cannot read another project");
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        &format!("/api/v1/projects/{shop}/keys"),
-        &shop_sk,
-        Some(json!({"name": "x", "kind": "secret", "admin": true})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            &format!("/api/v1/projects/{shop}/keys"),
+            &shop_sk,
+            Some(json!({"name": "x", "kind": "secret", "admin": true})),
+        )
+        .await;
     assert_eq!(status, 403, "only admins make admin keys");
 
     // Events go to the key's project.
     let (status, _) = ingest(&server, &shop_pk).await;
     assert_eq!(status, 200);
-    let (_, page) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{shop}/events"),
-        &shop_sk,
-        None,
-    )
-    .await;
+    let (_, page) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{shop}/events"),
+            &shop_sk,
+            None,
+        )
+        .await;
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
-    let (_, page) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{other}/events"),
-        &admin,
-        None,
-    )
-    .await;
+    let (_, page) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{other}/events"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(page["events"].as_array().unwrap().len(), 0);
 
     // Rename, get.
-    let (status, renamed) = call(
-        &server,
-        Method::PATCH,
-        &format!("/api/v1/projects/{shop}"),
-        &shop_sk,
-        Some(json!({"name": "Shop EU"})),
-    )
-    .await;
+    let (status, renamed) = server
+        .call(
+            "PATCH",
+            &format!("/api/v1/projects/{shop}"),
+            &shop_sk,
+            Some(json!({"name": "Shop EU"})),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(renamed["name"], "Shop EU");
-    let (_, got) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{shop}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (_, got) = server
+        .call("GET", &format!("/api/v1/projects/{shop}"), &admin, None)
+        .await;
     assert_eq!(got["name"], "Shop EU");
 
     // Delete: not the admin's own project; then the shop, whose keys die.
-    let (status, body) = call(
-        &server,
-        Method::DELETE,
-        &format!("/api/v1/projects/{other}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call("DELETE", &format!("/api/v1/projects/{other}"), &admin, None)
+        .await;
     assert_eq!(status, 409);
     assert_eq!(body["code"], "project_in_use");
-    let (status, _) = call(
-        &server,
-        Method::DELETE,
-        &format!("/api/v1/projects/{shop}"),
-        &shop_sk,
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "DELETE",
+            &format!("/api/v1/projects/{shop}"),
+            &shop_sk,
+            None,
+        )
+        .await;
     assert_eq!(status, 403);
-    let (status, _) = call(
-        &server,
-        Method::DELETE,
-        &format!("/api/v1/projects/{shop}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .call("DELETE", &format!("/api/v1/projects/{shop}"), &admin, None)
+        .await;
     assert_eq!(status, 204);
     assert_eq!(ingest(&server, &shop_pk).await.0, 401);
-    let (status, body) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{shop}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call("GET", &format!("/api/v1/projects/{shop}"), &admin, None)
+        .await;
     assert_eq!(status, 404);
     assert_eq!(body["code"], "not_found");
-    let (status, body) = call(
-        &server,
-        Method::GET,
-        "/api/v1/projects/not-a-uuid",
-        &admin,
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .call("GET", "/api/v1/projects/not-a-uuid", &admin, None)
+        .await;
     assert_eq!(status, 400, "{body}");
 }

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::collections::BTreeMap;
 
-use orrery_tests::{Backend, Server, TestDatabase, backends, call, client};
+use orrery_tests::{Api, InProcess, Server, backends, client};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -16,29 +16,29 @@ struct Callers {
 }
 
 /// A project made by the instance admin: (id, public key, secret key).
-async fn new_project(server: &Server, name: &str) -> (String, String, String) {
-    new_project_with(server, &server.keys.secret_key, name).await
+async fn new_project(server: &impl Api, name: &str) -> (String, String, String) {
+    new_project_with(server, &server.keys().secret_key, name).await
 }
 
 /// A key made by the instance admin: (id, key).
 async fn admin_makes_key(
-    server: &Server,
+    server: &impl Api,
     project: &str,
     kind: &str,
     admin: bool,
 ) -> (String, String) {
-    make_key(server, &server.keys.secret_key, project, kind, admin).await
+    make_key(server, &server.keys().secret_key, project, kind, admin).await
 }
 
-async fn key_record(server: &Server, project: &str, id: &str) -> Value {
-    let (status, list) = call(
-        server,
-        Method::GET,
-        &format!("/api/v1/projects/{project}/keys"),
-        &server.keys.secret_key,
-        None,
-    )
-    .await;
+async fn key_record(server: &impl Api, project: &str, id: &str) -> Value {
+    let (status, list) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{project}/keys"),
+            &server.keys().secret_key,
+            None,
+        )
+        .await;
     assert_eq!(status, 200);
     list["keys"]
         .as_array()
@@ -49,15 +49,15 @@ async fn key_record(server: &Server, project: &str, id: &str) -> Value {
         .unwrap_or_else(|| panic!("no key {id} in {list}"))
 }
 
-async fn key_count(server: &Server, project: &str) -> usize {
-    let (_, list) = call(
-        server,
-        Method::GET,
-        &format!("/api/v1/projects/{project}/keys"),
-        &server.keys.secret_key,
-        None,
-    )
-    .await;
+async fn key_count(server: &impl Api, project: &str) -> usize {
+    let (_, list) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{project}/keys"),
+            &server.keys().secret_key,
+            None,
+        )
+        .await;
     list["keys"].as_array().unwrap().len()
 }
 
@@ -97,7 +97,7 @@ fn readme_table() -> (Vec<String>, Vec<(String, Vec<u16>)>) {
 /// Runs one cell: `caller` does `column` to project `pid`; returns the
 /// status, after checking that a refused change changed nothing and an
 /// accepted one did what it says.
-async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec<u16> {
+async fn run_cell(server: &impl Api, pid: &str, caller: &str, column: &str) -> Vec<u16> {
     let keys_path = format!("/api/v1/projects/{pid}/keys");
     match column {
         "create a key" | "create an admin key" => {
@@ -110,14 +110,14 @@ async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec
             let mut out = Vec::new();
             for kind in kinds {
                 let before = key_count(server, pid).await;
-                let (status, body) = call(
-                    server,
-                    Method::POST,
-                    &keys_path,
-                    caller,
-                    Some(json!({"name": "cell", "kind": kind, "admin": admin})),
-                )
-                .await;
+                let (status, body) = server
+                    .call(
+                        "POST",
+                        &keys_path,
+                        caller,
+                        Some(json!({"name": "cell", "kind": kind, "admin": admin})),
+                    )
+                    .await;
                 if status == 201 {
                     assert_eq!(body["info"]["admin"], admin, "{body}");
                     assert_eq!(body["info"]["kind"], *kind, "{body}");
@@ -134,7 +134,7 @@ async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec
             }
             out
         }
-        "list keys" => vec![call(server, Method::GET, &keys_path, caller, None).await.0],
+        "list keys" => vec![server.call("GET", &keys_path, caller, None).await.0],
         "rotate a key" | "revoke a key" | "rotate an admin key" | "revoke an admin key" => {
             let admin = column.contains("admin");
             let rotate = column.starts_with("rotate");
@@ -148,23 +148,23 @@ async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec
                 let (target_id, target_key) = admin_makes_key(server, pid, kind, admin).await;
                 let before = key_count(server, pid).await;
                 let (status, body) = if rotate {
-                    call(
-                        server,
-                        Method::POST,
-                        &format!("{keys_path}/{target_id}/rotate"),
-                        caller,
-                        Some(json!({"grace_seconds": 3600})),
-                    )
-                    .await
+                    server
+                        .call(
+                            "POST",
+                            &format!("{keys_path}/{target_id}/rotate"),
+                            caller,
+                            Some(json!({"grace_seconds": 3600})),
+                        )
+                        .await
                 } else {
-                    call(
-                        server,
-                        Method::POST,
-                        &format!("{keys_path}/{target_id}/revoke"),
-                        caller,
-                        None,
-                    )
-                    .await
+                    server
+                        .call(
+                            "POST",
+                            &format!("{keys_path}/{target_id}/revoke"),
+                            caller,
+                            None,
+                        )
+                        .await
                 };
                 let record = key_record(server, pid, &target_id).await;
                 match status {
@@ -185,30 +185,22 @@ async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec
                             before,
                             "a refused {column} made a key"
                         );
-                        // And the target still works.
-                        let probe = if *kind == "public" {
-                            call(
-                                server,
-                                Method::POST,
-                                "/api/v1/events",
-                                &target_key,
-                                Some(json!({"event": "probe"})),
-                            )
-                            .await
-                            .0
-                        } else {
-                            call(
-                                server,
-                                Method::GET,
-                                "/api/v1/wasm/modules",
-                                &target_key,
-                                None,
-                            )
-                            .await
-                            .0
+                        // And the target still works: a public key sends
+                        // events, a secret key reads them, and an execute key
+                        // is still known (403 for reading, not 401).
+                        let probe = match *kind {
+                            "public" => {
+                                let event = json!({"event": "probe"});
+                                server.post_events(&target_key, &[], event).await.0
+                            }
+                            _ => {
+                                let events = format!("/api/v1/projects/{pid}/events?limit=1");
+                                server.get(&events, &target_key).await.0
+                            }
                         };
+                        let works = if *kind == "execute" { 403 } else { 200 };
                         assert_eq!(
-                            probe, 200,
+                            probe, works,
                             "the target key of a refused {column} stopped working"
                         );
                     }
@@ -221,8 +213,8 @@ async fn run_cell(server: &Server, pid: &str, caller: &str, column: &str) -> Vec
     }
 }
 
-async fn callers(server: &Server) -> (String, Callers) {
-    let pid = server.keys.project_id.clone();
+async fn callers(server: &impl Api) -> (String, Callers) {
+    let pid = server.keys().project_id.clone();
     let (other, _, other_secret) = new_project(server, "other").await;
     let (_, public) = admin_makes_key(server, &pid, "public", false).await;
     let (_, execute) = admin_makes_key(server, &pid, "execute", false).await;
@@ -233,7 +225,7 @@ async fn callers(server: &Server) -> (String, Callers) {
         ("execute key of the project", execute),
         ("secret key of the project", secret),
         ("secret key of another project", other_secret),
-        ("admin key of the project", server.keys.secret_key.clone()),
+        ("admin key of the project", server.keys().secret_key.clone()),
         ("admin key of another project", other_admin),
     ]);
     (pid, Callers { keys })
@@ -242,8 +234,7 @@ async fn callers(server: &Server) -> (String, Callers) {
 #[tokio::test]
 async fn every_cell_of_the_key_rules_table() {
     for backend in backends("every_cell_of_the_key_rules_table") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = InProcess::on(backend, |_| {}).await;
         let (pid, callers) = callers(&server).await;
         let (header, rows) = readme_table();
         assert_eq!(rows.len(), callers.keys.len(), "README rows vs callers");
@@ -264,19 +255,17 @@ async fn every_cell_of_the_key_rules_table() {
         }
         assert!(failures.is_empty(), "{backend:?}:\n{}", failures.join("\n"));
         drop(server);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn the_last_admin_key_cannot_be_revoked() {
     for backend in backends("the_last_admin_key_cannot_be_revoked") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = InProcess::on(backend, |_| {}).await;
         let pid = server.keys.project_id.clone();
         let admin = server.keys.secret_key.clone();
         let keys_path = format!("/api/v1/projects/{pid}/keys");
-        let (_, list) = call(&server, Method::GET, &keys_path, &admin, None).await;
+        let (_, list) = server.call("GET", &keys_path, &admin, None).await;
         let admin_id = list["keys"]
             .as_array()
             .unwrap()
@@ -288,14 +277,14 @@ async fn the_last_admin_key_cannot_be_revoked() {
             .to_owned();
 
         // The only admin key revoking itself.
-        let (status, body) = call(
-            &server,
-            Method::POST,
-            &format!("{keys_path}/{admin_id}/revoke"),
-            &admin,
-            None,
-        )
-        .await;
+        let (status, body) = server
+            .call(
+                "POST",
+                &format!("{keys_path}/{admin_id}/revoke"),
+                &admin,
+                None,
+            )
+            .await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["code"], "last_admin_key");
         assert!(
@@ -303,43 +292,41 @@ async fn the_last_admin_key_cannot_be_revoked() {
             "{body}"
         );
         assert_eq!(
-            call(&server, Method::GET, "/api/v1/projects", &admin, None)
-                .await
-                .0,
+            server.call("GET", "/api/v1/projects", &admin, None).await.0,
             200
         );
 
         // Rotated with a grace period, the old key is on its way out and
         // does not count: the new one is now the last.
-        let (status, rotated) = call(
-            &server,
-            Method::POST,
-            &format!("{keys_path}/{admin_id}/rotate"),
-            &admin,
-            Some(json!({"grace_seconds": 600})),
-        )
-        .await;
+        let (status, rotated) = server
+            .call(
+                "POST",
+                &format!("{keys_path}/{admin_id}/rotate"),
+                &admin,
+                Some(json!({"grace_seconds": 600})),
+            )
+            .await;
         assert_eq!(status, 201, "{rotated}");
         let new_id = rotated["info"]["id"].as_str().unwrap().to_owned();
         let new_key = rotated["key"].as_str().unwrap().to_owned();
-        let (status, body) = call(
-            &server,
-            Method::POST,
-            &format!("{keys_path}/{new_id}/revoke"),
-            &admin,
-            None,
-        )
-        .await;
+        let (status, body) = server
+            .call(
+                "POST",
+                &format!("{keys_path}/{new_id}/revoke"),
+                &admin,
+                None,
+            )
+            .await;
         assert_eq!(status, 409, "{body}");
         // The old one may go: the new one stays.
-        let (status, _) = call(
-            &server,
-            Method::POST,
-            &format!("{keys_path}/{admin_id}/revoke"),
-            &new_key,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("{keys_path}/{admin_id}/revoke"),
+                &new_key,
+                None,
+            )
+            .await;
         assert_eq!(status, 200);
 
         // Deleting the project that holds the last lasting admin key. Make
@@ -347,111 +334,83 @@ async fn the_last_admin_key_cannot_be_revoked() {
         // `expiring` (project `third`) an admin key in its grace period.
         let (other, _, _) = new_project_with(&server, &new_key, "other").await;
         let (_, lasting) = make_key_with(&server, &new_key, &other, true).await;
-        let (status, _) = call(
-            &server,
-            Method::POST,
-            &format!("{keys_path}/{new_id}/revoke"),
-            &lasting,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("{keys_path}/{new_id}/revoke"),
+                &lasting,
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "another lasting admin key exists");
         let (third, _, _) = new_project_with(&server, &lasting, "third").await;
         let (expiring_id, expiring) = make_key_with(&server, &lasting, &third, true).await;
-        let (status, rotated) = call(
-            &server,
-            Method::POST,
-            &format!("/api/v1/projects/{third}/keys/{expiring_id}/rotate"),
-            &expiring,
-            Some(json!({"grace_seconds": 600})),
-        )
-        .await;
+        let (status, rotated) = server
+            .call(
+                "POST",
+                &format!("/api/v1/projects/{third}/keys/{expiring_id}/rotate"),
+                &expiring,
+                Some(json!({"grace_seconds": 600})),
+            )
+            .await;
         assert_eq!(status, 201);
         let successor = rotated["info"]["id"].as_str().unwrap();
-        let (status, _) = call(
-            &server,
-            Method::POST,
-            &format!("/api/v1/projects/{third}/keys/{successor}/revoke"),
-            &lasting,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call(
+                "POST",
+                &format!("/api/v1/projects/{third}/keys/{successor}/revoke"),
+                &lasting,
+                None,
+            )
+            .await;
         assert_eq!(status, 200);
-        let (status, body) = call(
-            &server,
-            Method::DELETE,
-            &format!("/api/v1/projects/{other}"),
-            &expiring,
-            None,
-        )
-        .await;
+        let (status, body) = server
+            .call(
+                "DELETE",
+                &format!("/api/v1/projects/{other}"),
+                &expiring,
+                None,
+            )
+            .await;
         assert_eq!(status, 409, "{body}");
         assert_eq!(body["code"], "last_admin_key");
         assert_eq!(
-            call(&server, Method::GET, "/api/v1/projects", &lasting, None)
+            server
+                .call("GET", "/api/v1/projects", &lasting, None)
                 .await
                 .0,
             200
         );
-        let (status, _) = call(
-            &server,
-            Method::GET,
-            &format!("/api/v1/projects/{other}"),
-            &lasting,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call("GET", &format!("/api/v1/projects/{other}"), &lasting, None)
+            .await;
         assert_eq!(status, 200, "the refused delete left the project");
 
         concurrent_revocations_leave_one(&server, &lasting, &other).await;
         drop(server);
-        db.drop_db().await;
     }
 }
 
-async fn new_project_with(server: &Server, admin: &str, name: &str) -> (String, String, String) {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        "/api/v1/projects",
-        admin,
-        Some(json!({ "name": name })),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        body["project"]["id"].as_str().unwrap().to_owned(),
-        body["public_key"]["key"].as_str().unwrap().to_owned(),
-        body["secret_key"]["key"].as_str().unwrap().to_owned(),
-    )
+async fn new_project_with(server: &impl Api, admin: &str, name: &str) -> (String, String, String) {
+    let keys = server.create_project(admin, name).await;
+    (keys.project_id, keys.public_key, keys.secret_key)
 }
 
 /// A key made by `caller`: (id, key).
 async fn make_key(
-    server: &Server,
+    server: &impl Api,
     caller: &str,
     project: &str,
     kind: &str,
     admin: bool,
 ) -> (String, String) {
-    let (status, body) = call(
-        server,
-        Method::POST,
-        &format!("/api/v1/projects/{project}/keys"),
-        caller,
-        Some(json!({"name": format!("{kind} target"), "kind": kind, "admin": admin})),
-    )
-    .await;
-    assert_eq!(status, 201, "{body}");
-    (
-        body["info"]["id"].as_str().unwrap().to_owned(),
-        body["key"].as_str().unwrap().to_owned(),
-    )
+    let body = json!({"name": format!("{kind} target"), "kind": kind, "admin": admin});
+    server.create_key(caller, project, body).await
 }
 
 /// An admin key made by `caller`.
 async fn make_key_with(
-    server: &Server,
+    server: &impl Api,
     caller: &str,
     project: &str,
     admin: bool,
@@ -459,15 +418,15 @@ async fn make_key_with(
     make_key(server, caller, project, "secret", admin).await
 }
 
-async fn key_ids(server: &Server, admin: &str, project: &str, only_admin: bool) -> Vec<String> {
-    let (_, list) = call(
-        server,
-        Method::GET,
-        &format!("/api/v1/projects/{project}/keys"),
-        admin,
-        None,
-    )
-    .await;
+async fn key_ids(server: &impl Api, admin: &str, project: &str, only_admin: bool) -> Vec<String> {
+    let (_, list) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{project}/keys"),
+            admin,
+            None,
+        )
+        .await;
     list["keys"]
         .as_array()
         .unwrap()
@@ -480,7 +439,7 @@ async fn key_ids(server: &Server, admin: &str, project: &str, only_admin: bool) 
 
 /// Two lasting admin keys revoke each other at the same moment, many
 /// times: at most one revocation passes, and an admin key always remains.
-async fn concurrent_revocations_leave_one(server: &Server, admin: &str, project: &str) {
+async fn concurrent_revocations_leave_one(server: &impl Api, admin: &str, project: &str) {
     let mut current = admin.to_owned();
     for round in 0..10 {
         let (a_id, a) = make_key_with(server, &current, project, true).await;
@@ -489,15 +448,15 @@ async fn concurrent_revocations_leave_one(server: &Server, admin: &str, project:
         for id in key_ids(server, &a, project, true).await {
             if id != a_id && id != b_id {
                 let path = format!("/api/v1/projects/{project}/keys/{id}/revoke");
-                let (status, body) = call(server, Method::POST, &path, &a, None).await;
+                let (status, body) = server.call("POST", &path, &a, None).await;
                 assert_eq!(status, 200, "{body}");
             }
         }
         let pa = format!("/api/v1/projects/{project}/keys/{b_id}/revoke");
         let pb = format!("/api/v1/projects/{project}/keys/{a_id}/revoke");
         let (ra, rb) = tokio::join!(
-            call(server, Method::POST, &pa, &a, None),
-            call(server, Method::POST, &pb, &b, None)
+            server.call("POST", &pa, &a, None),
+            server.call("POST", &pb, &b, None)
         );
         for (status, body) in [&ra, &rb] {
             // 409: the other went first; 401: the other revoked this caller first.
@@ -513,7 +472,8 @@ async fn concurrent_revocations_leave_one(server: &Server, admin: &str, project:
         );
         current = if ra.0 == 200 { a } else { b };
         assert_eq!(
-            call(server, Method::GET, "/api/v1/projects", &current, None)
+            server
+                .call("GET", "/api/v1/projects", &current, None)
                 .await
                 .0,
             200,
@@ -545,8 +505,7 @@ const KEY_SCOPED: &[&str] = &[
 
 #[tokio::test]
 async fn no_key_acts_on_another_project_through_any_endpoint() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let victim = server.keys.project_id.clone();
     let (_, victim_public, victim_secret) = (
         (),
@@ -555,26 +514,26 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
     );
     let (attacker, attacker_public, attacker_secret) = new_project(&server, "attacker").await;
     let (_, attacker_execute) = {
-        let (status, body) = call(
-            &server,
-            Method::POST,
-            &format!("/api/v1/projects/{attacker}/keys"),
-            &attacker_secret,
-            Some(json!({"name": "x", "kind": "execute"})),
-        )
-        .await;
+        let (status, body) = server
+            .call(
+                "POST",
+                &format!("/api/v1/projects/{attacker}/keys"),
+                &attacker_secret,
+                Some(json!({"name": "x", "kind": "execute"})),
+            )
+            .await;
         assert_eq!(status, 201);
         ((), body["key"].as_str().unwrap().to_owned())
     };
     // Something in the victim project to protect.
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/events",
-        &victim_public,
-        Some(json!({"event": "secret"})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/events",
+            &victim_public,
+            Some(json!({"event": "secret"})),
+        )
+        .await;
     assert_eq!(status, 200);
     let victim_keys_before = key_count(&server, &victim).await;
 
@@ -642,35 +601,30 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
     );
     // Nothing of the victim changed.
     assert_eq!(key_count(&server, &victim).await, victim_keys_before);
-    let (_, project) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{victim}"),
-        &victim_secret,
-        None,
-    )
-    .await;
+    let (_, project) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{victim}"),
+            &victim_secret,
+            None,
+        )
+        .await;
     assert_ne!(project["name"], "pwned");
-    let (_, pipeline) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{victim}/pipeline"),
-        &victim_secret,
-        None,
-    )
-    .await;
+    let (_, pipeline) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{victim}/pipeline"),
+            &victim_secret,
+            None,
+        )
+        .await;
     assert_eq!(pipeline["is_default"], true, "{pipeline}");
 
     // The KEY_SCOPED operations, each checked for its scope.
     // list_projects: only the key's own.
-    let (_, list) = call(
-        &server,
-        Method::GET,
-        "/api/v1/projects",
-        &attacker_secret,
-        None,
-    )
-    .await;
+    let (_, list) = server
+        .call("GET", "/api/v1/projects", &attacker_secret, None)
+        .await;
     let ids: Vec<&str> = list["projects"]
         .as_array()
         .unwrap()
@@ -679,25 +633,25 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
         .collect();
     assert_eq!(ids, vec![attacker.as_str()]);
     // create_project: admin keys only.
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/projects",
-        &attacker_secret,
-        Some(json!({"name": "x"})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/projects",
+            &attacker_secret,
+            Some(json!({"name": "x"})),
+        )
+        .await;
     assert_eq!(status, 403);
     // ingest_events / tracking_pixel: stored in the key's project, whatever
     // the body says.
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/events",
-        &attacker_public,
-        Some(json!({"event": "mine", "project_id": victim})),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/events",
+            &attacker_public,
+            Some(json!({"event": "mine", "project_id": victim})),
+        )
+        .await;
     assert_eq!(
         status, 400,
         "unknown fields are refused, project_id included"
@@ -708,14 +662,14 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let (_, events) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/projects/{victim}/events?event=pixel_mine"),
-        &victim_secret,
-        None,
-    )
-    .await;
+    let (_, events) = server
+        .call(
+            "GET",
+            &format!("/api/v1/projects/{victim}/events?event=pixel_mine"),
+            &victim_secret,
+            None,
+        )
+        .await;
     assert_eq!(events["events"].as_array().unwrap().len(), 0);
     // WASM modules: another project's module is invisible.
     let wat = "(module (func (export \"_start\")))";
@@ -731,43 +685,43 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
     let module: Value = resp.json().await.unwrap();
     let module_id = module["id"].as_str().unwrap();
     for key in [&attacker_secret, &attacker_execute] {
-        let (status, _) = call(
-            &server,
-            Method::GET,
-            &format!("/api/v1/wasm/modules/{module_id}"),
-            key,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call(
+                "GET",
+                &format!("/api/v1/wasm/modules/{module_id}"),
+                key,
+                None,
+            )
+            .await;
         assert_eq!(status, 404);
-        let (status, _) = call(
-            &server,
-            Method::DELETE,
-            &format!("/api/v1/wasm/modules/{module_id}"),
-            key,
-            None,
-        )
-        .await;
+        let (status, _) = server
+            .call(
+                "DELETE",
+                &format!("/api/v1/wasm/modules/{module_id}"),
+                key,
+                None,
+            )
+            .await;
         assert_eq!(status, 404);
-        let (_, list) = call(&server, Method::GET, "/api/v1/wasm/modules", key, None).await;
+        let (_, list) = server.call("GET", "/api/v1/wasm/modules", key, None).await;
         assert!(!list.to_string().contains(module_id), "{list}");
-        let (status, run) = call(
-            &server,
-            Method::POST,
-            "/api/v1/execute",
-            key,
-            Some(json!({"language": "wasm", "module_id": module_id})),
-        )
-        .await;
+        let (status, run) = server
+            .call(
+                "POST",
+                "/api/v1/execute",
+                key,
+                Some(json!({"language": "wasm", "module_id": module_id})),
+            )
+            .await;
         assert_eq!(status, 404, "running another project's module: {run}");
     }
-    let (status, _) = call(
-        &server,
-        Method::GET,
-        &format!("/api/v1/wasm/modules/{module_id}"),
-        &victim_secret,
-        None,
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "GET",
+            &format!("/api/v1/wasm/modules/{module_id}"),
+            &victim_secret,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "the module is still there for its project");
 }

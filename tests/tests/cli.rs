@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::net::TcpListener;
 
-use orrery_tests::{Backend, Server, TestDatabase, client, orrery_bin, run_cli};
+use orrery_tests::{Api, Server, client, orrery_bin, run_cli};
 use serde_json::{Value, json};
 
 #[test]
@@ -129,8 +129,7 @@ fn start_errors_name_the_problem_and_exit_non_zero() {
 
 #[tokio::test]
 async fn init_stats_backup_vacuum_migrate() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     // Secrets file is private.
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(server.data_dir.join("secrets.toml"))
@@ -197,9 +196,7 @@ async fn init_stats_backup_vacuum_migrate() {
 
 #[tokio::test]
 async fn no_raw_ip_reaches_the_database_file() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let mut server =
-        Server::start(&db, &[("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]).await;
+    let mut server = Server::sqlite(&[("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]")]).await;
     let http = client();
     let mut hashes = Vec::new();
     for ip in ["203.0.113.77", "198.51.100.23", "2001:db8::4242"] {
@@ -212,7 +209,7 @@ async fn no_raw_ip_reaches_the_database_file() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        let events = orrery_tests::all_events(&server, "", 1).await;
+        let events = server.all_events("", 1).await;
         hashes.push(events[0]["ip_hash"].as_str().unwrap().to_owned());
     }
     hashes.dedup();

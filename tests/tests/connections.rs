@@ -6,15 +6,10 @@
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::time::{Duration, Instant};
 
-use orrery_tests::{Backend, Server, TestDatabase, client};
+use orrery_tests::{Server, client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn server(env: &[(&str, &str)]) -> Server {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    Server::start(&db, env).await
-}
 
 fn addr(server: &Server) -> String {
     server.base.trim_start_matches("http://").to_owned()
@@ -60,10 +55,6 @@ fn parse_answer(bytes: &[u8]) -> (u16, String, Value) {
     )
 }
 
-async fn metric(server: &Server, name: &str) -> f64 {
-    server.metric(name).await
-}
-
 async fn healthy(server: &Server) {
     let resp = client().get(server.url("/health")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -71,7 +62,7 @@ async fn healthy(server: &Server) {
 
 #[tokio::test]
 async fn slow_silent_and_idle_clients_are_closed_while_others_are_served() {
-    let server = server(&[
+    let server = Server::sqlite(&[
         ("ORRERY_HTTP__HEADER_READ_TIMEOUT_MS", "600"),
         ("ORRERY_HTTP__IDLE_TIMEOUT_MS", "1500"),
         ("ORRERY_HTTP__BODY_READ_TIMEOUT_MS", "800"),
@@ -182,27 +173,28 @@ async fn slow_silent_and_idle_clients_are_closed_while_others_are_served() {
 
     healthy(&server).await;
     assert!(
-        metric(
-            &server,
-            "orrery_http_connections_closed_total{reason=\"header_timeout\"}"
-        )
-        .await
+        server
+            .metric("orrery_http_connections_closed_total{reason=\"header_timeout\"}")
+            .await
             >= 2.0
     );
     assert!(
-        metric(
-            &server,
-            "orrery_http_connections_closed_total{reason=\"idle_timeout\"}"
-        )
-        .await
+        server
+            .metric("orrery_http_connections_closed_total{reason=\"idle_timeout\"}")
+            .await
             >= 1.0
     );
-    assert!(metric(&server, "orrery_http_body_errors_total{reason=\"timeout\"}").await >= 2.0);
+    assert!(
+        server
+            .metric("orrery_http_body_errors_total{reason=\"timeout\"}")
+            .await
+            >= 2.0
+    );
 }
 
 #[tokio::test]
 async fn connections_are_capped_per_ip_and_in_total() {
-    let server = server(&[("ORRERY_HTTP__MAX_CONNECTIONS_PER_IP", "4")]).await;
+    let server = Server::sqlite(&[("ORRERY_HTTP__MAX_CONNECTIONS_PER_IP", "4")]).await;
     let a = addr(&server);
     let mut held = Vec::new();
     for _ in 0..4 {
@@ -238,7 +230,7 @@ async fn connections_are_capped_per_ip_and_in_total() {
     drop(server);
 
     // The total cap, with the per-IP cap out of the way.
-    let server = self::server(&[
+    let server = Server::sqlite(&[
         ("ORRERY_HTTP__MAX_CONNECTIONS", "3"),
         ("ORRERY_HTTP__MAX_CONNECTIONS_PER_IP", "100"),
     ])
@@ -262,18 +254,16 @@ async fn connections_are_capped_per_ip_and_in_total() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     healthy(&server).await;
     assert!(
-        metric(
-            &server,
-            "orrery_http_connections_refused_total{reason=\"max_connections\"}"
-        )
-        .await
+        server
+            .metric("orrery_http_connections_refused_total{reason=\"max_connections\"}")
+            .await
             >= 1.0
     );
 }
 
 #[tokio::test]
 async fn errors_below_the_api_have_the_json_shape() {
-    let server = server(&[]).await;
+    let server = Server::sqlite(&[]).await;
     let json_error = |status: u16, code: &str, got: &(u16, String, Value)| {
         assert_eq!(got.0, status, "{code}: {:?}", got.2);
         assert_eq!(got.2["code"], code, "{:?}", got.2);
@@ -363,11 +353,9 @@ async fn errors_below_the_api_have_the_json_shape() {
     }
     // A client that goes away mid-body gets no answer, and is counted as
     // aborted, not as a body too large.
-    let too_large_before = metric(
-        &server,
-        "orrery_http_body_errors_total{reason=\"too_large\"}",
-    )
-    .await;
+    let too_large_before = server
+        .metric("orrery_http_body_errors_total{reason=\"too_large\"}")
+        .await;
     {
         let mut s = TcpStream::connect(addr(&server)).await.unwrap();
         let req = format!(
@@ -378,32 +366,30 @@ async fn errors_below_the_api_have_the_json_shape() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&server, "orrery_http_body_errors_total{reason=\"aborted\"}").await < 1.0 {
+    while server
+        .metric("orrery_http_body_errors_total{reason=\"aborted\"}")
+        .await
+        < 1.0
+    {
         assert!(Instant::now() < deadline, "the abort was not counted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(
-        metric(
-            &server,
-            "orrery_http_body_errors_total{reason=\"too_large\"}"
-        )
-        .await,
+        server
+            .metric("orrery_http_body_errors_total{reason=\"too_large\"}")
+            .await,
         too_large_before
     );
     assert!(
-        metric(
-            &server,
-            "orrery_http_body_errors_total{reason=\"malformed\"}"
-        )
-        .await
+        server
+            .metric("orrery_http_body_errors_total{reason=\"malformed\"}")
+            .await
             >= 2.0
     );
     assert!(
-        metric(
-            &server,
-            "orrery_http_protocol_errors_total{reason=\"headers_too_large\"}"
-        )
-        .await
+        server
+            .metric("orrery_http_protocol_errors_total{reason=\"headers_too_large\"}")
+            .await
             >= 1.0
     );
 
@@ -451,7 +437,7 @@ fn rss_kb(pid: u32) -> u64 {
 
 #[tokio::test]
 async fn http2_streams_are_limited() {
-    let server = server(&[]).await;
+    let server = Server::sqlite(&[]).await;
     let pid = server.pid().unwrap();
     // Warm up, then measure.
     healthy(&server).await;
@@ -536,7 +522,7 @@ async fn http2_streams_are_limited() {
 
 #[tokio::test]
 async fn http2_can_be_switched_off() {
-    let server = server(&[("ORRERY_HTTP__HTTP2", "false")]).await;
+    let server = Server::sqlite(&[("ORRERY_HTTP__HTTP2", "false")]).await;
     let mut s = TcpStream::connect(addr(&server)).await.unwrap();
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(frame(0x4, 0, 0, &[]));
@@ -556,7 +542,7 @@ async fn an_idle_websocket_is_closed_with_a_reason() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let server = server(&[
+    let server = Server::sqlite(&[
         ("ORRERY_HTTP__IDLE_TIMEOUT_MS", "800"),
         ("ORRERY_EXECUTE__PYTHON", "false"),
     ])
@@ -582,7 +568,7 @@ async fn an_idle_websocket_is_closed_with_a_reason() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off() {
-    let server = server(&[("ORRERY_HTTP__WRITE_TIMEOUT_MS", "800")]).await;
+    let server = Server::sqlite(&[("ORRERY_HTTP__WRITE_TIMEOUT_MS", "800")]).await;
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket
@@ -599,11 +585,9 @@ async fn a_client_that_stops_reading_is_cut_off() {
     let (_reader, mut writer) = stream.into_split();
     let _ = writer.write_all(&all).await;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(
-        &server,
-        "orrery_http_connections_closed_total{reason=\"write_timeout\"}",
-    )
-    .await
+    while server
+        .metric("orrery_http_connections_closed_total{reason=\"write_timeout\"}")
+        .await
         < 1.0
     {
         assert!(

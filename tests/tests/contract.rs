@@ -10,10 +10,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use orrery_tests::{
-    Backend, Server, TestDatabase, call, client, dead_letter_stages, orrery_bin, python_venv, repo,
-    silent_provider,
+    Api, Server, client, dead_letter_stages, orrery_bin, python_venv, repo, silent_provider,
 };
-use reqwest::Method;
 use serde_json::{Value, json};
 
 /// The document the binary under test serves (`orrery openapi`).
@@ -100,14 +98,10 @@ impl<'a> Recorder<'a> {
 /// answer against the spec.
 #[tokio::test]
 async fn real_answers_match_the_spec() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(
-        &db,
-        &[
-            ("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]"),
-            ("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100"),
-        ],
-    )
+    let server = Server::sqlite(&[
+        ("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]"),
+        ("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100"),
+    ])
     .await;
     let admin = server.keys.secret_key.clone();
     let mut r = Recorder::new(&server);
@@ -307,7 +301,6 @@ async fn real_answers_match_the_spec() {
     r.call("DELETE", &project, &admin, None).await;
     r.check();
     drop(server);
-    db.drop_db().await;
 }
 
 /// Project, key and module names: strings only, no control characters,
@@ -315,8 +308,7 @@ async fn real_answers_match_the_spec() {
 /// trimmed.
 #[tokio::test]
 async fn names_are_strings_without_control_characters() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let admin = server.keys.secret_key.clone();
     let project = format!("/api/v1/projects/{}", server.keys.project_id);
     let bad = [
@@ -332,20 +324,16 @@ async fn names_are_strings_without_control_characters() {
     ];
     for name in &bad {
         for (method, path, body) in [
+            ("POST", "/api/v1/projects".to_owned(), json!({"name": name})),
+            ("PATCH", project.clone(), json!({"name": name})),
             (
-                Method::POST,
-                "/api/v1/projects".to_owned(),
-                json!({"name": name}),
-            ),
-            (Method::PATCH, project.clone(), json!({"name": name})),
-            (
-                Method::POST,
+                "POST",
                 format!("{project}/keys"),
                 json!({"name": name, "kind": "public"}),
             ),
         ] {
             let what = format!("{method} {path} {body}");
-            let (status, err) = call(&server, method, &path, &admin, Some(body)).await;
+            let (status, err) = server.call(method, &path, &admin, Some(body)).await;
             assert_eq!(status, 400, "{what}: {err}");
             assert_eq!(err["code"], "invalid_body", "{what}: {err}");
             assert!(
@@ -354,25 +342,20 @@ async fn names_are_strings_without_control_characters() {
             );
         }
     }
-    let (status, p) = call(
-        &server,
-        Method::PATCH,
-        &project,
-        &admin,
-        Some(json!({"name": "  Shop  "})),
-    )
-    .await;
+    let (status, p) = server
+        .call("PATCH", &project, &admin, Some(json!({"name": "  Shop  "})))
+        .await;
     assert_eq!((status, p["name"].as_str()), (200, Some("Shop")), "{p}");
 
     // A module's name comes in the query string.
-    let (_, key) = call(
-        &server,
-        Method::POST,
-        &format!("{project}/keys"),
-        &admin,
-        Some(json!({"name": "runner", "kind": "execute"})),
-    )
-    .await;
+    let (_, key) = server
+        .call(
+            "POST",
+            &format!("{project}/keys"),
+            &admin,
+            Some(json!({"name": "runner", "kind": "execute"})),
+        )
+        .await;
     let exec_key = key["key"].as_str().unwrap();
     for name in ["a%00b", "%20%20", &"x".repeat(101)] {
         let resp = client()
@@ -393,15 +376,13 @@ async fn names_are_strings_without_control_characters() {
         assert!(err["message"].as_str().unwrap().contains("`name`"), "{err}");
     }
     drop(server);
-    db.drop_db().await;
 }
 
 /// Duplicate keys in an API body are a 400 naming the key, at any depth,
 /// before anything is changed.
 #[tokio::test]
 async fn duplicate_json_keys_are_refused() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let admin = server.keys.secret_key.clone();
     let project = format!("/api/v1/projects/{}", server.keys.project_id);
     for (method, path, body, key) in [
@@ -438,19 +419,13 @@ async fn duplicate_json_keys_are_refused() {
         assert!(err["message"].as_str().unwrap().contains(key), "{err}");
     }
     // Nothing was created.
-    let (_, keys) = call(
-        &server,
-        Method::GET,
-        &format!("{project}/keys"),
-        &admin,
-        None,
-    )
-    .await;
+    let (_, keys) = server
+        .call("GET", &format!("{project}/keys"), &admin, None)
+        .await;
     assert_eq!(keys["keys"].as_array().unwrap().len(), 2, "{keys}");
-    let (_, projects) = call(&server, Method::GET, "/api/v1/projects", &admin, None).await;
+    let (_, projects) = server.call("GET", "/api/v1/projects", &admin, None).await;
     assert_eq!(projects["projects"].as_array().unwrap().len(), 1);
     drop(server);
-    db.drop_db().await;
 }
 
 /// A distinct id sent as a number is kept exactly as its decimal text up to
@@ -458,8 +433,7 @@ async fn duplicate_json_keys_are_refused() {
 /// naming the field, and the good events next to it are stored.
 #[tokio::test]
 async fn integer_ids_are_kept_exactly_or_refused() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let body = r#"{"batch": [
         {"event": "big", "distinct_id": 9007199254740993},
         {"event": "big", "distinct_id": 9007199254740992},
@@ -481,7 +455,7 @@ async fn integer_ids_are_kept_exactly_or_refused() {
         assert_eq!(r["status"], "rejected", "{answer}");
         assert_eq!(r["field"], "distinct_id", "{answer}");
     }
-    let events = orrery_tests::all_events(&server, "&event=big", 100).await;
+    let events = server.all_events("&event=big", 100).await;
     let mut ids: Vec<&str> = events
         .iter()
         .map(|e| e["distinct_id"].as_str().unwrap())
@@ -489,7 +463,6 @@ async fn integer_ids_are_kept_exactly_or_refused() {
     ids.sort_unstable();
     assert_eq!(ids, ["9007199254740992", "9007199254740993"]);
     drop(server);
-    db.drop_db().await;
 }
 
 /// A cursor reveals nothing (not the instance-wide sequence), cannot be
@@ -497,30 +470,24 @@ async fn integer_ids_are_kept_exactly_or_refused() {
 /// restart.
 #[tokio::test]
 async fn cursors_are_opaque_and_bound_to_their_list() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let mut server = Server::start(&db, &[]).await;
+    let mut server = Server::sqlite(&[]).await;
     let admin = server.keys.secret_key.clone();
     let batch: Vec<Value> = (0..5)
         .map(|i| json!({"event": "e", "properties": {"i": i}}))
         .collect();
-    let (status, _) = call(
-        &server,
-        Method::POST,
-        "/api/v1/events",
-        &server.keys.public_key,
-        Some(json!({ "batch": batch })),
-    )
-    .await;
+    let (status, _) = server
+        .call(
+            "POST",
+            "/api/v1/events",
+            &server.keys.public_key,
+            Some(json!({ "batch": batch })),
+        )
+        .await;
     assert_eq!(status, 200);
     let project = format!("/api/v1/projects/{}", server.keys.project_id);
-    let (_, page) = call(
-        &server,
-        Method::GET,
-        &format!("{project}/events?limit=2"),
-        &admin,
-        None,
-    )
-    .await;
+    let (_, page) = server
+        .call("GET", &format!("{project}/events?limit=2"), &admin, None)
+        .await;
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     // The old cursor was base64 of `s<seq>`: nothing readable is left.
     let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -531,25 +498,20 @@ async fn cursors_are_opaque_and_bound_to_their_list() {
         "a sealed cursor (nonce, position, tag), not the sequence: {raw:?}"
     );
     // The same position twice gives two different cursors.
-    let (_, again) = call(
-        &server,
-        Method::GET,
-        &format!("{project}/events?limit=2"),
-        &admin,
-        None,
-    )
-    .await;
+    let (_, again) = server
+        .call("GET", &format!("{project}/events?limit=2"), &admin, None)
+        .await;
     assert_ne!(again["next_cursor"], page["next_cursor"]);
 
     // Another project, another list, a forged cursor: 400 invalid_cursor.
-    let (_, other) = call(
-        &server,
-        Method::POST,
-        "/api/v1/projects",
-        &admin,
-        Some(json!({"name": "other"})),
-    )
-    .await;
+    let (_, other) = server
+        .call(
+            "POST",
+            "/api/v1/projects",
+            &admin,
+            Some(json!({"name": "other"})),
+        )
+        .await;
     let other = other["project"]["id"].as_str().unwrap();
     let mut forged = raw.clone();
     forged[20] ^= 1;
@@ -561,7 +523,7 @@ async fn cursors_are_opaque_and_bound_to_their_list() {
         format!("{project}/events?cursor={forged}"),
         format!("{project}/events?cursor=czEyMw"),
     ] {
-        let (status, err) = call(&server, Method::GET, &path, &admin, None).await;
+        let (status, err) = server.call("GET", &path, &admin, None).await;
         assert_eq!(
             (status, err["code"].as_str()),
             (400, Some("invalid_cursor")),
@@ -572,18 +534,17 @@ async fn cursors_are_opaque_and_bound_to_their_list() {
     // After a restart the cursor still reads the next page.
     server.terminate();
     server.spawn();
-    let (status, next) = call(
-        &server,
-        Method::GET,
-        &format!("{project}/events?limit=10&cursor={cursor}"),
-        &admin,
-        None,
-    )
-    .await;
+    let (status, next) = server
+        .call(
+            "GET",
+            &format!("{project}/events?limit=10&cursor={cursor}"),
+            &admin,
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{next}");
     assert_eq!(next["events"].as_array().unwrap().len(), 3, "{next}");
     drop(server);
-    db.drop_db().await;
 }
 
 /// The spec states the limits the server enforces, and the server enforces
@@ -648,8 +609,7 @@ async fn the_spec_states_the_limits_the_server_enforces() {
     );
 
     // The server refuses just outside and accepts just inside.
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let admin = server.keys.secret_key.clone();
     let project = format!("/api/v1/projects/{}", server.keys.project_id);
     for (query, status) in [
@@ -659,14 +619,9 @@ async fn the_spec_states_the_limits_the_server_enforces() {
         ("limit=1000", 200),
     ] {
         for list in ["events", "sessions", "dead-letters", "insights"] {
-            let (got, body) = call(
-                &server,
-                Method::GET,
-                &format!("{project}/{list}?{query}"),
-                &admin,
-                None,
-            )
-            .await;
+            let (got, body) = server
+                .call("GET", &format!("{project}/{list}?{query}"), &admin, None)
+                .await;
             assert_eq!(got, status, "{list}?{query}: {body}");
             if got == 400 {
                 assert_eq!(body["code"], "invalid_parameter", "{body}");
@@ -692,18 +647,17 @@ async fn the_spec_states_the_limits_the_server_enforces() {
         (json!([{"plugin": 5}]), 400),
         (json!([{"plugin": "ip_hash", "timeout_ms": 10000}]), 200),
     ] {
-        let (got, body) = call(
-            &server,
-            Method::PUT,
-            &format!("{project}/pipeline"),
-            &admin,
-            Some(json!({ "stages": stages })),
-        )
-        .await;
+        let (got, body) = server
+            .call(
+                "PUT",
+                &format!("{project}/pipeline"),
+                &admin,
+                Some(json!({ "stages": stages })),
+            )
+            .await;
         assert_eq!(got, status, "{stages}: {body}");
     }
     drop(server);
-    db.drop_db().await;
 }
 
 /// schemathesis generates requests from the spec (valid and invalid, and
@@ -716,8 +670,7 @@ async fn a_property_based_run_over_the_spec_finds_no_failure() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(90);
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let report = tempfile::tempdir().unwrap();
     let out = Command::new(python_venv().join("bin/schemathesis"))
         .arg("--config-file")
@@ -747,5 +700,4 @@ async fn a_property_based_run_over_the_spec_finds_no_failure() {
     assert!(out.status.success(), "schemathesis found failures:\n{log}");
     println!("{log}");
     drop(server);
-    db.drop_db().await;
 }

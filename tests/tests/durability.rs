@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use orrery_tests::{Backend, Server, TestDatabase, all_events, backends, client};
+use orrery_tests::{Api, Server, backends, client};
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
@@ -25,16 +25,12 @@ fn batch(n: usize, ids: &mut Vec<String>) -> Value {
 
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(
-        &db,
-        &[
-            ("ORRERY_INGEST__QUEUE_CAPACITY", "100"),
-            ("ORRERY_INGEST__FLUSH_EVENTS", "100000"),
-            ("ORRERY_INGEST__FLUSH_INTERVAL_MS", "1500"),
-            ("ORRERY_INGEST__RETRY_AFTER_SECS", "2"),
-        ],
-    )
+    let server = Server::sqlite(&[
+        ("ORRERY_INGEST__QUEUE_CAPACITY", "100"),
+        ("ORRERY_INGEST__FLUSH_EVENTS", "100000"),
+        ("ORRERY_INGEST__FLUSH_INTERVAL_MS", "1500"),
+        ("ORRERY_INGEST__RETRY_AFTER_SECS", "2"),
+    ])
     .await;
     let url = server.url("/api/v1/events");
     let key = server.keys.public_key.clone();
@@ -81,7 +77,8 @@ async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let stored: HashSet<String> = all_events(&server, "", 1000)
+    let stored: HashSet<String> = server
+        .all_events("", 1000)
         .await
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
@@ -139,7 +136,8 @@ async fn run_clients(server: &Server, stop: Arc<AtomicBool>) -> (Vec<String>, Ve
 }
 
 async fn check_stored(server: &Server, acked: &[String], sent: &[String], what: &str) {
-    let stored: HashSet<String> = all_events(server, "", 1000)
+    let stored: HashSet<String> = server
+        .all_events("", 1000)
         .await
         .iter()
         .map(|e| e["id"].as_str().unwrap().to_owned())
@@ -166,7 +164,7 @@ async fn check_stored(server: &Server, acked: &[String], sent: &[String], what: 
 /// Events per session, as stored and as the `sessions` table says.
 async fn session_counts(server: &Server) -> (HashMap<String, i64>, HashMap<String, i64>) {
     let mut stored = HashMap::new();
-    for e in all_events(server, "", 1000).await {
+    for e in server.all_events("", 1000).await {
         *stored
             .entry(e["session_id"].as_str().unwrap().to_owned())
             .or_insert(0) += 1;
@@ -219,8 +217,7 @@ async fn check_sessions(server: &Server, wait: bool, what: &str) {
 #[tokio::test]
 async fn graceful_shutdown_loses_no_acknowledged_event() {
     for backend in backends("graceful_shutdown_loses_no_acknowledged_event") {
-        let db = TestDatabase::create(backend).await;
-        let mut server = Server::start(&db, &[]).await;
+        let mut server = Server::on(backend, &[]).await;
         let stop = Arc::new(AtomicBool::new(false));
         let pid = server.pid().unwrap();
         let stopper = tokio::spawn(async move {
@@ -238,16 +235,14 @@ async fn graceful_shutdown_loses_no_acknowledged_event() {
         // The writer wrote its sessions before it exited.
         check_sessions(&server, false, &format!("{backend:?} SIGTERM")).await;
         drop(server);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn kill_9_loses_no_acknowledged_event() {
     for backend in backends("kill_9_loses_no_acknowledged_event") {
-        let db = TestDatabase::create(backend).await;
         // Sessions written every 100 ms: a mark goes stale after 3 s.
-        let mut server = Server::start(&db, &[("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100")]).await;
+        let mut server = Server::on(backend, &[("ORRERY_INGEST__SESSIONS_FLUSH_MS", "100")]).await;
         let stop = Arc::new(AtomicBool::new(false));
         let pid = server.pid().unwrap();
         let killer = tokio::spawn(async move {
@@ -267,6 +262,5 @@ async fn kill_9_loses_no_acknowledged_event() {
         // once its mark goes stale.
         check_sessions(&server, true, &format!("{backend:?} kill -9")).await;
         drop(server);
-        db.drop_db().await;
     }
 }

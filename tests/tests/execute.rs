@@ -6,14 +6,10 @@
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use orrery_tests::{Backend, Server, TestDatabase, client};
+use orrery_tests::{Server, client};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn server(env: &[(&str, &str)]) -> Server {
-    Server::start(&TestDatabase::create(Backend::Sqlite).await, env).await
-}
 
 async fn exec(server: &Server, key: &str, body: Value) -> (u16, Value) {
     let resp = client()
@@ -57,7 +53,7 @@ const HELLO_WAT: &str = r#"(module
 
 #[tokio::test]
 async fn python_over_rest() {
-    let s = server(&[]).await;
+    let s = Server::sqlite(&[]).await;
     let v = py(&s, "print(sum(range(1000)))").await;
     assert_eq!(v["status"], "completed");
     assert_eq!(v["stdout"], "499500\n");
@@ -118,7 +114,7 @@ async fn python_over_rest() {
 
 #[tokio::test]
 async fn escapes_over_http_are_contained_and_the_gateway_keeps_serving() {
-    let s = server(&[]).await;
+    let s = Server::sqlite(&[]).await;
     for code in [
         "().__class__.__base__.__subclasses__()",
         "__import__('os').system('id')",
@@ -147,7 +143,7 @@ async fn escapes_over_http_are_contained_and_the_gateway_keeps_serving() {
 
 #[tokio::test]
 async fn execution_needs_the_execute_right() {
-    let s = server(&[]).await;
+    let s = Server::sqlite(&[]).await;
     let body = json!({"language": "python", "code": "print(1)"});
     let resp = client()
         .post(s.url("/api/v1/execute"))
@@ -196,7 +192,7 @@ async fn execution_needs_the_execute_right() {
 
 #[tokio::test]
 async fn wasm_inline_and_uploaded_modules_persist() {
-    let mut s = server(&[]).await;
+    let mut s = Server::sqlite(&[]).await;
     let sk = s.keys.secret_key.clone();
     let (status, v) = exec(&s, &sk, json!({"language": "wasm", "code": HELLO_WAT})).await;
     assert_eq!(status, 200, "{v}");
@@ -320,7 +316,7 @@ async fn ws_until_result(ws: &mut Ws) -> Vec<(Instant, Value)> {
 
 #[tokio::test]
 async fn websocket_streams_output_as_it_is_written() {
-    let s = server(&[]).await;
+    let s = Server::sqlite(&[]).await;
     let mut ws = ws_connect(&s).await;
     let code = "import datetime\nprint('first', flush=True)\nt = datetime.datetime.now()\nwhile (datetime.datetime.now() - t).total_seconds() < 0.6:\n    pass\nprint('second')";
     ws_send(
@@ -402,7 +398,7 @@ async fn websocket_streams_output_as_it_is_written() {
 
 #[tokio::test]
 async fn saturation_answers_503_and_normal_work_continues() {
-    let s = server(&[
+    let s = Server::sqlite(&[
         ("ORRERY_EXECUTE__MAX_RUNNING", "1"),
         ("ORRERY_EXECUTE__MAX_QUEUED", "1"),
     ])
@@ -442,7 +438,7 @@ async fn saturation_answers_503_and_normal_work_continues() {
 
 #[tokio::test]
 async fn per_key_rate_limit_answers_429() {
-    let s = server(&[("ORRERY_EXECUTE__RATE_PER_MINUTE", "3")]).await;
+    let s = Server::sqlite(&[("ORRERY_EXECUTE__RATE_PER_MINUTE", "3")]).await;
     for _ in 0..3 {
         py(&s, "1").await;
     }

@@ -1,29 +1,22 @@
-//! Black-box ingestion tests against the real binary: single and batch
-//! events, bad input of every kind, the beacon and the pixel, duplicates.
+//! Ingestion tests: single and batch events, bad input of every kind, the
+//! beacon and the pixel, duplicates. Handler edge cases run in-process;
+//! what involves the client address, the stores on both backends or the
+//! HTTP layer runs against the real binary.
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::io::Write;
 
-use orrery_tests::{Server, TestDatabase, all_events, backends, client};
+use orrery_tests::{Answer, Api, Backend, InProcess, Server, backends, client};
 use serde_json::{Value, json};
 
 async fn post(server: &Server, key: &str, body: Value) -> (u16, Value) {
     server.post_events(key, &[], body).await
 }
 
-async fn sqlite_server(env: &[(&str, &str)]) -> Server {
-    Server::start(
-        &TestDatabase::create(orrery_tests::Backend::Sqlite).await,
-        env,
-    )
-    .await
-}
-
 #[tokio::test]
 async fn single_and_batch_events_are_stored_and_read_back() {
     for backend in backends("single_and_batch_events_are_stored_and_read_back") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = Server::on(backend, &[]).await;
         let pk = server.keys.public_key.clone();
         let id = uuid::Uuid::new_v4().to_string();
         let (status, body) = post(
@@ -47,7 +40,7 @@ async fn single_and_batch_events_are_stored_and_read_back() {
         assert_eq!(body["accepted"], 25);
         assert_eq!(body["results"].as_array().unwrap().len(), 25);
 
-        let events = all_events(&server, "", 1000).await;
+        let events = server.all_events("", 1000).await;
         assert_eq!(events.len(), 26, "{backend:?}");
         let signup = events
             .iter()
@@ -74,15 +67,13 @@ async fn single_and_batch_events_are_stored_and_read_back() {
         // Newest first: the batch came after the signup.
         assert_eq!(events.last().unwrap()["event"], "signup");
         drop(server);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn a_bad_event_never_rejects_its_neighbours() {
     for backend in backends("a_bad_event_never_rejects_its_neighbours") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = Server::on(backend, &[]).await;
         let (status, body) = post(
             &server,
             &server.keys.public_key,
@@ -120,76 +111,84 @@ async fn a_bad_event_never_rejects_its_neighbours() {
                 assert!(r[i]["reason"].as_str().is_some_and(|s| !s.is_empty()));
             }
         }
-        let names: Vec<String> = all_events(&server, "", 100)
+        let names: Vec<String> = server
+            .all_events("", 100)
             .await
             .iter()
             .map(|e| e["event"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(names, vec!["ok-5", "ok-1"], "{backend:?}");
         drop(server);
-        db.drop_db().await;
     }
+}
+
+/// `POST /api/v1/events` with the first project's public key, `headers`
+/// and a raw `body`.
+async fn post_raw(app: &InProcess, headers: &[(&str, &str)], body: impl Into<Vec<u8>>) -> Answer {
+    let mut all = vec![("X-API-Key", app.keys.public_key.as_str())];
+    all.extend_from_slice(headers);
+    app.send("POST", "/api/v1/events", &all, Some(body.into()))
+        .await
 }
 
 #[tokio::test]
 async fn a_single_invalid_event_is_a_400_naming_the_field() {
-    let server = sqlite_server(&[]).await;
-    let (status, body) = post(
-        &server,
-        &server.keys.public_key,
-        json!({"event": "x", "timestamp": true}),
-    )
-    .await;
+    let app = InProcess::sqlite().await;
+    let (status, body) = app
+        .post_events(
+            &app.keys.public_key,
+            &[],
+            json!({"event": "x", "timestamp": true}),
+        )
+        .await;
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid_event");
     assert!(
         body["message"].as_str().unwrap().contains("timestamp"),
         "{body}"
     );
-    assert!(all_events(&server, "", 10).await.is_empty());
+    assert!(app.all_events("", 10).await.is_empty());
 }
 
 #[tokio::test]
 async fn oversize_bodies_and_batches_are_413_and_store_nothing() {
-    let server = sqlite_server(&[("ORRERY_INGEST__MAX_BATCH_EVENTS", "5")]).await;
-    let http = client();
+    let app = InProcess::on(Backend::Sqlite, |c| c.ingest.max_batch_events = 5).await;
+    let pk = app.keys.public_key.clone();
     // Over the 1 MiB body limit.
     let big = json!({"event": "big", "properties": {"blob": "x".repeat(1_100_000)}});
-    let resp = http
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .json(&big)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["code"], "payload_too_large");
+    let answer = post_raw(
+        &app,
+        &[("content-type", "application/json")],
+        big.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.json()["code"], "payload_too_large");
     // Over the batch limit.
     let batch: Vec<Value> = (0..6).map(|_| json!({"event": "e"})).collect();
-    let (status, body) = post(&server, &server.keys.public_key, json!({ "batch": batch })).await;
+    let (status, body) = app.post_events(&pk, &[], json!({ "batch": batch })).await;
     assert_eq!(status, 413);
     assert_eq!(body["code"], "batch_too_large");
     assert!(body["message"].as_str().unwrap().contains('5'));
     // One event over the per-event limit inside a good batch: only it fails.
-    let (status, body) = post(
-        &server,
-        &server.keys.public_key,
-        json!({"batch": [{"event": "small"}, {"event": "huge", "properties": {"s": "y".repeat(70_000)}}]}),
-    )
-    .await;
+    let (status, body) = app
+        .post_events(
+            &pk,
+            &[],
+            json!({"batch": [{"event": "small"}, {"event": "huge", "properties": {"s": "y".repeat(70_000)}}]}),
+        )
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body["results"][1]["status"], "rejected");
     assert_eq!(body["results"][1]["field"], "$");
-    let events = all_events(&server, "", 10).await;
+    let events = app.all_events("", 10).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0]["event"], "small");
 }
 
 #[tokio::test]
 async fn malformed_json_and_wrong_content_types_are_clear_4xx() {
-    let server = sqlite_server(&[]).await;
-    let http = client();
+    let app = InProcess::sqlite().await;
     let cases: [(&str, &str, u16, &str); 5] = [
         ("application/json", "{\"event\": ", 400, "invalid_json"),
         ("application/json", "[1,2", 400, "invalid_json"),
@@ -198,23 +197,18 @@ async fn malformed_json_and_wrong_content_types_are_clear_4xx() {
         ("application/json", "", 400, "invalid_json"),
     ];
     for (ctype, body, status, code) in cases {
-        let resp = http
-            .post(server.url("/api/v1/events"))
-            .header("X-API-Key", &server.keys.public_key)
-            .header("content-type", ctype)
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status().as_u16(), status, "{ctype} {body:?}");
-        let err: Value = resp.json().await.unwrap();
+        let answer = post_raw(&app, &[("content-type", ctype)], body).await;
+        assert_eq!(answer.status, status, "{ctype} {body:?}");
+        let err = answer.json();
         assert_eq!(err["code"], code, "{ctype} {body:?}: {err}");
         assert!(err["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
     // Still serving, nothing stored.
-    let (status, _) = post(&server, &server.keys.public_key, json!({"event": "after"})).await;
+    let (status, _) = app
+        .post_events(&app.keys.public_key, &[], json!({"event": "after"}))
+        .await;
     assert_eq!(status, 200);
-    assert_eq!(all_events(&server, "", 10).await.len(), 1);
+    assert_eq!(app.all_events("", 10).await.len(), 1);
 }
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
@@ -225,106 +219,79 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn gzip_bodies_are_accepted_and_zip_bombs_refused() {
-    let server = sqlite_server(&[]).await;
-    let http = client();
+    let app = InProcess::sqlite().await;
+    let gzipped_json = [
+        ("content-type", "application/json"),
+        ("content-encoding", "gzip"),
+    ];
     let batch: Vec<Value> = (0..50)
         .map(|i| json!({"event": "gz", "properties": {"i": i}}))
         .collect();
     let body = gzip(json!({ "batch": batch }).to_string().as_bytes());
-    let resp = http
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["accepted"], 50);
+    let answer = post_raw(&app, &gzipped_json, body).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["accepted"], 50);
 
     // 64 MiB of spaces around a valid event compress to ~64 KiB.
     let mut bomb = vec![b' '; 64 * 1024 * 1024];
     bomb[..14].copy_from_slice(b"{\"event\":\"b\"} ");
     let compressed = gzip(&bomb);
     assert!(compressed.len() < 1024 * 1024);
-    let resp = http
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .header("content-type", "application/json")
-        .header("content-encoding", "gzip")
-        .body(compressed)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    let v: Value = resp.json().await.unwrap();
+    let answer = post_raw(&app, &gzipped_json, compressed).await;
+    assert_eq!(answer.status, 413);
+    let v = answer.json();
     assert_eq!(v["code"], "payload_too_large");
     assert!(v["message"].as_str().unwrap().contains("decompressed"));
 
-    let resp = http
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .header("content-encoding", "gzip")
-        .header("content-type", "application/json")
-        .body("definitely not gzip")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["code"], "invalid_gzip");
+    let answer = post_raw(&app, &gzipped_json, "definitely not gzip").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["code"], "invalid_gzip");
 
-    let resp = http
-        .post(server.url("/api/v1/events"))
-        .header("X-API-Key", &server.keys.public_key)
-        .header("content-encoding", "br")
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 415);
-    assert_eq!(all_events(&server, "", 1000).await.len(), 50);
+    let brotli = [
+        ("content-encoding", "br"),
+        ("content-type", "application/json"),
+    ];
+    let answer = post_raw(&app, &brotli, "{}").await;
+    assert_eq!(answer.status, 415);
+    assert_eq!(app.all_events("", 1000).await.len(), 50);
 }
 
 #[tokio::test]
 async fn send_beacon_text_plain_with_key_in_body() {
-    let server = sqlite_server(&[]).await;
-    let body = json!({"api_key": server.keys.public_key, "batch": [{"event": "unload", "url": "https://x.test/"}]});
-    let resp = client()
-        .post(server.url("/api/v1/events"))
-        .header("content-type", "text/plain;charset=UTF-8")
-        .header("origin", "https://any-site.test")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let app = InProcess::sqlite().await;
+    let body = json!({"api_key": app.keys.public_key, "batch": [{"event": "unload", "url": "https://x.test/"}]});
+    let beacon = [
+        ("content-type", "text/plain;charset=UTF-8"),
+        ("origin", "https://any-site.test"),
+    ];
+    let answer = app
+        .send(
+            "POST",
+            "/api/v1/events",
+            &beacon,
+            Some(body.to_string().into()),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
     assert_eq!(
-        resp.headers()["access-control-allow-origin"],
-        "https://any-site.test",
+        answer.header("access-control-allow-origin"),
+        Some("https://any-site.test"),
         "ingestion allows any origin"
     );
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["accepted"], 1);
+    assert_eq!(answer.json()["accepted"], 1);
     // No key anywhere: 401.
-    let resp = client()
-        .post(server.url("/api/v1/events"))
-        .header("content-type", "text/plain")
-        .body(json!({"event": "x"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 401);
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["code"], "missing_key");
+    let text = [("content-type", "text/plain")];
+    let body = json!({"event": "x"}).to_string();
+    let answer = app
+        .send("POST", "/api/v1/events", &text, Some(body.into()))
+        .await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.json()["code"], "missing_key");
 }
 
 #[tokio::test]
 async fn pixel_always_answers_a_gif_and_records_what_it_can() {
-    let server = sqlite_server(&[]).await;
+    let server = Server::sqlite(&[]).await;
     let http = client();
     let pk = &server.keys.public_key;
     let cases = [
@@ -359,7 +326,7 @@ async fn pixel_always_answers_a_gif_and_records_what_it_can() {
         let bytes = resp.bytes().await.unwrap();
         assert!(bytes.starts_with(b"GIF89a"), "{path}");
     }
-    let events = all_events(&server, "", 100).await;
+    let events = server.all_events("", 100).await;
     assert_eq!(events.len(), 3, "{events:?}");
     let open = events
         .iter()
@@ -377,8 +344,7 @@ async fn pixel_always_answers_a_gif_and_records_what_it_can() {
 #[tokio::test]
 async fn duplicate_event_ids_are_stored_once() {
     for backend in backends("duplicate_event_ids_are_stored_once") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = Server::on(backend, &[]).await;
         let pk = server.keys.public_key.clone();
         let id = uuid::Uuid::new_v4().to_string();
         let (_, first) = post(&server, &pk, json!({"id": id, "event": "pay"})).await;
@@ -405,17 +371,15 @@ async fn duplicate_event_ids_are_stored_once() {
             ["accepted", "duplicate", "duplicate"],
             "{backend:?}"
         );
-        assert_eq!(all_events(&server, "", 100).await.len(), 2, "{backend:?}");
+        assert_eq!(server.all_events("", 100).await.len(), 2, "{backend:?}");
         drop(server);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn pagination_returns_every_event_exactly_once_and_filters_work() {
     for backend in backends("pagination_returns_every_event_exactly_once_and_filters_work") {
-        let db = TestDatabase::create(backend).await;
-        let server = Server::start(&db, &[]).await;
+        let server = Server::on(backend, &[]).await;
         let pk = server.keys.public_key.clone();
         let mut sent = Vec::new();
         for chunk in 0..5 {
@@ -432,7 +396,7 @@ async fn pagination_returns_every_event_exactly_once_and_filters_work() {
             let (status, _) = post(&server, &pk, json!({ "batch": batch })).await;
             assert_eq!(status, 200);
         }
-        let events = all_events(&server, "", 40).await;
+        let events = server.all_events("", 40).await;
         let got: Vec<String> = events
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_owned())
@@ -441,14 +405,16 @@ async fn pagination_returns_every_event_exactly_once_and_filters_work() {
         expected.reverse();
         assert_eq!(got, expected, "{backend:?}: every event once, newest first");
 
-        let buys = all_events(&server, "&event=buy", 7).await;
+        let buys = server.all_events("&event=buy", 7).await;
         assert_eq!(buys.len(), 84);
         assert!(buys.iter().all(|e| e["event"] == "buy"));
-        let u3 = all_events(&server, "&distinct_id=u3", 1000).await;
+        let u3 = server.all_events("&distinct_id=u3", 1000).await;
         assert_eq!(u3.len(), 36);
-        let s1 = all_events(&server, "&session_id=s1", 1000).await;
+        let s1 = server.all_events("&session_id=s1", 1000).await;
         assert_eq!(s1.len(), 63);
-        let window = all_events(&server, "&from=1795000010000&to=2026-11-18T11:07:00Z", 1000).await;
+        let window = server
+            .all_events("&from=1795000010000&to=2026-11-18T11:07:00Z", 1000)
+            .await;
         // 1795000010000 .. 1795000020000 (exclusive): n = 10..19.
         assert_eq!(window.len(), 10, "{backend:?}");
 
@@ -477,13 +443,12 @@ async fn pagination_returns_every_event_exactly_once_and_filters_work() {
             );
         }
         drop(server);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn http_hygiene_headers_cors_and_errors() {
-    let server = sqlite_server(&[("ORRERY_HTTP__CORS_ORIGINS", "[\"https://admin.test\"]")]).await;
+    let server = Server::sqlite(&[("ORRERY_HTTP__CORS_ORIGINS", "[\"https://admin.test\"]")]).await;
     let http = client();
     // Request ids: echoed or generated.
     let resp = http

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
 use std::process::Command;
 
-use orrery_tests::{Backend, Server, TestDatabase, orrery_bin, python_venv, repo};
+use orrery_tests::{Server, orrery_bin, python_venv, repo};
 use serde_json::Value;
 
 fn printed_spec() -> String {
@@ -91,8 +91,7 @@ async fn generated_python_client_works_against_the_gateway() {
     std::fs::create_dir_all(&pkg_root).unwrap();
     std::fs::rename(&client_dir, pkg_root.join("orrery_client")).unwrap();
 
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let run = Command::new(venv.join("bin/python"))
         .arg(repo().join("openapi/client_test.py"))
         .args([
@@ -178,8 +177,7 @@ fn readme_error_table_matches_the_document() {
 /// metric the README's `/metrics` row lists is exported.
 #[tokio::test]
 async fn readme_lists_the_exported_metrics() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(&db, &[]).await;
+    let server = Server::sqlite(&[]).await;
     let text = server.metrics_text().await;
     let exported: Vec<&str> = text
         .lines()

@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use orrery_tests::{
-    Backend, Server, TestDatabase, all_events, backends, client, dead_letter_stages,
-    silent_provider,
-};
+use orrery_tests::{Api, Backend, Server, backends, client, dead_letter_stages, silent_provider};
 use serde_json::{Value, json};
 
 const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
@@ -32,10 +29,10 @@ fn geoip_db() -> String {
 
 /// A server that trusts 127.0.0.1 as a proxy (so tests can choose the
 /// client IP with `X-Forwarded-For`) and has the test geoip database.
-async fn server(db: &TestDatabase) -> Server {
+async fn server(backend: Backend) -> Server {
     let geo = geoip_db();
-    Server::start(
-        db,
+    Server::on(
+        backend,
         &[
             ("ORRERY_HTTP__TRUSTED_PROXIES", "[\"127.0.0.1\"]"),
             ("ORRERY_PIPELINE__GEOIP_DATABASE", geo.as_str()),
@@ -49,7 +46,7 @@ async fn server(db: &TestDatabase) -> Server {
 async fn sessions_when(server: &Server, ready: impl Fn(&[Value]) -> bool) -> Value {
     let mut page = Value::Null;
     for _ in 0..100 {
-        let (status, body) = admin(server, "GET", "/sessions", None).await;
+        let (status, body) = server.admin("GET", "/sessions", None).await;
         assert_eq!(status, 200, "{body}");
         page = body;
         if ready(page["sessions"].as_array().unwrap()) {
@@ -67,15 +64,10 @@ async fn send(server: &Server, ip: &str, ua: &str, body: Value) -> (u16, Value) 
         .await
 }
 
-async fn admin(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    server.admin(method, path, body).await
-}
-
 #[tokio::test]
 async fn a_browser_pageview_is_fully_enriched_and_no_raw_ip_is_stored() {
     for backend in backends("a_browser_pageview_is_fully_enriched_and_no_raw_ip_is_stored") {
-        let db = TestDatabase::create(backend).await;
-        let server = server(&db).await;
+        let server = server(backend).await;
         let (status, body) = send(
             &server,
             LONDON_IP,
@@ -87,7 +79,7 @@ async fn a_browser_pageview_is_fully_enriched_and_no_raw_ip_is_stored() {
         .await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["accepted"], 1, "{body}");
-        let events = all_events(&server, "", 100).await;
+        let events = server.all_events("", 100).await;
         assert_eq!(events.len(), 1);
         let e = &events[0];
         let en = &e["enrichment"];
@@ -141,15 +133,13 @@ async fn a_browser_pageview_is_fully_enriched_and_no_raw_ip_is_stored() {
                 }
             }
         }
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn sessions_follow_the_inactivity_window_and_are_counted() {
     for backend in backends("sessions_follow_the_inactivity_window_and_are_counted") {
-        let db = TestDatabase::create(backend).await;
-        let server = server(&db).await;
+        let server = server(backend).await;
         let now = chrono::Utc::now().timestamp_millis();
         let t0 = now - 3_600_000;
         let min = 60_000;
@@ -173,7 +163,7 @@ async fn sessions_follow_the_inactivity_window_and_are_counted() {
         .await;
         assert_eq!(status, 200);
 
-        let events = all_events(&server, "", 100).await;
+        let events = server.all_events("", 100).await;
         let sid = |url: &str, ts: i64| -> String {
             events
                 .iter()
@@ -245,16 +235,14 @@ async fn sessions_follow_the_inactivity_window_and_are_counted() {
         assert_eq!(s2["events"], 2, "{s2}");
         assert_eq!(s2["pageviews"], 2);
         assert_eq!(s2["bounce"], false);
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Arc::new(server(&db).await);
+    let server = Arc::new(server(Backend::Sqlite).await);
 
-    let (status, p) = admin(&server, "GET", "/pipeline", None).await;
+    let (status, p) = server.admin("GET", "/pipeline", None).await;
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["is_default"], true);
     let names: Vec<&str> = p["stages"]
@@ -288,13 +276,9 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
         ),
         (json!([]), "stages"),
     ] {
-        let (status, err) = admin(
-            &server,
-            "PUT",
-            "/pipeline",
-            Some(json!({ "stages": stages })),
-        )
-        .await;
+        let (status, err) = server
+            .admin("PUT", "/pipeline", Some(json!({ "stages": stages })))
+            .await;
         assert_eq!(status, 400, "{stages} -> {err}");
         assert_eq!(err["code"], "invalid_pipeline", "{err}");
         assert!(
@@ -302,7 +286,9 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
             "{field}: {err}"
         );
     }
-    let (status, err) = admin(&server, "PUT", "/pipeline", Some(json!({"stages": "x"}))).await;
+    let (status, err) = server
+        .admin("PUT", "/pipeline", Some(json!({"stages": "x"})))
+        .await;
     assert_eq!(status, 400, "{err}");
 
     // Bot events flow from 4 clients while the pipeline changes.
@@ -324,17 +310,17 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, p) = admin(
-        &server,
-        "PUT",
-        "/pipeline",
-        Some(json!({"stages": [
-            {"plugin": "ip_hash"},
-            {"plugin": "user_agent", "config": {"drop_bots": true}},
-            {"plugin": "referrer", "on_error": "dead_letter", "timeout_ms": 200},
-        ]})),
-    )
-    .await;
+    let (status, p) = server
+        .admin(
+            "PUT",
+            "/pipeline",
+            Some(json!({"stages": [
+                {"plugin": "ip_hash"},
+                {"plugin": "user_agent", "config": {"drop_bots": true}},
+                {"plugin": "referrer", "on_error": "dead_letter", "timeout_ms": 200},
+            ]})),
+        )
+        .await;
     assert_eq!(status, 200, "{p}");
     assert_eq!(p["is_default"], false);
     assert_eq!(p["stages"][2]["on_error"], "dead_letter");
@@ -358,7 +344,7 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
     }
     assert!(accepted > 0 && dropped > 0, "{accepted} {dropped}");
     // Every acknowledged event is stored; no dropped one is.
-    let stored = all_events(&server, "&event=crawl", 1000).await;
+    let stored = server.all_events("&event=crawl", 1000).await;
     assert_eq!(stored.len() as u64, accepted);
     // A server-side sender (secret key) is not dropped as a bot.
     let resp = client()
@@ -372,25 +358,26 @@ async fn pipeline_changes_are_validated_and_apply_while_events_flow() {
     assert_eq!(body["accepted"], 1, "{body}");
 
     // Reset: the default pipeline again.
-    let (status, _) = admin(&server, "DELETE", "/pipeline", None).await;
+    let (status, _) = server.admin("DELETE", "/pipeline", None).await;
     assert_eq!(status, 204);
-    let (_, p) = admin(&server, "GET", "/pipeline", None).await;
+    let (_, p) = server.admin("GET", "/pipeline", None).await;
     assert_eq!(p["is_default"], true);
     let (status, _) = send(&server, LONDON_IP, GOOGLEBOT, json!({"event": "crawl2"})).await;
     assert_eq!(status, 200);
-    let crawl2 = all_events(&server, "&event=crawl2", 10).await;
+    let crawl2 = server.all_events("&event=crawl2", 10).await;
     assert_eq!(crawl2[0]["enrichment"]["country"], "GB");
 }
 
 #[tokio::test]
 async fn dead_letters_are_listed_and_replayed_once() {
     for backend in backends("dead_letters_are_listed_and_replayed_once") {
-        let db = TestDatabase::create(backend).await;
-        let server = server(&db).await;
+        let server = server(backend).await;
         let port = silent_provider().await;
         // geoip waits for a provider that never answers, past its stage's
         // 50 ms limit: every event of a public IP fails under dead_letter.
-        let (status, p) = admin(&server, "PUT", "/pipeline", Some(dead_letter_stages(port))).await;
+        let (status, p) = server
+            .admin("PUT", "/pipeline", Some(dead_letter_stages(port)))
+            .await;
         assert_eq!(status, 200, "{p}");
         let ids: Vec<String> = (0..3).map(|_| uuid::Uuid::new_v4().to_string()).collect();
         let batch: Vec<Value> = ids
@@ -400,20 +387,16 @@ async fn dead_letters_are_listed_and_replayed_once() {
         let (status, body) = send(&server, "8.8.8.8", CHROME, json!({ "batch": batch })).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["dead_lettered"], 3, "{body}");
-        assert!(all_events(&server, "", 100).await.is_empty());
+        assert!(server.all_events("", 100).await.is_empty());
 
-        let (status, page) = admin(&server, "GET", "/dead-letters?limit=2", None).await;
+        let (status, page) = server.admin("GET", "/dead-letters?limit=2", None).await;
         assert_eq!(status, 200, "{page}");
         let first = page["dead_letters"].as_array().unwrap().clone();
         assert_eq!(first.len(), 2);
         let cursor = page["next_cursor"].as_str().expect("a second page");
-        let (_, page2) = admin(
-            &server,
-            "GET",
-            &format!("/dead-letters?cursor={cursor}"),
-            None,
-        )
-        .await;
+        let (_, page2) = server
+            .admin("GET", &format!("/dead-letters?cursor={cursor}"), None)
+            .await;
         assert_eq!(page2["dead_letters"].as_array().unwrap().len(), 1);
         assert!(page2["next_cursor"].is_null());
         let d = &first[0];
@@ -429,38 +412,32 @@ async fn dead_letters_are_listed_and_replayed_once() {
         // Fixed pipeline: one replayed by id, then the rest. (A replay has
         // no request and so no IP: IP-derived fields kept in the payload
         // stay, and geoip finds nothing to look up.)
-        let (status, _) = admin(&server, "DELETE", "/pipeline", None).await;
+        let (status, _) = server.admin("DELETE", "/pipeline", None).await;
         assert_eq!(status, 204);
         let one = d["id"].as_str().unwrap();
-        let (status, r) = admin(
-            &server,
-            "POST",
-            "/dead-letters/replay",
-            Some(json!({"ids": [one]})),
-        )
-        .await;
+        let (status, r) = server
+            .admin("POST", "/dead-letters/replay", Some(json!({"ids": [one]})))
+            .await;
         assert_eq!(status, 200, "{r}");
         assert_eq!(
             (r["replayed"].as_u64(), r["accepted"].as_u64()),
             (Some(1), Some(1)),
             "{r}"
         );
-        let (_, r) = admin(&server, "POST", "/dead-letters/replay", Some(json!({}))).await;
+        let (_, r) = server
+            .admin("POST", "/dead-letters/replay", Some(json!({})))
+            .await;
         assert_eq!(
             (r["replayed"].as_u64(), r["accepted"].as_u64()),
             (Some(2), Some(2)),
             "{r}"
         );
-        let (_, r) = admin(
-            &server,
-            "POST",
-            "/dead-letters/replay",
-            Some(json!({"ids": [one]})),
-        )
-        .await;
+        let (_, r) = server
+            .admin("POST", "/dead-letters/replay", Some(json!({"ids": [one]})))
+            .await;
         assert_eq!(r["replayed"], 0, "closed ones are not replayed again: {r}");
 
-        let events = all_events(&server, "", 100).await;
+        let events = server.all_events("", 100).await;
         assert_eq!(events.len(), 3, "each stored once");
         let mut got: Vec<&str> = events.iter().map(|e| e["id"].as_str().unwrap()).collect();
         got.sort_unstable();
@@ -469,27 +446,27 @@ async fn dead_letters_are_listed_and_replayed_once() {
         assert_eq!(got, want);
         assert!(events[0]["ip_hash"].is_string());
 
-        let (_, open) = admin(&server, "GET", "/dead-letters", None).await;
+        let (_, open) = server.admin("GET", "/dead-letters", None).await;
         assert_eq!(open["dead_letters"].as_array().unwrap().len(), 0);
-        let (_, all) = admin(&server, "GET", "/dead-letters?include_replayed=true", None).await;
+        let (_, all) = server
+            .admin("GET", "/dead-letters?include_replayed=true", None)
+            .await;
         let all = all["dead_letters"].as_array().unwrap();
         assert_eq!(all.len(), 3);
         assert!(all.iter().all(|d| d["replayed_at"].is_string()));
 
-        let (status, err) = admin(&server, "GET", "/dead-letters?cursor=zz", None).await;
+        let (status, err) = server.admin("GET", "/dead-letters?cursor=zz", None).await;
         assert_eq!(
             (status, err["code"].as_str()),
             (400, Some("invalid_cursor"))
         );
-        db.drop_db().await;
     }
 }
 
 #[tokio::test]
 async fn insights_explain_summary_trend_and_anomaly_with_numbers() {
     for backend in backends("insights_explain_summary_trend_and_anomaly_with_numbers") {
-        let db = TestDatabase::create(backend).await;
-        let server = server(&db).await;
+        let server = server(backend).await;
         let hour = 3_600_000_i64;
         let day = 24 * hour;
         // As of 2026-11-20T12:30Z: yesterday is 2026-11-19, the last
@@ -530,13 +507,9 @@ async fn insights_explain_summary_trend_and_anomaly_with_numbers() {
             assert_eq!(status, 200, "{body}");
             assert_eq!(body["rejected"], 0, "{body}");
         }
-        let (status, out) = admin(
-            &server,
-            "POST",
-            "/insights/generate?at=2026-11-20T12:30:00Z",
-            None,
-        )
-        .await;
+        let (status, out) = server
+            .admin("POST", "/insights/generate?at=2026-11-20T12:30:00Z", None)
+            .await;
         assert_eq!(status, 200, "{out}");
         let insights = out["insights"].as_array().unwrap();
         let find = |key: &str| {
@@ -574,23 +547,20 @@ async fn insights_explain_summary_trend_and_anomaly_with_numbers() {
         );
         assert_eq!(anomaly["metadata"]["direction"], "spike");
         // Generating again replaces instead of duplicating.
-        let (_, again) = admin(
-            &server,
-            "POST",
-            "/insights/generate?at=2026-11-20T12:30:00Z",
-            None,
-        )
-        .await;
+        let (_, again) = server
+            .admin("POST", "/insights/generate?at=2026-11-20T12:30:00Z", None)
+            .await;
         assert_eq!(again["insights"].as_array().unwrap().len(), insights.len());
-        let (status, listed) = admin(&server, "GET", "/insights?kind=anomaly", None).await;
+        let (status, listed) = server.admin("GET", "/insights?kind=anomaly", None).await;
         assert_eq!(status, 200);
         assert_eq!(listed["insights"].as_array().unwrap().len(), 1, "{listed}");
-        let (status, err) = admin(&server, "POST", "/insights/generate?at=yesterday", None).await;
+        let (status, err) = server
+            .admin("POST", "/insights/generate?at=yesterday", None)
+            .await;
         assert_eq!(
             (status, err["code"].as_str()),
             (400, Some("invalid_parameter"))
         );
-        db.drop_db().await;
     }
 }
 
@@ -632,8 +602,7 @@ async fn an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_caus
     for backend in
         backends("an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_cause")
     {
-        let db = TestDatabase::create(backend).await;
-        let server = server(&db).await;
+        let server = server(backend).await;
         poison_trigger(&server, true).await;
         let batch = json!({"batch": [{"event": "a"}, {"event": "poison"}, {"event": "b"}]});
         let (status, body) = send(&server, "127.0.0.1", CHROME, batch).await;
@@ -649,7 +618,7 @@ async fn an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_caus
         let reason = body["results"][1]["reason"].as_str().unwrap();
         assert!(reason.starts_with("store: "), "{reason}");
         assert!(!reason.contains("poisoned"), "{reason}");
-        let (_, page) = admin(&server, "GET", "/dead-letters", None).await;
+        let (_, page) = server.admin("GET", "/dead-letters", None).await;
         let letters = page["dead_letters"].as_array().unwrap();
         assert_eq!(letters.len(), 1, "{page}");
         assert_eq!(letters[0]["plugin"], "store");
@@ -663,26 +632,31 @@ async fn an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_caus
 
         // Refused again on replay: that dead letter is closed and a new one
         // holds the new error.
-        let (status, out) = admin(&server, "POST", "/dead-letters/replay", Some(json!({}))).await;
+        let (status, out) = server
+            .admin("POST", "/dead-letters/replay", Some(json!({})))
+            .await;
         assert_eq!(status, 200, "{out}");
         assert_eq!(
             (&out["failed"], &out["replayed"]),
             (&json!(1), &json!(1)),
             "{out}"
         );
-        let (_, open) = admin(&server, "GET", "/dead-letters", None).await;
+        let (_, open) = server.admin("GET", "/dead-letters", None).await;
         assert_eq!(open["dead_letters"].as_array().unwrap().len(), 1, "{open}");
         assert_ne!(open["dead_letters"][0]["id"], letters[0]["id"]);
 
         // Once the database takes it, the replay stores it.
         poison_trigger(&server, false).await;
-        let (_, out) = admin(&server, "POST", "/dead-letters/replay", Some(json!({}))).await;
+        let (_, out) = server
+            .admin("POST", "/dead-letters/replay", Some(json!({})))
+            .await;
         assert_eq!(
             (&out["accepted"], &out["replayed"]),
             (&json!(1), &json!(1)),
             "{out}"
         );
-        let names: Vec<Value> = all_events(&server, "", 100)
+        let names: Vec<Value> = server
+            .all_events("", 100)
             .await
             .into_iter()
             .map(|e| e["event"].clone())
@@ -690,6 +664,5 @@ async fn an_event_the_database_refuses_is_dead_lettered_and_replayed_by_its_caus
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(names.contains(&json!("poison")));
         drop(server);
-        db.drop_db().await;
     }
 }

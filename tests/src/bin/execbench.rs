@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
-use orrery_tests::{Backend, Server, TestDatabase};
+use orrery_tests::Server;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
@@ -172,14 +172,10 @@ async fn ws_first_chunk(server: &Server, samples: usize) -> Result<String> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let db = TestDatabase::create(Backend::Sqlite).await;
-    let server = Server::start(
-        &db,
-        &[
-            ("ORRERY_EXECUTE__RATE_PER_MINUTE", "100000000"),
-            ("ORRERY_EXECUTE__MAX_QUEUED", "1000"),
-        ],
-    )
+    let server = Server::sqlite(&[
+        ("ORRERY_EXECUTE__RATE_PER_MINUTE", "100000000"),
+        ("ORRERY_EXECUTE__MAX_QUEUED", "1000"),
+    ])
     .await;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(

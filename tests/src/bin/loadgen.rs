@@ -19,9 +19,9 @@
 //! allocation per request. `--client reqwest` is there to compare.
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
+use orrery_tests::{Options, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -183,7 +184,7 @@ fn run_main(args: Args) -> Result<bool> {
 
 async fn async_main(args: Args) -> Result<bool> {
     let mut server = match &args.spawn {
-        Some(bin) => Some(Spawned::start(bin, &args).await?),
+        Some(bin) => Some(spawn(bin, &args).await?),
         None => None,
     };
     let result = drive(&args, server.as_ref()).await;
@@ -191,19 +192,19 @@ async fn async_main(args: Args) -> Result<bool> {
         Ok(r) => r,
         Err(err) => {
             if let Some(s) = server.as_mut() {
-                s.stop(false);
+                s.kill9();
             }
             return Err(err);
         }
     };
     if let Some(s) = server.as_mut() {
-        let graceful = s.stop(true);
+        let graceful = s.stop(Duration::from_secs(30)).is_some();
         if !graceful {
             println!("server did not stop gracefully");
         }
         if let Some(expected) = last_count.filter(|_| ok) {
             // The count again with the server stopped: nothing may change.
-            let after = s.count_events()?;
+            let after = s.stored_events()?;
             if after != expected {
                 println!("verify after shutdown: stored {after}, expected {expected} -> FAIL");
                 ok = false;
@@ -211,7 +212,6 @@ async fn async_main(args: Args) -> Result<bool> {
                 println!("verify after shutdown: stored {after} -> PASS");
             }
         }
-        s.cleanup();
     }
     Ok(ok)
 }
@@ -869,16 +869,16 @@ async fn writer_metrics(http: &reqwest::Client, base: &str) -> Option<WriterMetr
 
 /// Runs the load; returns whether verification passed (true if not asked)
 /// and the stored count of the verification.
-async fn drive(args: &Args, server: Option<&Spawned>) -> Result<(bool, Option<u64>)> {
+async fn drive(args: &Args, server: Option<&Server>) -> Result<(bool, Option<u64>)> {
     let (url, key) = match server {
-        Some(s) => (s.url.clone(), s.key.clone()),
+        Some(s) => (s.base.clone(), s.keys.public_key.clone()),
         None => (
             args.url.clone().expect("clap requires --url"),
             args.key.clone().expect("clap requires --key"),
         ),
     };
     let target = Arc::new(Target::new(&url, &key, args.forwarded_for.as_deref())?);
-    let server_pid = server.map(|s| s.child.id()).or(args.server_pid);
+    let server_pid = server.and_then(Server::pid).or(args.server_pid);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -1114,10 +1114,10 @@ enum Counter {
 }
 
 impl Counter {
-    fn new(args: &Args, server: Option<&Spawned>, target: &Target) -> Self {
+    fn new(args: &Args, server: Option<&Server>, target: &Target) -> Self {
         if let Some(s) = server {
             return Self::Cli {
-                bin: s.bin.clone(),
+                bin: s.bin().to_owned(),
                 data_dir: Some(s.data_dir.clone()),
                 database_url: args.database_url.clone(),
             };
@@ -1224,12 +1224,12 @@ async fn set_pipeline(
     http: &reqwest::Client,
     target: &Target,
     args: &Args,
-    server: Option<&Spawned>,
+    server: Option<&Server>,
     stages: &str,
 ) -> Result<()> {
     let stages: serde_json::Value = serde_json::from_str(stages).context("--stages is not JSON")?;
     let (secret, project) = match server {
-        Some(s) => (s.secret_key.clone(), s.project_id.clone()),
+        Some(s) => (s.keys.secret_key.clone(), s.keys.project_id.clone()),
         None => (
             args.secret_key
                 .clone()
@@ -1257,154 +1257,47 @@ async fn set_pipeline(
     Ok(())
 }
 
-struct Spawned {
-    bin: PathBuf,
-    child: Child,
-    data_dir: PathBuf,
-    temp: bool,
-    keep: bool,
-    database_url: Option<String>,
-    url: String,
-    key: String,
-    secret_key: String,
-    project_id: String,
-}
-
-impl Spawned {
-    async fn start(bin: &Path, args: &Args) -> Result<Self> {
-        let bin = std::fs::canonicalize(bin)
-            .with_context(|| format!("no orrery binary at {}", bin.display()))?;
-        if args.create_db {
-            let url = args
-                .database_url
-                .as_deref()
-                .ok_or_else(|| anyhow!("--create-db needs a postgres --database-url"))?;
-            create_database(url).await?;
-        }
-        let (data_dir, temp) = match &args.data_dir {
-            Some(d) => (d.clone(), false),
-            None => {
-                let nanos = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.subsec_nanos());
-                let d = std::env::temp_dir()
-                    .join(format!("orrery-loadgen-{}-{nanos}", std::process::id()));
-                std::fs::create_dir_all(&d)?;
-                (d, true)
-            }
-        };
-        let db = args.database_url.as_deref();
-        let out = orrery_command(&bin, Some(&data_dir), db)
-            .args(["init", "--json"])
-            .env("ORRERY_LOG__FILTER", "warn")
-            .stderr(Stdio::inherit())
-            .output()
-            .context("running orrery init")?;
-        if !out.status.success() {
-            bail!("orrery init failed: {}", out.status);
-        }
-        let init = json_line(&out.stdout)?;
-        let key = init["public_key"]
-            .as_str()
-            .ok_or_else(|| anyhow!("orrery init --json printed no public_key: {init}"))?
-            .to_owned();
-        let secret_key = init["secret_key"].as_str().unwrap_or_default().to_owned();
-        let project_id = init["project_id"].as_str().unwrap_or_default().to_owned();
-
-        let mut cmd = orrery_command(&bin, Some(&data_dir), db);
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if std::env::var_os("ORRERY_LOG__FILTER").is_none() {
-            cmd.env("ORRERY_LOG__FILTER", "warn");
-        }
-        for kv in &args.envs {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| anyhow!("--env wants KEY=VALUE, got {kv}"))?;
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().context("starting orrery serve")?;
-        let stdout = child.stdout.take().expect("piped");
-        let (tx, rx) = std::sync::mpsc::channel::<String>();
-        std::thread::spawn(move || {
-            let mut first = Some(tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match first.take() {
-                    Some(tx) => {
-                        let _ = tx.send(line);
-                    }
-                    None => eprintln!("[orrery] {line}"),
-                }
-            }
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                bail!("orrery serve printed no listening line");
-            }
-        };
-        let url = line
-            .strip_prefix("orrery listening on ")
-            .ok_or_else(|| anyhow!("unexpected first line from orrery serve: {line}"))?
-            .trim()
-            .to_owned();
-        eprintln!(
-            "orrery-loadgen: spawned orrery (pid {}) at {url}, data dir {}{}",
-            child.id(),
-            data_dir.display(),
-            db.map(|u| format!(", database {u}")).unwrap_or_default()
-        );
-        Ok(Self {
-            bin,
-            child,
-            data_dir,
-            temp,
-            keep: args.keep,
-            database_url: args.database_url.clone(),
-            url,
-            key,
-            secret_key,
-            project_id,
+/// Starts `bin` on a fresh (or the given) data directory and database
+/// through the test harness's [`Server`], with `--env` and this process's
+/// `ORRERY_*` variables.
+async fn spawn(bin: &Path, args: &Args) -> Result<Server> {
+    if args.create_db {
+        let url = args
+            .database_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("--create-db needs a postgres --database-url"))?;
+        create_database(url).await?;
+    }
+    let env = args
+        .envs
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("--env wants KEY=VALUE, got {kv}"))
         })
-    }
-
-    fn count_events(&self) -> Result<u64> {
-        stats_events(
-            &self.bin,
-            Some(&self.data_dir),
-            self.database_url.as_deref(),
-        )
-    }
-
-    /// SIGTERM and wait (graceful), or kill; returns whether it exited in time.
-    fn stop(&mut self, graceful: bool) -> bool {
-        if graceful {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(self.child.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.child.try_wait() {
-                    return true;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-
-    fn cleanup(&self) {
-        if self.temp && !self.keep {
-            let _ = std::fs::remove_dir_all(&self.data_dir);
-        }
-    }
+        .collect::<Result<Vec<_>>>()?;
+    let server = Server::launch(Options {
+        bin: Some(bin.to_owned()),
+        data_dir: args.data_dir.clone(),
+        keep_data: args.keep,
+        database_url: args.database_url.clone(),
+        env,
+        inherit_orrery_env: true,
+        echo_stdout: true,
+    })
+    .await?;
+    eprintln!(
+        "orrery-loadgen: spawned orrery (pid {}) at {}, data dir {}{}",
+        server.pid().unwrap_or_default(),
+        server.base,
+        server.data_dir.display(),
+        args.database_url
+            .as_deref()
+            .map(|u| format!(", database {u}"))
+            .unwrap_or_default()
+    );
+    Ok(server)
 }
 
 /// Drops and creates the database named by a PostgreSQL URL.
