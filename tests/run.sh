@@ -5,7 +5,9 @@
 # - a Python virtualenv (openapi/.venv) with openapi-python-client, for the
 #   generated-client test, and schemathesis, for the property-based run over
 #   the spec and the check of real answers against it (tests/tests/contract.rs);
-# - the `orrery` binary, which the black-box tests in tests/ start.
+# - the `orrery` binary, which the black-box tests in tests/ start;
+# - the plugin SDK (sdk/), tested natively; its example and test plugins are
+#   built for wasm32-wasip2 by the tests that load them.
 #
 # PostgreSQL tests run when ORRERY_TEST_DATABASE_URL is set, e.g.
 #   ORRERY_TEST_DATABASE_URL=postgres://postgres@127.0.0.1/test tests/run.sh
@@ -25,4 +27,7 @@ fi
 export ORRERY_TEST_PYTHON_VENV="$PWD/openapi/.venv"
 
 cargo build --workspace --bins
+# The plugin SDK's own tests (natively); its components are built for
+# wasm32-wasip2 by the tests that load them (orrery_tests::plugin_component).
+cargo test --manifest-path sdk/Cargo.toml --quiet
 cargo test --workspace --no-fail-fast

@@ -113,6 +113,16 @@ pub struct PipelineConfig {
     /// sharing the database takes effect here too. Changes made through
     /// this instance take effect at once.
     pub reload_secs: u64,
+    /// Directory of custom plugins: `NAME.wasm` components, each with an
+    /// optional `NAME.toml` (`[config]`, `[limits]`). Loaded at start and
+    /// watched: added, changed and removed files take effect without a
+    /// restart. Unset: no directory (plugins may still be uploaded).
+    pub plugin_directory: Option<PathBuf>,
+    /// How often the plugin directory is scanned for changes, in ms.
+    pub plugin_watch_ms: u64,
+    /// Largest plugin accepted through the API (the code, before base64),
+    /// in bytes.
+    pub plugin_max_bytes: usize,
 }
 
 impl Default for PipelineConfig {
@@ -122,6 +132,9 @@ impl Default for PipelineConfig {
             geoip_database: None,
             geoip_asn_database: None,
             reload_secs: 10,
+            plugin_directory: None,
+            plugin_watch_ms: 1000,
+            plugin_max_bytes: 8 * 1024 * 1024,
         }
     }
 }

@@ -32,6 +32,16 @@ pub struct PluginLabel {
     pub plugin: String,
 }
 
+/// Labels of a custom plugin's faults.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginFaultLabel {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `fuel`, `wall_time`, `memory`, `trap`, `malformed`, `config` or
+    /// `suspended`.
+    pub fault: &'static str,
+}
+
 fn plugin_seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
 }
@@ -43,6 +53,14 @@ pub struct PluginMetrics {
     pub events: Family<PluginOutcomeLabel, Counter>,
     /// Seconds per plugin call on a batch.
     pub seconds: Family<PluginLabel, Histogram, fn() -> Histogram>,
+    /// Custom plugins' batches cut short, by plugin and fault.
+    pub faults: Family<PluginFaultLabel, Counter>,
+    /// Custom plugins' log lines over their rate, dropped.
+    pub log_dropped: Family<PluginLabel, Counter>,
+    /// Custom plugin instances (WASM) or workers (Python) started.
+    pub instances: Family<PluginLabel, Counter>,
+    /// Custom plugin components compiled (not found in the disk cache).
+    pub compilations: Counter,
 }
 
 impl Default for PluginMetrics {
@@ -50,6 +68,10 @@ impl Default for PluginMetrics {
         Self {
             events: Family::default(),
             seconds: Family::new_with_constructor(plugin_seconds),
+            faults: Family::default(),
+            log_dropped: Family::default(),
+            instances: Family::default(),
+            compilations: Counter::default(),
         }
     }
 }
@@ -67,6 +89,45 @@ impl PluginMetrics {
             "Duration of one plugin call on a batch",
             self.seconds.clone(),
         );
+        registry.register(
+            "orrery_plugin_faults",
+            "Custom plugin batches cut short, by fault (fuel, wall_time, memory, trap, malformed, config, suspended)",
+            self.faults.clone(),
+        );
+        registry.register(
+            "orrery_plugin_log_lines_dropped",
+            "Custom plugin log lines over the plugin's rate, dropped",
+            self.log_dropped.clone(),
+        );
+        registry.register(
+            "orrery_plugin_instances_started",
+            "Custom plugin instances (WASM) and workers (Python) started",
+            self.instances.clone(),
+        );
+        registry.register(
+            "orrery_plugin_compilations",
+            "Custom plugin components compiled (not found in the disk cache)",
+            self.compilations.clone(),
+        );
+    }
+
+    /// The fault counter of `plugin` for `fault`.
+    pub fn fault(&self, plugin: &str, fault: &'static str) -> Counter {
+        self.faults
+            .get_or_create(&PluginFaultLabel {
+                plugin: plugin.to_owned(),
+                fault,
+            })
+            .clone()
+    }
+
+    /// A per-plugin counter of `family`.
+    pub fn of(family: &Family<PluginLabel, Counter>, plugin: &str) -> Counter {
+        family
+            .get_or_create(&PluginLabel {
+                plugin: plugin.to_owned(),
+            })
+            .clone()
     }
 
     /// The series of one plugin, resolved once (no label lookups on the

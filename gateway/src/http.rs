@@ -367,6 +367,10 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                     // Modules come inline (base64) or uploaded.
                     let module = self.state.config.execute.wasm_module_bytes as usize;
                     (module / 3 * 4 + 64 * 1024).max(self.state.config.http.max_body_bytes)
+                } else if path == "/api/v1/plugins" || path.starts_with("/api/v1/plugins/") {
+                    // Plugin code comes base64 in JSON.
+                    let code = self.state.config.pipeline.plugin_max_bytes;
+                    (code / 3 * 4 + 64 * 1024).max(self.state.config.http.max_body_bytes)
                 } else {
                     self.state.config.http.max_body_bytes
                 };

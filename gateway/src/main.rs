@@ -71,6 +71,35 @@ enum Command {
     Openapi,
     /// Print the effective configuration, secrets hidden.
     Config,
+    /// Develop custom plugins without a server.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginCommand {
+    /// Run a plugin over sample events and print each verdict and changed
+    /// event, with timings.
+    Test {
+        /// The plugin (`NAME.wasm`; its `NAME.toml` beside it is read).
+        path: PathBuf,
+        /// Sample events, one JSON object per line, as sent to
+        /// `POST /api/v1/events`.
+        #[arg(long, value_name = "FILE.jsonl")]
+        events: PathBuf,
+        /// The config to run with (a JSON object), instead of the one in
+        /// `NAME.toml`.
+        #[arg(long, value_name = "JSON")]
+        config: Option<String>,
+    },
+    /// Check a plugin as an upload is checked: compiles, fits the plugin
+    /// world, accepts its config, passes a sample event.
+    Check {
+        /// The plugin (`NAME.wasm`; its `NAME.toml` beside it is read).
+        path: PathBuf,
+    },
 }
 
 fn init_logging(config: &Config) {
@@ -102,6 +131,23 @@ fn main() -> ExitCode {
     if let Command::Openapi = cli.command {
         println!("{}", orrery_gateway::openapi_json());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Plugin { command } = &cli.command {
+        let result = match command {
+            PluginCommand::Test {
+                path,
+                events,
+                config,
+            } => orrery_gateway::commands::plugin_test(path, events, config.as_deref()),
+            PluginCommand::Check { path } => orrery_gateway::commands::plugin_check(path),
+        };
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let overrides = CliOverrides {
         data_dir: cli.global.data_dir.clone(),
@@ -143,7 +189,7 @@ fn main() -> ExitCode {
                 print!("{}", settings::render(&config)?);
                 Ok(())
             }
-            Command::Openapi => unreachable!("handled above"),
+            Command::Openapi | Command::Plugin { .. } => unreachable!("handled above"),
         }
     });
     match result {

@@ -23,6 +23,9 @@ struct Cached {
     /// plugins' caches).
     stages: Option<Vec<StageSpec>>,
     loaded: Instant,
+    /// The custom plugins' generation it was built at: a plugin replaced
+    /// or removed since makes it stale.
+    generation: u64,
 }
 
 /// The pipelines of all projects.
@@ -70,14 +73,14 @@ impl Pipelines {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&project)
-            && c.loaded.elapsed() < self.reload
+            && self.fresh(c)
         {
             return Arc::clone(&c.pipeline);
         }
         let stale = {
             let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
             match cache.get_mut(&project) {
-                Some(c) if c.loaded.elapsed() < self.reload => return Arc::clone(&c.pipeline),
+                Some(c) if self.fresh(c) => return Arc::clone(&c.pipeline),
                 Some(c) => {
                     // Stale: this caller refreshes it, the others go on
                     // with the old one meanwhile.
@@ -89,6 +92,15 @@ impl Pipelines {
         };
         let fallback = stale.unwrap_or_else(|| Arc::clone(&self.default));
         self.load(store, project).await.unwrap_or(fallback)
+    }
+
+    /// The custom plugins' generation (0 without any).
+    fn generation(&self) -> u64 {
+        self.registry.custom().map_or(0, |c| c.generation())
+    }
+
+    fn fresh(&self, c: &Cached) -> bool {
+        c.loaded.elapsed() < self.reload && c.generation == self.generation()
     }
 
     async fn load(&self, store: &Store, project: Uuid) -> Option<Arc<Pipeline>> {
@@ -105,22 +117,33 @@ impl Pipelines {
             .unwrap_or_else(|e| e.into_inner())
             .get(&project)
             && c.stages == stages
+            && c.generation == self.generation()
         {
             return Some(Arc::clone(&c.pipeline));
         }
+        let generation = self.generation();
         let pipeline = match &stages {
             None => Arc::clone(&self.default),
             Some(list) => match self.registry.build(list) {
                 Ok(p) => Arc::new(p),
                 Err(error) => {
                     // Stored stages were valid when written; a plugin or
-                    // setting changed since. Keep the events flowing.
-                    warn!(%project, %error, "stored pipeline no longer builds; using the default");
-                    Arc::clone(&self.default)
+                    // setting changed since (a plugin file removed, say).
+                    // Keep the events flowing on the last pipeline built,
+                    // or else the default.
+                    let last = self
+                        .cache
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&project)
+                        .map(|c| Arc::clone(&c.pipeline));
+                    warn!(%project, %error, kept_last = last.is_some(),
+                        "stored pipeline no longer builds; keeping the last one built, or the default");
+                    last.unwrap_or_else(|| Arc::clone(&self.default))
                 }
             },
         };
-        self.set(project, stages, Arc::clone(&pipeline));
+        self.set_at(project, stages, Arc::clone(&pipeline), generation);
         Some(pipeline)
     }
 
@@ -135,6 +158,16 @@ impl Pipelines {
     /// Makes `pipeline`, built from `stages` (`None`: the default), the
     /// project's pipeline for the next batch.
     pub fn set(&self, project: Uuid, stages: Option<Vec<StageSpec>>, pipeline: Arc<Pipeline>) {
+        self.set_at(project, stages, pipeline, self.generation());
+    }
+
+    fn set_at(
+        &self,
+        project: Uuid,
+        stages: Option<Vec<StageSpec>>,
+        pipeline: Arc<Pipeline>,
+        generation: u64,
+    ) {
         self.cache
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -144,6 +177,7 @@ impl Pipelines {
                     pipeline,
                     stages,
                     loaded: Instant::now(),
+                    generation,
                 },
             );
     }

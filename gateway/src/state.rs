@@ -69,6 +69,8 @@ impl State {
         tokio::task::spawn_blocking(orrery_plugins::user_agent::warm_up)
             .await
             .context("warming up the user-agent parser")??;
+        let metrics = orrery_core::metrics::PluginMetrics::default();
+        let catalog = crate::custom_plugins::open(&config, &store, metrics.clone()).await?;
         let registry = orrery_plugins::Registry::new(
             &secret,
             orrery_plugins::RegistryConfig {
@@ -77,8 +79,9 @@ impl State {
                 geoip_asn_database: config.pipeline.geoip_asn_database.clone(),
             },
             Some(store.clone()),
-            orrery_core::metrics::PluginMetrics::default(),
-        );
+            metrics,
+        )
+        .with_custom(catalog);
         let pipelines = Pipelines::new(registry, Duration::from_secs(config.pipeline.reload_secs))
             .context("building the default pipeline (see [pipeline] in the configuration)")?;
         if config.pipeline.geoip_database.is_none() {

@@ -10,9 +10,13 @@
 //!   internal, other), UTM parameters, page host and path.
 //! - [`session`]: session ids from the visitor and an inactivity window.
 //!
+//! [`custom`] hosts users' own plugins (WebAssembly components) next to
+//! these.
+//!
 //! [`Registry`] builds a project's [`orrery_core::pipeline::Pipeline`]
 //! from its stage list; registration is one explicit line per plugin there.
 
+pub mod custom;
 pub mod geoip;
 pub mod ip_hash;
 pub mod referrer;

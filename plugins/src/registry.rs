@@ -18,6 +18,7 @@ use orrery_core::store::Store;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use crate::custom::Catalog;
 use crate::session::SessionTracker;
 use crate::{geoip, ip_hash, referrer, session, user_agent};
 
@@ -70,6 +71,7 @@ pub struct Registry {
     store: Option<Store>,
     sessions: Arc<SessionTracker>,
     metrics: PluginMetrics,
+    custom: Option<Arc<Catalog>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -95,7 +97,35 @@ impl Registry {
             store,
             sessions: Arc::new(SessionTracker::new()),
             metrics,
+            custom: None,
         }
+    }
+
+    /// Lets stages name the custom plugins of `catalog` too.
+    #[must_use]
+    pub fn with_custom(mut self, catalog: Arc<Catalog>) -> Self {
+        self.custom = Some(catalog);
+        self
+    }
+
+    /// The custom plugins, when there are any.
+    pub fn custom(&self) -> Option<&Arc<Catalog>> {
+        self.custom.as_ref()
+    }
+
+    /// Whether `name` is a plugin a stage may name.
+    pub fn knows(&self, name: &str) -> bool {
+        BUILT_IN.contains(&name) || self.custom.as_ref().is_some_and(|c| c.get(name).is_some())
+    }
+
+    /// Every plugin name a stage may use: the built-ins, then the custom
+    /// ones.
+    pub fn known(&self) -> Vec<String> {
+        let mut names: Vec<String> = BUILT_IN.iter().map(|&n| n.to_owned()).collect();
+        if let Some(c) = &self.custom {
+            names.extend(c.list().iter().map(|p| p.name.clone()));
+        }
+        names
     }
 
     /// The per-plugin metrics every pipeline reports to.
@@ -155,13 +185,13 @@ impl Registry {
                     ));
                 }
             };
-            let plugin = self.build_stage(spec).map_err(|e| match e {
+            let plugin = self.build_stage(spec, timeout).map_err(|e| match e {
                 StageError::Unknown => SpecError::new(
                     format!("stages[{i}].plugin"),
                     format!(
                         "unknown plugin `{}`; known: {}",
                         spec.plugin,
-                        BUILT_IN.join(", ")
+                        self.known().join(", ")
                     ),
                 ),
                 StageError::Config { field, reason } => SpecError::new(
@@ -183,7 +213,11 @@ impl Registry {
     }
 
     /// One plugin instance; the registration of every built-in plugin.
-    fn build_stage(&self, spec: &StageSpec) -> Result<Arc<dyn Plugin>, StageError> {
+    fn build_stage(
+        &self,
+        spec: &StageSpec,
+        timeout: Duration,
+    ) -> Result<Arc<dyn Plugin>, StageError> {
         let config = &spec.config;
         Ok(match spec.plugin.as_str() {
             ip_hash::NAME => Arc::new(ip_hash::IpHash::from_config(
@@ -211,7 +245,18 @@ impl Registry {
                 Arc::clone(&self.sessions),
                 self.store.clone(),
             )?),
-            _ => return Err(StageError::Unknown),
+            name => {
+                let custom = self.custom.as_ref().and_then(|c| Some((c, c.get(name)?)));
+                let Some((catalog, plugin)) = custom else {
+                    return Err(StageError::Unknown);
+                };
+                catalog
+                    .stage(&plugin, config, timeout)
+                    .map_err(|reason| StageError::Config {
+                        field: String::new(),
+                        reason,
+                    })?
+            }
         })
     }
 }

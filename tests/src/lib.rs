@@ -47,6 +47,38 @@ pub fn repo() -> PathBuf {
         .to_owned()
 }
 
+/// Builds the plugin SDK's components (`sdk/`: the examples and the test
+/// plugins) for `wasm32-wasip2`, once per process, with the `cargo` running
+/// the tests (and its `CARGO_TARGET_DIR`). Answers the path of component
+/// `name` (a crate name, e.g. `pii-redact`).
+///
+/// # Panics
+/// When the build fails (is the `wasm32-wasip2` target installed?).
+pub fn plugin_component(name: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let manifest = repo().join("sdk/Cargo.toml");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "--target", "wasm32-wasip2"])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .status()
+            .expect("run cargo");
+        assert!(
+            status.success(),
+            "building the plugin SDK failed (rustup target add wasm32-wasip2?)"
+        );
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo().join("sdk/target"));
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "no component {}", path.display());
+    path
+}
+
 /// The Python tools the tests use, pinned: the client generator and the
 /// property-based API tester (which brings `jsonschema`).
 pub const PYTHON_TOOLS: &[&str] = &["openapi-python-client==0.29.1", "schemathesis==4.32.5"];

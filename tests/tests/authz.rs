@@ -497,6 +497,11 @@ const KEY_SCOPED: &[&str] = &[
     "list_modules",
     "get_module",
     "delete_module",
+    "upload_plugin",
+    "list_plugins",
+    "get_plugin",
+    "replace_plugin",
+    "delete_plugin",
     "health",
     "health_ready",
     "health_db",
@@ -671,6 +676,24 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
         )
         .await;
     assert_eq!(events["events"].as_array().unwrap().len(), 0);
+    // Plugins are instance-wide: only an admin key reads or changes them.
+    for (method, path) in [
+        ("GET", "/api/v1/plugins"),
+        ("POST", "/api/v1/plugins"),
+        ("GET", "/api/v1/plugins/x"),
+        ("PUT", "/api/v1/plugins/x"),
+        ("DELETE", "/api/v1/plugins/x"),
+    ] {
+        for key in [&attacker_secret, &attacker_public, &attacker_execute] {
+            let body =
+                matches!(method, "POST" | "PUT").then(|| json!({"name": "x", "code": "AAAA"}));
+            let (status, answer) = server.call(method, path, key, body).await;
+            assert_eq!(
+                status, 403,
+                "{method} {path} with a non-admin key: {answer}"
+            );
+        }
+    }
     // WASM modules: another project's module is invisible.
     let wat = "(module (func (export \"_start\")))";
     let resp = client()

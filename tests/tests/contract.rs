@@ -576,6 +576,10 @@ async fn the_spec_states_the_limits_the_server_enforces() {
                         assert_eq!(any[0]["format"], "date-time", "{method} {path}");
                         assert!(any[1]["pattern"].is_string(), "{method} {path}");
                     }
+                    "name" if path.starts_with("/api/v1/plugins") => {
+                        assert_eq!(s["maxLength"], 64, "{method} {path}");
+                        assert!(s["pattern"].is_string(), "{method} {path}");
+                    }
                     "name" => assert_eq!(s["maxLength"], 100, "{method} {path}"),
                     _ => {}
                 }

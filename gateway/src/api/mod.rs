@@ -15,6 +15,7 @@ pub mod keys;
 pub mod ops;
 pub mod params;
 pub mod pipelines;
+pub mod plugins;
 pub mod projects;
 pub mod sessions;
 pub mod wasm_modules;
@@ -28,6 +29,8 @@ pub enum ApiTags {
     Events,
     /// A project's enrichment pipeline (admin).
     Pipelines,
+    /// Custom plugins: WebAssembly components loaded at run time (admin).
+    Plugins,
     /// Events that failed in the pipeline or the store, and their replay.
     DeadLetters,
     /// Summary, trend and anomaly insights.
@@ -60,6 +63,7 @@ resources!(
     events::EventsApi,
     sessions::SessionsApi,
     pipelines::PipelinesApi,
+    plugins::PluginsApi,
     dead_letters::DeadLettersApi,
     insights::InsightsApi,
     projects::ProjectsApi,
@@ -270,6 +274,9 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         ]),
         "replay_dead_letters" => codes.extend([E::QueueFull, E::ShuttingDown]),
         "put_pipeline" => codes.push(E::InvalidPipeline),
+        "upload_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
+        "replace_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
+        "delete_plugin" => codes.extend([E::PluginExists, E::PluginInUse]),
         "create_key" => codes.push(E::InvalidKeyKind),
         "revoke_key" | "rotate_key" => codes.push(E::LastAdminKey),
         "delete_project" => codes.extend([E::LastAdminKey, E::ProjectInUse]),

@@ -131,6 +131,97 @@ impl ToJSON for Name {
     }
 }
 
+/// A custom plugin's name, as pipelines name it: 1 to 64 of `a-z`, `0-9`,
+/// `_` and `-`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginName(pub String);
+
+scalar_type!(PluginName, String, "string(plugin-name)", {
+    let mut s = MetaSchema::new("string");
+    s.min_length = Some(1);
+    s.max_length = Some(orrery_plugins::custom::catalog::MAX_NAME_CHARS);
+    s.pattern = Some(r"^[a-z][a-z0-9_-]*$".to_owned());
+    s.description = Some("1 to 64 of a-z, 0-9, `_` and `-`, starting with a letter");
+    s
+});
+
+impl ParseFromJSON for PluginName {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => orrery_plugins::custom::catalog::check_name(&s)
+                .map(|()| Self(s))
+                .map_err(|e| ParseError::custom(format!("`name`: {e}"))),
+            Some(Value::Null) | None => Err(ParseError::custom("`name` is required")),
+            Some(other) => Err(ParseError::custom(format!(
+                "`name` must be a string, not {}",
+                json_type(&other)
+            ))),
+        }
+    }
+}
+
+impl ParseFromParameter for PluginName {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        orrery_plugins::custom::catalog::check_name(value)
+            .map(|()| Self(value.to_owned()))
+            .map_err(ParseError::custom)
+    }
+}
+
+impl ToJSON for PluginName {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// Bytes as base64 text (standard alphabet, padded): a JSON string of at
+/// least one character.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base64(pub Vec<u8>);
+
+scalar_type!(Base64, Vec<u8>, "string(base64)", {
+    let mut s = MetaSchema::new("string");
+    s.min_length = Some(4);
+    s.pattern = Some(
+        r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})$"
+            .to_owned(),
+    );
+    s.description = Some("bytes, base64 (standard alphabet, padded)");
+    s
+});
+
+impl ParseFromJSON for Base64 {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        use base64::Engine;
+        match value {
+            Some(Value::String(s)) => base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| ParseError::custom(format!("not base64: {e}")))
+                .and_then(|bytes| {
+                    if bytes.is_empty() {
+                        Err(ParseError::custom("must not be empty"))
+                    } else {
+                        Ok(Self(bytes))
+                    }
+                }),
+            Some(Value::Null) | None => Err(ParseError::custom("is required")),
+            Some(other) => Err(ParseError::custom(format!(
+                "must be a base64 string, not {}",
+                json_type(&other)
+            ))),
+        }
+    }
+}
+
+impl ToJSON for Base64 {
+    fn to_json(&self) -> Option<Value> {
+        use base64::Engine;
+        Some(Value::String(
+            base64::engine::general_purpose::STANDARD.encode(&self.0),
+        ))
+    }
+}
+
 /// A JSON string, and only a string: poem-openapi's `String` would take
 /// `5` or `true` as `"5"` and `"true"`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]

@@ -24,6 +24,7 @@ mod output;
 mod run;
 mod store;
 
+pub use run::{Limiter, sealed_wasi};
 pub use store::{ModuleInfo, ModuleStore, ModuleStoreConfig};
 
 use std::sync::Arc;
@@ -191,6 +192,14 @@ impl WasmRuntime {
                 ticker_stop,
             }),
         })
+    }
+
+    /// The engine (fuel, epoch interruption, component model), whose epoch
+    /// this runtime's ticker advances every `epoch_tick`. Orrery's
+    /// WebAssembly plugins run on it too: one engine configuration.
+    #[must_use]
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
     }
 
     /// The configured maximum limits.

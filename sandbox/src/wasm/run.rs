@@ -36,11 +36,32 @@ enum Stop {
     Cancelled,
 }
 
-/// Memory and table caps that remember which one refused a grow.
-pub(crate) struct Limiter {
+/// Memory and table caps that remember which one refused a grow: a
+/// store's `ResourceLimiter`, for the execution service and for Orrery's
+/// WebAssembly plugins alike.
+#[derive(Debug, Clone)]
+pub struct Limiter {
     memory: usize,
     table: usize,
     hit: Option<Limit>,
+}
+
+impl Limiter {
+    /// Caps linear memory at `memory_bytes` and tables at `table_elements`.
+    #[must_use]
+    pub fn new(memory_bytes: u64, table_elements: u32) -> Self {
+        Self {
+            memory: usize::try_from(memory_bytes).unwrap_or(usize::MAX),
+            table: table_elements as usize,
+            hit: None,
+        }
+    }
+
+    /// The cap a grow ran into, if any.
+    #[must_use]
+    pub fn hit(&self) -> Option<Limit> {
+        self.hit
+    }
 }
 
 impl ResourceLimiter for Limiter {
@@ -111,6 +132,22 @@ struct Io {
     budget: Arc<Budget>,
 }
 
+/// A WASI context that grants nothing: no preopened directory, no
+/// environment, no arguments, no network (TCP, UDP and name lookups are
+/// refused), stdin empty, stdout and stderr discarded; clocks and random
+/// numbers remain, as the standard library needs them. The execution
+/// service adds arguments, stdin and captured output to it; plugins use it
+/// as it is.
+#[must_use]
+pub fn sealed_wasi() -> WasiCtxBuilder {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder
+}
+
 /// A WASI context with arguments and stdin, captured output, and nothing
 /// else: no preopened directory, no environment, no network.
 fn wasi(ctx: &RunContext<'_>) -> (WasiCtxBuilder, Io) {
@@ -120,25 +157,18 @@ fn wasi(ctx: &RunContext<'_>) -> (WasiCtxBuilder, Io) {
         stderr: OutputSink::new(Stream::Stderr, budget.clone(), ctx.chunks.clone()),
         budget,
     };
-    let mut builder = WasiCtxBuilder::new();
+    let mut builder = sealed_wasi();
     builder
         .stdin(MemoryInputPipe::new(ctx.request.stdin.clone()))
         .stdout(io.stdout.clone())
         .stderr(io.stderr.clone())
         .arg("main")
-        .args(&ctx.request.args)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+        .args(&ctx.request.args);
     (builder, io)
 }
 
 fn limiter(limits: &Limits) -> Limiter {
-    Limiter {
-        memory: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-        table: limits.table_elements as usize,
-        hit: None,
-    }
+    Limiter::new(limits.memory_bytes, limits.table_elements)
 }
 
 /// Fuel, and an epoch callback (every tick) that ends the guest at its

@@ -10,6 +10,7 @@ mod m20261123_000005_create_pipelines;
 mod m20261123_000006_create_sessions;
 mod m20261123_000007_create_insights;
 mod m20261123_000008_create_session_marks;
+mod m20261203_000009_create_plugins;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000006_create_sessions::Migration),
             Box::new(m20261123_000007_create_insights::Migration),
             Box::new(m20261123_000008_create_session_marks::Migration),
+            Box::new(m20261203_000009_create_plugins::Migration),
         ]
     }
 }
