@@ -256,9 +256,12 @@ async fn stored_pipelines_round_trip_and_reset() {
             {"plugin": "session", "config": {"inactivity_minutes": 5}, "on_error": "dead_letter", "timeout_ms": 20}
         ]))
         .unwrap();
-        store.put_pipeline(project.id, &stages).await.unwrap();
-        store.put_pipeline(project.id, &stages[..1]).await.unwrap();
-        store.put_pipeline(project.id, &stages).await.unwrap();
+        store.put_pipeline(project.id, &stages, &[]).await.unwrap();
+        store
+            .put_pipeline(project.id, &stages[..1], &[])
+            .await
+            .unwrap();
+        store.put_pipeline(project.id, &stages, &[]).await.unwrap();
         let got = store.get_pipeline(project.id).await.unwrap().unwrap();
         assert_eq!(got.stages, stages);
         store.delete_pipeline(project.id).await.unwrap();

@@ -175,34 +175,11 @@ impl Registry {
                     format!("`{}` may appear only once, first", ip_hash::NAME),
                 ));
             }
-            let timeout = match spec.timeout_ms {
-                None => self.config.timeout,
-                Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Duration::from_millis(ms),
-                Some(_) => {
-                    return Err(SpecError::new(
-                        format!("stages[{i}].timeout_ms"),
-                        format!("must be between 1 and {MAX_TIMEOUT_MS}"),
-                    ));
-                }
-            };
-            let plugin = self.build_stage(spec, timeout).map_err(|e| match e {
-                StageError::Unknown => SpecError::new(
-                    format!("stages[{i}].plugin"),
-                    format!(
-                        "unknown plugin `{}`; known: {}",
-                        spec.plugin,
-                        self.known().join(", ")
-                    ),
-                ),
-                StageError::Config { field, reason } => SpecError::new(
-                    if field.is_empty() {
-                        format!("stages[{i}].config")
-                    } else {
-                        format!("stages[{i}].config.{field}")
-                    },
-                    reason,
-                ),
-            })?;
+            let at = format!("stages[{i}]");
+            let timeout = self.stage_timeout(spec, &at)?;
+            let plugin = self
+                .build_stage(spec, timeout)
+                .map_err(|e| self.stage_error(e, spec, &at))?;
             built.push(Stage {
                 plugin,
                 on_error: spec.on_error,
@@ -210,6 +187,77 @@ impl Registry {
             });
         }
         Ok(Pipeline::new(built).with_metrics(self.metrics.clone()))
+    }
+
+    /// Builds the query pipeline of `stages`: plugins run on events as they
+    /// are read. Its stages name custom plugins only (the built-ins enrich
+    /// at ingestion), and `dead_letter` has no meaning on a read. Fields are
+    /// named `query_stages[i]...`.
+    ///
+    /// # Errors
+    /// [`SpecError`] naming the first invalid field.
+    pub fn build_query(&self, stages: &[StageSpec]) -> Result<Pipeline, SpecError> {
+        let mut built = Vec::with_capacity(stages.len());
+        for (i, spec) in stages.iter().enumerate() {
+            if BUILT_IN.contains(&spec.plugin.as_str()) {
+                return Err(SpecError::new(
+                    format!("query_stages[{i}].plugin"),
+                    format!(
+                        "`{}` is a built-in plugin, which enriches at ingestion; query stages \
+                         name custom plugins",
+                        spec.plugin
+                    ),
+                ));
+            }
+            if spec.on_error == OnError::DeadLetter {
+                return Err(SpecError::new(
+                    format!("query_stages[{i}].on_error"),
+                    "must be `skip` or `drop`: a read has no dead letters",
+                ));
+            }
+            let timeout = self.stage_timeout(spec, &format!("query_stages[{i}]"))?;
+            let plugin = self
+                .build_stage(spec, timeout)
+                .map_err(|e| self.stage_error(e, spec, &format!("query_stages[{i}]")))?;
+            built.push(Stage {
+                plugin,
+                on_error: spec.on_error,
+                timeout,
+            });
+        }
+        Ok(Pipeline::new(built).with_metrics(self.metrics.clone()))
+    }
+
+    fn stage_timeout(&self, spec: &StageSpec, at: &str) -> Result<Duration, SpecError> {
+        match spec.timeout_ms {
+            None => Ok(self.config.timeout),
+            Some(ms) if (1..=MAX_TIMEOUT_MS).contains(&ms) => Ok(Duration::from_millis(ms)),
+            Some(_) => Err(SpecError::new(
+                format!("{at}.timeout_ms"),
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            )),
+        }
+    }
+
+    fn stage_error(&self, e: StageError, spec: &StageSpec, at: &str) -> SpecError {
+        match e {
+            StageError::Unknown => SpecError::new(
+                format!("{at}.plugin"),
+                format!(
+                    "unknown plugin `{}`; known: {}",
+                    spec.plugin,
+                    self.known().join(", ")
+                ),
+            ),
+            StageError::Config { field, reason } => SpecError::new(
+                if field.is_empty() {
+                    format!("{at}.config")
+                } else {
+                    format!("{at}.config.{field}")
+                },
+                reason,
+            ),
+        }
     }
 
     /// One plugin instance; the registration of every built-in plugin.

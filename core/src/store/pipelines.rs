@@ -14,6 +14,8 @@ use crate::pipeline::StageSpec;
 pub struct StoredPipeline {
     /// The stages, in order.
     pub stages: Vec<StageSpec>,
+    /// The query stages (run on events as they are read), in order.
+    pub query_stages: Vec<StageSpec>,
     /// Last change, ms.
     pub updated_at: i64,
 }
@@ -30,15 +32,19 @@ impl Store {
         else {
             return Ok(None);
         };
-        let stages = serde_json::from_value(row.stages)
-            .map_err(|e| StoreError::Db(sea_orm::DbErr::Json(e.to_string())))?;
+        let parse = |v: serde_json::Value| {
+            serde_json::from_value::<Vec<StageSpec>>(v)
+                .map_err(|e| StoreError::Db(sea_orm::DbErr::Json(e.to_string())))
+        };
         Ok(Some(StoredPipeline {
-            stages,
+            stages: parse(row.stages)?,
+            query_stages: row.query_stages.map(parse).transpose()?.unwrap_or_default(),
             updated_at: row.updated_at,
         }))
     }
 
-    /// Stores the project's pipeline, replacing any earlier one.
+    /// Stores the project's pipeline (its stages and query stages),
+    /// replacing any earlier one.
     ///
     /// # Errors
     /// The database error.
@@ -46,19 +52,25 @@ impl Store {
         &self,
         project: Uuid,
         stages: &[StageSpec],
+        query_stages: &[StageSpec],
     ) -> Result<StoredPipeline, StoreError> {
         let now = now_ms();
-        let json = serde_json::to_value(stages)
-            .map_err(|e| StoreError::Db(sea_orm::DbErr::Json(e.to_string())))?;
+        let json = |s: &[StageSpec]| {
+            serde_json::to_value(s).map_err(|e| StoreError::Db(sea_orm::DbErr::Json(e.to_string())))
+        };
         project_pipeline::Entity::insert(project_pipeline::ActiveModel {
             project_id: Set(project),
-            stages: Set(json),
+            stages: Set(json(stages)?),
+            query_stages: Set((!query_stages.is_empty())
+                .then(|| json(query_stages))
+                .transpose()?),
             updated_at: Set(now),
         })
         .on_conflict(
             OnConflict::column(project_pipeline::Column::ProjectId)
                 .update_columns([
                     project_pipeline::Column::Stages,
+                    project_pipeline::Column::QueryStages,
                     project_pipeline::Column::UpdatedAt,
                 ])
                 .to_owned(),
@@ -67,6 +79,7 @@ impl Store {
         .await?;
         Ok(StoredPipeline {
             stages: stages.to_vec(),
+            query_stages: query_stages.to_vec(),
             updated_at: now,
         })
     }

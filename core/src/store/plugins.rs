@@ -128,7 +128,8 @@ impl Store {
         Ok(done.rows_affected > 0)
     }
 
-    /// The projects whose stored pipeline has a stage naming `plugin`.
+    /// The projects whose stored pipeline has a stage (or query stage)
+    /// naming `plugin`.
     ///
     /// # Errors
     /// The database error.
@@ -137,11 +138,14 @@ impl Store {
         Ok(rows
             .into_iter()
             .filter(|row| {
-                row.stages.as_array().is_some_and(|stages| {
-                    stages
-                        .iter()
-                        .any(|s| s.get("plugin").and_then(Value::as_str) == Some(plugin))
-                })
+                let names = |list: &Value| {
+                    list.as_array().is_some_and(|stages| {
+                        stages
+                            .iter()
+                            .any(|s| s.get("plugin").and_then(Value::as_str) == Some(plugin))
+                    })
+                };
+                names(&row.stages) || row.query_stages.as_ref().is_some_and(names)
             })
             .map(|row| row.project_id)
             .collect())

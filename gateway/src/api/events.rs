@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
+use orrery_core::event::Event;
 use orrery_core::store::EventFilter;
-use orrery_core::store::events::StoredEvent;
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
@@ -59,9 +59,8 @@ pub struct EventPageOut {
     pub next_cursor: Option<String>,
 }
 
-impl From<StoredEvent> for EventOut {
-    fn from(s: StoredEvent) -> Self {
-        let e = s.event;
+impl From<Event> for EventOut {
+    fn from(e: Event) -> Self {
         Self {
             id: e.id,
             event: e.name,
@@ -137,8 +136,20 @@ impl EventsApi {
             .store
             .query_events(project_id.0, &filter, limit)
             .await?;
+        let events: Vec<Event> = page.events.into_iter().map(|s| s.event).collect();
+        // The project's query stages see each event as it is read; the
+        // cursor still follows the stored rows, so paging is unchanged (a
+        // page may hold fewer events than `limit`).
+        let events = match state
+            .pipelines
+            .query_for_project(&state.store, project)
+            .await
+        {
+            Some(query) => crate::pipelines::read_through(&query, events).await,
+            None => events,
+        };
         Ok(Json(EventPageOut {
-            events: page.events.into_iter().map(Into::into).collect(),
+            events: events.into_iter().map(Into::into).collect(),
             next_cursor: page
                 .next_before_seq
                 .map(|seq| state.cursors.seal_seq(CursorKind::Events, project, seq)),

@@ -79,11 +79,18 @@ pub struct StageDto {
 
 impl From<StageDto> for StageSpec {
     fn from(d: StageDto) -> Self {
-        Self {
-            plugin: d.plugin.0,
-            config: d.config.unwrap_or_default().into_iter().collect(),
-            on_error: d.on_error.take().map(Into::into).unwrap_or_default(),
-            timeout_ms: d.timeout_ms,
+        d.into_spec(OnError::Skip)
+    }
+}
+
+impl StageDto {
+    /// The stage, with `on_error` defaulting to `default` when absent.
+    fn into_spec(self, default: OnError) -> StageSpec {
+        StageSpec {
+            plugin: self.plugin.0,
+            config: self.config.unwrap_or_default().into_iter().collect(),
+            on_error: self.on_error.take().map(Into::into).unwrap_or(default),
+            timeout_ms: self.timeout_ms,
         }
     }
 }
@@ -127,6 +134,9 @@ impl From<StageSpec> for StageDto {
 pub struct PipelineOut {
     /// The stages, in order.
     pub stages: Vec<StageDto>,
+    /// The query stages, in order: custom plugins run on the project's
+    /// events as they are read (events and sessions lists).
+    pub query_stages: Vec<StageDto>,
     /// Whether these are the instance's default stages (the project has
     /// none of its own).
     pub is_default: bool,
@@ -140,6 +150,49 @@ pub struct PipelineOut {
 pub struct PipelineIn {
     /// The stages, in order (1 to 32); the first must be `ip_hash`.
     pub stages: Vec<StageDto>,
+    /// Query stages (0 to 32): custom plugins run on the project's events
+    /// as they are read through the events and sessions lists, e.g. to
+    /// redact properties. An event a query stage drops is not shown;
+    /// `on_error` is `skip` or `drop` and defaults to `drop` here, so that
+    /// a failing redaction hides the event instead of showing it whole.
+    pub query_stages: Option<Vec<StageDto>>,
+}
+
+/// Checks a stage list's size, `on_error` values and credentials, and
+/// reads it with `on_error` defaulting to `default`. Fields are named
+/// `list[i]...`.
+fn stage_list(
+    list: &str,
+    dtos: Vec<StageDto>,
+    default: OnError,
+) -> Result<Vec<StageSpec>, ApiError> {
+    if dtos.len() > MAX_STAGES {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidPipeline,
+            format!("{list}: at most {MAX_STAGES} stages"),
+        ));
+    }
+    if let Some(i) = dtos.iter().position(|s| s.on_error.is_null()) {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidBody,
+            format!(
+                "`{list}[{i}].on_error` must be `skip`, `drop` or `dead_letter`, not null \
+                 (leave it out for the default)"
+            ),
+        ));
+    }
+    let specs: Vec<StageSpec> = dtos.into_iter().map(|d| d.into_spec(default)).collect();
+    for (i, st) in specs.iter().enumerate() {
+        for (k, v) in &st.config {
+            if is_credential(k) && v.as_str() == Some(REDACTED) {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidPipeline,
+                    format!("{list}[{i}].config.{k}: send the credential itself, not `{REDACTED}`"),
+                ));
+            }
+        }
+    }
+    Ok(specs)
 }
 
 /// Answer of `reset_pipeline`.
@@ -176,6 +229,7 @@ impl PipelinesApi {
         Ok(Json(match state.store.get_pipeline(project_id.0).await? {
             Some(stored) => PipelineOut {
                 stages: stored.stages.into_iter().map(Into::into).collect(),
+                query_stages: stored.query_stages.into_iter().map(Into::into).collect(),
                 is_default: false,
                 updated_at: Some(rfc3339_ms(stored.updated_at)),
             },
@@ -184,6 +238,7 @@ impl PipelinesApi {
                     .into_iter()
                     .map(Into::into)
                     .collect(),
+                query_stages: Vec::new(),
                 is_default: true,
                 updated_at: None,
             },
@@ -212,45 +267,28 @@ impl PipelinesApi {
         let state = app_state(req);
         auth.0.require_project(project_id.0)?;
         state.store.get_project(project_id.0).await?;
-        if body.0.stages.len() > MAX_STAGES {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidPipeline,
-                format!("stages: at most {MAX_STAGES} stages"),
-            ));
-        }
-        if let Some(i) = body.0.stages.iter().position(|s| s.on_error.is_null()) {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidBody,
-                format!(
-                    "`stages[{i}].on_error` must be `skip`, `drop` or `dead_letter`, not null \
-                     (leave it out for `skip`)"
-                ),
-            ));
-        }
-        let stages: Vec<StageSpec> = body.0.stages.into_iter().map(Into::into).collect();
-        for (i, st) in stages.iter().enumerate() {
-            for (k, v) in &st.config {
-                if is_credential(k) && v.as_str() == Some(REDACTED) {
-                    return Err(ApiError::bad_request(
-                        ErrorCode::InvalidPipeline,
-                        format!(
-                            "stages[{i}].config.{k}: send the credential itself, not `{REDACTED}`"
-                        ),
-                    ));
-                }
-            }
-        }
-        let pipeline = state
+        let body = body.0;
+        let stages = stage_list("stages", body.stages, OnError::Skip)?;
+        let query_stages = stage_list(
+            "query_stages",
+            body.query_stages.unwrap_or_default(),
+            OnError::Drop,
+        )?;
+        let built = state
             .pipelines
-            .build(&stages)
+            .build(&stages, &query_stages)
             .map_err(|e| ApiError::bad_request(ErrorCode::InvalidPipeline, e.to_string()))?;
-        let stored = state.store.put_pipeline(project_id.0, &stages).await?;
+        let stored = state
+            .store
+            .put_pipeline(project_id.0, &stages, &query_stages)
+            .await?;
         state
             .pipelines
-            .set(project_id.0, Some(stages.clone()), pipeline);
-        tracing::info!(project = %project_id.0, stages = stages.len(), "pipeline replaced");
+            .set(project_id.0, stages.clone(), query_stages.clone(), built);
+        tracing::info!(project = %project_id.0, stages = stages.len(), query_stages = query_stages.len(), "pipeline replaced");
         Ok(Json(PipelineOut {
             stages: stored.stages.into_iter().map(Into::into).collect(),
+            query_stages: stored.query_stages.into_iter().map(Into::into).collect(),
             is_default: false,
             updated_at: Some(rfc3339_ms(stored.updated_at)),
         }))

@@ -145,6 +145,13 @@ impl SessionsApi {
         let next_cursor = next_page(&mut rows, limit, |s| {
             encode_cursor(&state.cursors, project, s)
         });
+        if let Some(query) = state
+            .pipelines
+            .query_for_project(&state.store, project)
+            .await
+        {
+            rows = crate::pipelines::read_sessions_through(&query, project, rows).await;
+        }
         Ok(Json(SessionPage {
             sessions: rows.into_iter().map(Into::into).collect(),
             next_cursor,

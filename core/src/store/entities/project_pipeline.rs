@@ -11,6 +11,9 @@ pub struct Model {
     pub project_id: Uuid,
     /// The stages, a JSON array of `StageSpec`.
     pub stages: Json,
+    /// The query stages (run on events as they are read), a JSON array of
+    /// `StageSpec`; `NULL`: none.
+    pub query_stages: Option<Json>,
     /// Last change, ms since the epoch.
     pub updated_at: i64,
 }

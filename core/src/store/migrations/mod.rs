@@ -11,6 +11,7 @@ mod m20261123_000006_create_sessions;
 mod m20261123_000007_create_insights;
 mod m20261123_000008_create_session_marks;
 mod m20261203_000009_create_plugins;
+mod m20261203_000010_add_query_stages;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000007_create_insights::Migration),
             Box::new(m20261123_000008_create_session_marks::Migration),
             Box::new(m20261203_000009_create_plugins::Migration),
+            Box::new(m20261203_000010_add_query_stages::Migration),
         ]
     }
 }
