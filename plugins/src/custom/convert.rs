@@ -29,9 +29,15 @@ pub(crate) fn to_wit(env: &Envelope) -> wit::Event {
         referrer: e.referrer.clone(),
         user_agent: e.user_agent.clone(),
         visitor_id: e.visitor_id.clone(),
-        properties: Value::Object(e.properties.clone()).to_string(),
-        enrichment: Value::Object(e.enrichment.clone()).to_string(),
+        properties: json_text(&e.properties),
+        enrichment: json_text(&e.enrichment),
     }
+}
+
+/// A JSON object as text (serialised in place, not cloned first).
+fn json_text(map: &Map<String, Value>) -> String {
+    // A map of JSON values always serialises.
+    serde_json::to_string(map).unwrap_or_else(|_| "{}".to_owned())
 }
 
 /// Applies a plugin's verdict to the event it was `sent`: a kept event's

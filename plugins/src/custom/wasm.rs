@@ -374,6 +374,14 @@ fn classify(store: &Store<PluginState>, e: &wasmtime::Error) -> (Fault, String) 
     }
 }
 
+/// The failure reason of a batch skipped during a suspension.
+fn suspended(left: Duration) -> String {
+    format!(
+        "suspended for {} ms after repeated faults",
+        left.as_millis().max(1)
+    )
+}
+
 /// One pipeline stage running a WebAssembly plugin.
 pub struct WasmStage {
     inner: Arc<StageInner>,
@@ -417,8 +425,12 @@ impl WasmStage {
         mut limits: PluginLimits,
         timeout: Duration,
     ) -> Result<Self, String> {
+        // The guest's own deadline ends just before the stage's time limit,
+        // so the batch fails with what stopped the guest, not a timeout.
         let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        limits.wall_time_ms = limits.wall_time_ms.min(timeout_ms.max(1));
+        let tick = EPOCH_TICK.as_millis().max(1) as u64;
+        let before_timeout = timeout_ms.saturating_sub(2 * tick).max(tick);
+        limits.wall_time_ms = limits.wall_time_ms.min(before_timeout);
         let config = serde_json::Value::Object(config.clone()).to_string();
         let log = Arc::new(LogGate::new(
             name,
@@ -447,7 +459,34 @@ impl WasmStage {
 
 impl StageInner {
     /// Runs one batch on a pooled (or new) instance; blocking.
+    ///
+    /// Faults are counted and fed to the breaker here, on the blocking
+    /// side: when the pipeline's time limit gives up on the batch first,
+    /// the guest still runs to its own deadline, and what stopped it must
+    /// still count (or a looping plugin would never be suspended).
     fn run(&self, events: &[wit::Event]) -> Result<Vec<wit::Verdict>, (Fault, String)> {
+        // Batches that waited for an instance while the plugin was being
+        // suspended do not run it again.
+        if let Err(left) = self.breaker.check() {
+            self.count(Fault::Suspended);
+            return Err((Fault::Suspended, suspended(left)));
+        }
+        let result = self.run_instance(events);
+        match &result {
+            Ok(_) => self.breaker.record(None),
+            Err((fault, _)) => {
+                self.count(*fault);
+                self.breaker.record(Some(*fault));
+            }
+        }
+        result
+    }
+
+    fn count(&self, fault: Fault) {
+        self.host.metrics.fault(&self.name, fault.as_str()).inc();
+    }
+
+    fn run_instance(&self, events: &[wit::Event]) -> Result<Vec<wit::Verdict>, (Fault, String)> {
         let pooled = self.pool.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match pooled {
             Some(i) => i,
@@ -485,30 +524,19 @@ impl Plugin for WasmStage {
 
     async fn process(&self, batch: &mut [Envelope]) -> Result<Vec<Verdict>, PluginError> {
         let inner = &self.inner;
-        let metrics = &inner.host.metrics;
-        let failed = |fault: Fault, reason: String| {
-            metrics.fault(&inner.name, fault.as_str()).inc();
-            inner.breaker.record(Some(fault));
-            PluginError::Failed {
-                plugin: inner.name.clone(),
-                reason,
-            }
+        let failed = |reason: String| PluginError::Failed {
+            plugin: inner.name.clone(),
+            reason,
         };
         if let Err(left) = inner.breaker.check() {
-            metrics.fault(&inner.name, Fault::Suspended.as_str()).inc();
-            return Err(PluginError::Failed {
-                plugin: inner.name.clone(),
-                reason: format!(
-                    "suspended for {} ms after repeated faults",
-                    left.as_millis().max(1)
-                ),
-            });
+            inner.count(Fault::Suspended);
+            return Err(failed(suspended(left)));
         }
         let events: Vec<wit::Event> = batch.iter().map(to_wit).collect();
         let permit = Arc::clone(&inner.permits)
             .acquire_owned()
             .await
-            .map_err(|_| failed(Fault::Trap, "the plugin host is shutting down".to_owned()))?;
+            .map_err(|_| failed("the plugin host is shutting down".to_owned()))?;
         let worker = Arc::clone(inner);
         let answer = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -517,23 +545,24 @@ impl Plugin for WasmStage {
         })
         .await;
         inner.batches.fetch_add(1, Ordering::Relaxed);
-        let (events, answer) = answer.map_err(|e| failed(Fault::Trap, format!("panicked: {e}")))?;
-        let verdicts = answer.map_err(|(fault, reason)| failed(fault, reason))?;
+        let (events, answer) = answer.map_err(|e| {
+            inner.count(Fault::Trap);
+            failed(format!("panicked: {e}"))
+        })?;
+        // Counted on the blocking side already.
+        let verdicts = answer.map_err(|(_, reason)| failed(reason))?;
         if verdicts.len() != events.len() {
-            return Err(failed(
-                Fault::Malformed,
-                format!(
-                    "returned {} verdicts for {} events",
-                    verdicts.len(),
-                    events.len()
-                ),
-            ));
+            inner.count(Fault::Malformed);
+            return Err(failed(format!(
+                "returned {} verdicts for {} events",
+                verdicts.len(),
+                events.len()
+            )));
         }
-        inner.breaker.record(None);
         let mut out = Vec::with_capacity(batch.len());
         for ((env, sent), verdict) in batch.iter_mut().zip(&events).zip(verdicts) {
             out.push(apply(env, sent, verdict).unwrap_or_else(|reason| {
-                metrics.fault(&inner.name, Fault::Malformed.as_str()).inc();
+                inner.count(Fault::Malformed);
                 Verdict::Fail(format!("malformed answer: {reason}"))
             }));
         }

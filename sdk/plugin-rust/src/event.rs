@@ -1,12 +1,17 @@
 //! The event a plugin sees, and its verdict on it.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use crate::JsonMap;
 
 /// One tracking event, as the pipeline holds it.
 ///
 /// `properties` and `enrichment` arrive as JSON text from the host and are
-/// parsed before the plugin sees them. Build events for tests with
-/// [`Event::new`] and the `with_*` setters.
+/// [`JsonMap`]s: they dereference to a [`serde_json::Map`], are parsed only
+/// when the plugin first looks at them, and go back to the host as the
+/// original text unless mutably accessed (so a plugin that ignores them pays
+/// nothing for them). Build events for tests with [`Event::new`] and the
+/// `with_*` setters. Equality compares the maps' contents, not their text.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Event {
     /// The event's id (a UUID, as text). Read-only: the gateway keeps its own.
@@ -30,11 +35,12 @@ pub struct Event {
     pub user_agent: Option<String>,
     /// The anonymous visitor id (a salted hash; never the raw IP).
     pub visitor_id: Option<String>,
-    /// The event's properties, as sent by the client.
-    pub properties: Map<String, Value>,
+    /// The event's properties, as sent by the client (a lazily parsed
+    /// [`JsonMap`]: use it as a `serde_json::Map`).
+    pub properties: JsonMap,
     /// What earlier stages added (`country`, `browser`...); plugins add
-    /// their own keys here.
-    pub enrichment: Map<String, Value>,
+    /// their own keys here (a lazily parsed [`JsonMap`]).
+    pub enrichment: JsonMap,
 }
 
 impl Event {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::__private::bindings::{Event as WireEvent, Verdict as WireVerdict};
 #[cfg(target_arch = "wasm32")]
 use crate::log::Level;
-use crate::{Event, Plugin, Verdict};
+use crate::{Event, JsonMap, Plugin, Verdict};
 
 thread_local! {
     /// The configured plugin (a component instance is single-threaded, so
@@ -55,39 +55,23 @@ pub(crate) fn configure_text<P: Plugin>(config: &str) -> Result<P, String> {
     P::configure(value)
 }
 
-/// Runs `plugin` over wire events. Events whose JSON fields do not parse get
-/// `fail` without reaching the plugin; the others go to
-/// [`Plugin::process_batch`] together. A plugin answering the wrong number of
-/// verdicts yields the wrong number here too, for the host to report.
+/// Runs `plugin` over wire events, all through [`Plugin::process_batch`].
+/// An event whose `properties` or `enrichment` the plugin accessed although
+/// its text is not a JSON object gets `fail` naming the field, whatever the
+/// plugin answered. A plugin answering the wrong number of verdicts yields
+/// the wrong number here too, for the host to report.
 pub(crate) fn process_wire<P: Plugin>(plugin: &P, wire: Vec<WireEvent>) -> Vec<WireVerdict> {
-    let total = wire.len();
-    let mut events = Vec::with_capacity(total);
-    let mut refused: Vec<Option<String>> = Vec::with_capacity(total);
-    for event in wire {
-        match from_wire(event) {
-            Ok(event) => {
-                events.push(event);
-                refused.push(None);
-            }
-            Err(message) => refused.push(Some(message)),
-        }
-    }
+    let mut events: Vec<Event> = wire.into_iter().map(from_wire).collect();
 
     let verdicts = plugin.process_batch(&mut events);
 
-    let mut out = Vec::with_capacity(total);
-    let mut events = events.into_iter();
+    let mut out = Vec::with_capacity(verdicts.len());
     let mut verdicts = verdicts.into_iter();
-    for refusal in refused {
-        match refusal {
-            Some(message) => out.push(WireVerdict::Fail(message)),
-            None => {
-                let event = events.next();
-                if let (Some(event), Some(verdict)) = (event, verdicts.next()) {
-                    out.push(to_wire(verdict, event));
-                }
-            }
-        }
+    for (event, verdict) in events.into_iter().zip(verdicts.by_ref()) {
+        out.push(match invalid_map(&event) {
+            Some(message) => WireVerdict::Fail(message),
+            None => to_wire(verdict, event),
+        });
     }
     // More verdicts than events: pass them on so the count is wrong.
     out.extend(verdicts.map(|verdict| match verdict {
@@ -100,11 +84,26 @@ pub(crate) fn process_wire<P: Plugin>(plugin: &P, wire: Vec<WireEvent>) -> Vec<W
     out
 }
 
-/// A wire event as an [`Event`], or why it cannot be one.
-pub(crate) fn from_wire(event: WireEvent) -> Result<Event, String> {
-    Ok(Event {
-        properties: parse_object("properties", &event.properties)?,
-        enrichment: parse_object("enrichment", &event.enrichment)?,
+/// Why the event must fail: a JSON field the plugin accessed is not a JSON
+/// object (never parses anything itself).
+fn invalid_map(event: &Event) -> Option<String> {
+    [
+        ("properties", &event.properties),
+        ("enrichment", &event.enrichment),
+    ]
+    .into_iter()
+    .find_map(|(field, map)| {
+        map.accessed_error()
+            .map(|error| format!("event {field} is {error}"))
+    })
+}
+
+/// A wire event as an [`Event`]; `properties` and `enrichment` are kept as
+/// text, parsed on first access.
+pub(crate) fn from_wire(event: WireEvent) -> Event {
+    Event {
+        properties: JsonMap::from_text(event.properties),
+        enrichment: JsonMap::from_text(event.enrichment),
         id: event.id,
         name: event.name,
         distinct_id: event.distinct_id,
@@ -115,17 +114,19 @@ pub(crate) fn from_wire(event: WireEvent) -> Result<Event, String> {
         referrer: event.referrer,
         user_agent: event.user_agent,
         visitor_id: event.visitor_id,
-    })
+    }
 }
 
-/// An [`Event`] as a wire event.
+/// An [`Event`] as a wire event: each JSON field as its original text if
+/// never mutably accessed, else serialized.
 pub(crate) fn to_wire_event(event: Event) -> Result<WireEvent, String> {
-    let json = |field: &str, map: &Map<String, Value>| {
-        serde_json::to_string(map).map_err(|err| format!("cannot serialize {field}: {err}"))
+    let json = |field: &str, map: JsonMap| {
+        map.into_text()
+            .map_err(|err| format!("cannot serialize event {field}: {err}"))
     };
     Ok(WireEvent {
-        properties: json("properties", &event.properties)?,
-        enrichment: json("enrichment", &event.enrichment)?,
+        properties: json("properties", event.properties)?,
+        enrichment: json("enrichment", event.enrichment)?,
         id: event.id,
         name: event.name,
         distinct_id: event.distinct_id,
@@ -147,31 +148,6 @@ fn to_wire(verdict: Verdict, event: Event) -> WireVerdict {
         },
         Verdict::Drop(reason) => WireVerdict::Drop(reason),
         Verdict::Fail(reason) => WireVerdict::Fail(reason),
-    }
-}
-
-fn parse_object(field: &str, text: &str) -> Result<Map<String, Value>, String> {
-    if text.trim().is_empty() {
-        return Ok(Map::new());
-    }
-    match serde_json::from_str(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(format!(
-            "event {field} is not a JSON object (got {})",
-            json_kind(&other)
-        )),
-        Err(err) => Err(format!("event {field} is not valid JSON: {err}")),
-    }
-}
-
-fn json_kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -364,6 +340,65 @@ mod tests {
         assert!(matches!(&verdicts[5], WireVerdict::Keep(e) if e.name == "Z"));
     }
 
+    /// Reads `properties.x` (events named `read`), drops when it is `"drop"`.
+    struct Reader;
+
+    impl Plugin for Reader {
+        fn configure(_: Value) -> Result<Self, String> {
+            Ok(Reader)
+        }
+
+        fn process(&self, event: &mut Event) -> Verdict {
+            if event.name == "read" && event.properties.get("x") == Some(&"drop".into()) {
+                return Verdict::Drop("x".into());
+            }
+            Verdict::Keep
+        }
+    }
+
+    fn kept(verdict: &WireVerdict) -> &WireEvent {
+        match verdict {
+            WireVerdict::Keep(event) => event,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn maps_not_mutated_go_back_as_the_exact_text() {
+        let odd = "{ \"x\" :\"y\",\n \"a\": 1.50,\"x2\":[ ] }";
+        let mut untouched = wire("skip", odd);
+        untouched.enrichment = " {\"z\":1 , \"b\":{}}".to_owned();
+        let verdicts = process_wire(&Reader, vec![untouched.clone(), wire("read", odd)]);
+        assert_eq!(kept(&verdicts[0]).properties, odd, "never accessed");
+        assert_eq!(kept(&verdicts[0]).enrichment, untouched.enrichment);
+        assert_eq!(
+            kept(&verdicts[1]).properties,
+            odd,
+            "read, not re-serialized"
+        );
+        assert_eq!(kept(&verdicts[1]).enrichment, "{}");
+
+        // Mutated: re-serialized.
+        let verdicts = process_wire(&Upper, vec![wire("up", odd)]);
+        let props = &kept(&verdicts[0]).properties;
+        assert_eq!(props, r#"{"a":1.5,"seen":true,"x":"y","x2":[]}"#);
+    }
+
+    #[test]
+    fn invalid_text_fails_only_if_accessed_whatever_the_verdict() {
+        let verdicts = process_wire(&Reader, vec![wire("skip", "{"), wire("read", "[\"drop\"]")]);
+        assert_eq!(
+            kept(&verdicts[0]).properties,
+            "{",
+            "never accessed: as it came"
+        );
+        assert!(
+            matches!(&verdicts[1], WireVerdict::Fail(m) if m == "event properties is not a JSON object (got an array)"),
+            "{:?}",
+            verdicts[1]
+        );
+    }
+
     #[test]
     fn a_short_batch_stays_short() {
         let plugin = Short;
@@ -385,7 +420,7 @@ mod tests {
             .with_visitor_id("v")
             .with_property("p", serde_json::json!({"nested": [1, "two"]}))
             .with_enrichment("country", "FR");
-        let back = from_wire(to_wire_event(event.clone()).unwrap()).unwrap();
+        let back = from_wire(to_wire_event(event.clone()).unwrap());
         assert_eq!(back, event);
     }
 }

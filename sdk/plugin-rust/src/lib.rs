@@ -44,8 +44,12 @@
 //!   `{}`); invalid JSON refuses the config without calling the plugin.
 //! - `process` before a successful `configure` answers [`Verdict::Fail`] for
 //!   every event.
-//! - An event whose `properties` or `enrichment` is not a JSON object gets
-//!   [`Verdict::Fail`] and never reaches the plugin; nothing panics.
+//! - `properties` and `enrichment` are [`JsonMap`]s, parsed on first access;
+//!   one never mutably accessed goes back to the host as the exact text it
+//!   came as (no serialization). If the plugin accessed one whose text is
+//!   not a JSON object (the host always sends objects; `testing::process_raw`
+//!   need not), the event gets [`Verdict::Fail`] naming the field, whatever
+//!   the plugin answered (it saw an empty map); nothing panics.
 //! - A panic in plugin code is a trap (the release profile aborts; on wasm an
 //!   abort is an `unreachable` instruction): the gateway discards the
 //!   instance and applies the stage's `on_error` policy. The panic message is
@@ -56,11 +60,13 @@
 
 mod event;
 mod glue;
+mod json_map;
 pub mod log;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use event::{Event, Verdict};
+pub use json_map::JsonMap;
 pub use serde_json;
 pub use serde_json::{Map, Value};
 

@@ -124,6 +124,12 @@ pub fn process_batch<P: Plugin>(plugin: &P, events: Vec<Event>) -> Vec<Outcome> 
 /// (to test what happens when the host sends something that is not a JSON
 /// object).
 ///
+/// The plugin gets the event whatever the text; a map it accesses whose text
+/// is not a JSON object makes the outcome [`Outcome::Fail`] naming the field.
+/// A map it never accesses comes back as the same text
+/// ([`JsonMap::original_text`](crate::JsonMap::original_text)), valid or
+/// not.
+///
 /// # Panics
 ///
 /// If the plugin answers no verdict for the event.
@@ -155,10 +161,7 @@ pub fn set_now_ms(now_ms: Option<i64>) {
 
 fn from_wire_verdict(verdict: WireVerdict) -> Outcome {
     match verdict {
-        WireVerdict::Keep(event) => match glue::from_wire(event) {
-            Ok(event) => Outcome::Keep(event),
-            Err(message) => Outcome::Fail(message),
-        },
+        WireVerdict::Keep(event) => Outcome::Keep(glue::from_wire(event)),
         WireVerdict::Drop(reason) => Outcome::Drop(reason),
         WireVerdict::Fail(message) => Outcome::Fail(message),
     }
@@ -197,11 +200,41 @@ mod tests {
     }
 
     #[test]
-    fn raw_invalid_json_fails() {
+    fn raw_invalid_json_fails_once_accessed() {
         let plugin = Logger;
         let outcome = process_raw(&plugin, Event::new("x"), "{}", "nope");
-        assert!(outcome.fail_reason().unwrap().contains("enrichment"));
-        assert!(take_logs().is_empty(), "the plugin never saw the event");
+        assert_eq!(
+            outcome.fail_reason().unwrap(),
+            "event enrichment is not valid JSON: expected ident at line 1 column 2"
+        );
+        assert_eq!(
+            take_logs(),
+            vec![(Level::Info, "saw x".to_owned())],
+            "the plugin saw the event (with an empty enrichment)"
+        );
+    }
+
+    struct Ignore;
+
+    impl Plugin for Ignore {
+        fn configure(_: Value) -> Result<Self, String> {
+            Ok(Ignore)
+        }
+
+        fn process(&self, event: &mut Event) -> Verdict {
+            event.name.push('!');
+            Verdict::Keep
+        }
+    }
+
+    #[test]
+    fn raw_text_never_accessed_comes_back_as_it_came() {
+        let properties = "{ \"b\":2 ,\"a\" : 1.0 }";
+        let event = process_raw(&Ignore, Event::new("x"), properties, "[oops").unwrap_keep();
+        assert_eq!(event.name, "x!");
+        assert_eq!(event.properties.original_text(), Some(properties));
+        assert_eq!(event.enrichment.original_text(), Some("[oops"));
+        assert!(event.enrichment.try_as_map().is_err());
     }
 
     #[test]

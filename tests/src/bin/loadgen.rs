@@ -145,6 +145,9 @@ struct Args {
     /// Leave out `session_id`, so that the `session` plugin assigns one.
     #[arg(long)]
     no_session_id: bool,
+    /// The events' name (letters, digits, `_`, `-`, `$`).
+    #[arg(long, default_value = "pageview", value_parser = event_name)]
+    event: String,
     /// Event ids: `v4` (random per run, a counter per worker: as many
     /// insertion points in the `(project_id, id)` index as workers) or `v7`
     /// (time-ordered, as SDKs that send UUIDv7 do: appended at the end).
@@ -321,6 +324,18 @@ impl IdGen {
 const UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
                   Chrome/126.0 Safari/537.36 orrery-loadgen";
 
+fn event_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 200
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-$".contains(c));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 200 of letters, digits, `_`, `-` and `$`".to_owned())
+    }
+}
+
 /// A request body with fixed-width slots for the event ids.
 struct Body {
     bytes: Vec<u8>,
@@ -328,7 +343,7 @@ struct Body {
 }
 
 impl Body {
-    fn new(batch: usize, worker: usize, session_ids: bool) -> Self {
+    fn new(batch: usize, worker: usize, session_ids: bool, event: &str) -> Self {
         let mut bytes = Vec::with_capacity(batch * 260 + 16);
         let mut id_offsets = Vec::with_capacity(batch);
         if batch > 1 {
@@ -338,7 +353,7 @@ impl Body {
             if i > 0 {
                 bytes.push(b',');
             }
-            bytes.extend_from_slice(b"{\"event\":\"pageview\",\"id\":\"");
+            let _ = write!(bytes, "{{\"event\":\"{event}\",\"id\":\"");
             id_offsets.push(bytes.len());
             bytes.extend_from_slice(Uuid::nil().hyphenated().to_string().as_bytes());
             let _ = write!(
@@ -614,7 +629,7 @@ impl Worker {
         n: usize,
         pool: Option<&reqwest::Client>,
     ) -> Self {
-        let body = Body::new(args.batch, n, !args.no_session_id);
+        let body = Body::new(args.batch, n, !args.no_session_id, &args.event);
         let sender = match pool {
             None => {
                 let mut request = target.head(body.bytes.len(), false).into_bytes();
