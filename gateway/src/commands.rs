@@ -175,30 +175,35 @@ pub async fn vacuum(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A plugin host for the `plugin` commands: no disk cache, no server.
-fn local_plugin_host() -> anyhow::Result<std::sync::Arc<orrery_plugins::custom::wasm::WasmHost>> {
-    let host = orrery_plugins::custom::wasm::WasmHost::new(
-        None,
-        orrery_core::metrics::PluginMetrics::default(),
-    )?;
-    Ok(std::sync::Arc::new(host))
+/// The plugin hosts for the `plugin` commands: no disk cache, no server;
+/// Python plugins run in workers of this binary as zygote, started only
+/// for a Python plugin.
+fn local_catalog() -> anyhow::Result<orrery_plugins::custom::Catalog> {
+    let metrics = orrery_core::metrics::PluginMetrics::default();
+    let host = orrery_plugins::custom::wasm::WasmHost::new(None, metrics.clone())?;
+    let python = crate::custom_plugins::python_host(true, metrics)?;
+    Ok(orrery_plugins::custom::Catalog::new(std::sync::Arc::new(host)).with_python(python))
 }
 
-/// `orrery plugin check PATH`: the checks an upload passes (compiles, fits
-/// the plugin world, `configure` accepts the config of `NAME.toml`, a
-/// sample event goes through), without a server.
+/// `orrery plugin check PATH`: the checks an upload passes (compiles and
+/// fits the plugin world, or loads in the Python sandbox; `configure`
+/// accepts the config of `NAME.toml`; a sample event goes through),
+/// without a server.
 ///
 /// # Errors
 /// The first check that fails, named.
 pub fn plugin_check(path: &Path) -> anyhow::Result<()> {
-    use orrery_plugins::custom::Catalog;
     let source = orrery_plugins::custom::catalog::read_source(path).map_err(anyhow::Error::msg)?;
-    let catalog = Catalog::new(local_plugin_host()?);
+    let catalog = local_catalog()?;
     let plugin = catalog
         .check(source)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let loads = match plugin.kind {
+        orrery_plugins::custom::PluginKind::Wasm => "compiles and fits the plugin world",
+        orrery_plugins::custom::PluginKind::Python => "loads in the Python sandbox",
+    };
     println!(
-        "ok: plugin `{}` ({}, {} bytes, version {})\n  compiles and fits the plugin world\n  \
+        "ok: plugin `{}` ({}, {} bytes, version {})\n  {loads}\n  \
          `configure` accepts its config {}\n  a sample event went through `process`",
         plugin.name,
         plugin.kind.as_str(),
@@ -256,8 +261,8 @@ pub fn plugin_test(path: &Path, events: &Path, config: Option<&str>) -> anyhow::
         });
     }
     anyhow::ensure!(!batch.is_empty(), "{} holds no events", events.display());
-    let host = local_plugin_host()?;
-    let report = orrery_plugins::custom::run_once(&host, &source, config.as_ref(), &mut batch)
+    let catalog = local_catalog()?;
+    let report = orrery_plugins::custom::run_once(&catalog, &source, config.as_ref(), &mut batch)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     for (i, (env, verdict)) in batch.iter().zip(&report.verdicts).enumerate() {
         match verdict {
@@ -271,9 +276,13 @@ pub fn plugin_test(path: &Path, events: &Path, config: Option<&str>) -> anyhow::
         }
     }
     let n = batch.len();
+    let (compiled, run) = match source.kind {
+        orrery_plugins::custom::PluginKind::Wasm => ("compiled", "instantiate"),
+        orrery_plugins::custom::PluginKind::Python => ("read", "start a worker"),
+    };
     println!(
-        "plugin `{}` version {}: compiled in {:.1} ms; {n} event(s) in {:.3} ms \
-         (instantiate, configure and one batch; {:.1} µs/event)",
+        "plugin `{}` version {}: {compiled} in {:.1} ms; {n} event(s) in {:.3} ms \
+         ({run}, configure and one batch; {:.1} µs/event)",
         source.name,
         report.sha256,
         report.compile.as_secs_f64() * 1e3,

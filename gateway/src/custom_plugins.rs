@@ -15,8 +15,10 @@ use orrery_core::config::Config;
 use orrery_core::metrics::PluginMetrics;
 use orrery_core::store::{Store, StoreError, StoredPlugin};
 use orrery_plugins::custom::catalog::{CustomPlugin, Origin, PluginKind, PluginSource};
+use orrery_plugins::custom::python::PythonHost;
 use orrery_plugins::custom::wasm::WasmHost;
 use orrery_plugins::custom::{Catalog, PluginLimits};
+use orrery_sandbox::python::ZygoteCommand;
 use serde_json::{Map, Value};
 use tracing::warn;
 use uuid::Uuid;
@@ -49,8 +51,9 @@ pub enum PluginChangeError {
 }
 
 /// Opens the catalog: compiled code cached in `<data_dir>/plugin-cache`,
-/// the uploaded plugins of the database, then the plugin directory (its
-/// bad files logged, not fatal); starts watching both.
+/// Python plugins run by [`python_host`], the uploaded plugins of the
+/// database, then the plugin directory (its bad files logged, not fatal);
+/// starts watching both.
 ///
 /// # Errors
 /// When the WebAssembly host cannot start or the database cannot be read.
@@ -60,8 +63,13 @@ pub async fn open(
     metrics: PluginMetrics,
 ) -> anyhow::Result<Arc<Catalog>> {
     let cache = config.data_dir.join("plugin-cache");
-    let host = WasmHost::new(Some(cache), metrics).context("starting the plugin host")?;
-    let catalog = Arc::new(Catalog::new(Arc::new(host)));
+    let host = WasmHost::new(Some(cache), metrics.clone()).context("starting the plugin host")?;
+    let mut catalog = Catalog::new(Arc::new(host));
+    match python_host(config.execute.namespaces, metrics) {
+        Ok(python) => catalog = catalog.with_python(python),
+        Err(error) => warn!(%error, "Python plugins are unavailable"),
+    }
+    let catalog = Arc::new(catalog);
     sync_stored(&catalog, store)
         .await
         .context("loading the uploaded plugins")?;
@@ -88,10 +96,28 @@ pub async fn open(
     Ok(catalog)
 }
 
+/// The host of Python plugins: workers of a sandbox runtime of their own
+/// (the execution service's walls, the plugins' limits), whose zygote is
+/// this executable, started with the first Python plugin. Each worker is
+/// put in its own namespaces when `namespaces` (`execute.namespaces`).
+/// A process that is not the `orrery` binary (an in-process test) gets the
+/// host all the same: only its Python plugins fail, saying why.
+///
+/// # Errors
+/// When the current executable cannot be found or the host's I/O thread
+/// cannot start.
+pub fn python_host(namespaces: bool, metrics: PluginMetrics) -> anyhow::Result<PythonHost> {
+    let zygote = ZygoteCommand::current_exe().context("finding the current executable")?;
+    let mut config = PythonHost::sandbox_config(zygote);
+    config.namespaces = namespaces;
+    PythonHost::new(config, metrics).context("starting the Python plugin host")
+}
+
 /// The source of a stored plugin.
 fn stored_source(p: StoredPlugin) -> Result<PluginSource, String> {
     let kind = match p.kind.as_str() {
         "wasm" => PluginKind::Wasm,
+        "python" => PluginKind::Python,
         other => return Err(format!("unknown kind `{other}`")),
     };
     let config = match p.config {

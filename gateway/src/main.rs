@@ -81,25 +81,39 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PluginCommand {
     /// Run a plugin over sample events and print each verdict and changed
-    /// event, with timings.
+    /// event, with timings. `--config JSON` gives the plugin's config (a
+    /// JSON object, or a file holding one) instead of its `NAME.toml`'s.
     Test {
-        /// The plugin (`NAME.wasm`; its `NAME.toml` beside it is read).
+        /// The plugin (`NAME.wasm` or `NAME.py`; its `NAME.toml` beside it is
+        /// read).
         path: PathBuf,
         /// Sample events, one JSON object per line, as sent to
         /// `POST /api/v1/events`.
         #[arg(long, value_name = "FILE.jsonl")]
         events: PathBuf,
-        /// The config to run with (a JSON object), instead of the one in
-        /// `NAME.toml`.
-        #[arg(long, value_name = "JSON")]
-        config: Option<String>,
     },
     /// Check a plugin as an upload is checked: compiles, fits the plugin
     /// world, accepts its config, passes a sample event.
     Check {
-        /// The plugin (`NAME.wasm`; its `NAME.toml` beside it is read).
+        /// The plugin (`NAME.wasm` or `NAME.py`; its `NAME.toml` beside it is
+        /// read).
         path: PathBuf,
     },
+}
+
+/// The `--config` of `orrery plugin test`: JSON text as given, or the
+/// content of the file it names.
+fn plugin_config(arg: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    let Some(arg) = arg else {
+        return Ok(None);
+    };
+    let text = arg.to_string_lossy();
+    if text.trim_start().starts_with('{') {
+        return Ok(Some(text.into_owned()));
+    }
+    std::fs::read_to_string(arg)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("--config {}: {e}", arg.display()))
 }
 
 fn init_logging(config: &Config) {
@@ -134,11 +148,16 @@ fn main() -> ExitCode {
     }
     if let Command::Plugin { command } = &cli.command {
         let result = match command {
-            PluginCommand::Test {
-                path,
-                events,
-                config,
-            } => orrery_gateway::commands::plugin_test(path, events, config.as_deref()),
+            // The global `--config` is the plugin's config here (no server
+            // configuration is read): JSON text, or a file holding it.
+            PluginCommand::Test { path, events } => {
+                match plugin_config(cli.global.config.as_deref()) {
+                    Ok(config) => {
+                        orrery_gateway::commands::plugin_test(path, events, config.as_deref())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             PluginCommand::Check { path } => orrery_gateway::commands::plugin_check(path),
         };
         return match result {

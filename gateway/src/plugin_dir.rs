@@ -1,4 +1,5 @@
-//! The plugin directory (`pipeline.plugin_directory`): its plugins are
+//! The plugin directory (`pipeline.plugin_directory`): its plugins
+//! (`NAME.wasm` components and `NAME.py` Python plugins) are
 //! loaded at start and the directory is scanned every
 //! `pipeline.plugin_watch_ms`, so that an added, changed or removed file
 //! takes effect without a restart. A file that does not pass the checks is
@@ -26,8 +27,8 @@ fn stamp(path: &Path) -> Stamp {
 #[derive(Debug)]
 pub struct PluginDirectory {
     dir: PathBuf,
-    /// Each `.wasm` file's stamp and its `.toml`'s, as last loaded (or
-    /// refused).
+    /// Each plugin file's (`.wasm`, `.py`) stamp and its `.toml`'s, as
+    /// last loaded (or refused).
     seen: BTreeMap<PathBuf, (Stamp, Stamp)>,
 }
 
@@ -60,7 +61,7 @@ impl PluginDirectory {
             Ok(entries) => {
                 for entry in entries.flatten() {
                     let path = entry.path();
-                    if path.extension().is_some_and(|e| e == "wasm") {
+                    if path.extension().is_some_and(|e| e == "wasm" || e == "py") {
                         let stamps = (stamp(&path), stamp(&path.with_extension("toml")));
                         present.insert(path, stamps);
                     }

@@ -60,7 +60,8 @@ impl From<OnError> for OnErrorPolicy {
 #[oai(skip_serializing_if_is_none)]
 pub struct StageDto {
     /// The plugin: `ip_hash` (always first), `geoip`, `user_agent`,
-    /// `referrer` or `session`.
+    /// `referrer`, `session`, or the name of a custom plugin (see
+    /// `/api/v1/plugins`).
     pub plugin: Text,
     /// The plugin's configuration; omitted fields take their defaults.
     /// Unknown fields are refused. Credentials (`provider_token`) are shown

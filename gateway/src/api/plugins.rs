@@ -27,6 +27,9 @@ use crate::state::{AppState, app_state};
 pub enum PluginKindDto {
     /// A WebAssembly component of the `plugin` world (`sdk/wit/plugin.wit`).
     Wasm,
+    /// Python source (UTF-8) defining `process(event)` and optionally
+    /// `configure(config)`, run in the sandbox's Python workers.
+    Python,
 }
 
 /// Where a plugin comes from.
@@ -227,6 +230,7 @@ fn upload(
         name,
         kind: match kind.unwrap_or(PluginKindDto::Wasm) {
             PluginKindDto::Wasm => PluginKind::Wasm,
+            PluginKindDto::Python => PluginKind::Python,
         },
         code,
         config: config.unwrap_or_default().into_iter().collect(),
@@ -261,6 +265,7 @@ fn out(state: &AppState, p: &CustomPlugin) -> PluginOut {
         name: p.name.clone(),
         kind: match p.kind {
             PluginKind::Wasm => PluginKindDto::Wasm,
+            PluginKind::Python => PluginKindDto::Python,
         },
         version: p.sha256.clone(),
         size: p.size as u64,

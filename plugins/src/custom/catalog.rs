@@ -1,8 +1,9 @@
 //! The custom plugins of a running gateway, by name.
 //!
-//! A plugin enters the catalog only once it has been checked: it compiles,
-//! fits the plugin world, its `configure` accepts its default config, and a
-//! sample event goes through `process` with one verdict back. Replacing a
+//! A plugin enters the catalog only once it has been checked: it compiles
+//! (WebAssembly: fits the plugin world; Python: loads in the sandbox), its
+//! `configure` accepts its default config, and a sample event goes through
+//! `process` with one verdict back. Replacing a
 //! plugin checks the new version first; a bad one leaves the old running.
 //! Each change bumps [`Catalog::generation`], so pipelines built with an
 //! older version are rebuilt before their next batch.
@@ -19,7 +20,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::PluginLimits;
-use super::convert::to_wit;
+use super::convert::{apply, to_wit};
+use super::python::{PythonCode, PythonHost, PythonStage, TrialError};
 use super::wasm::{WasmCode, WasmHost, WasmStage};
 
 /// Longest plugin name.
@@ -31,6 +33,9 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub enum PluginKind {
     /// A WebAssembly component of the `plugin` world.
     Wasm,
+    /// Python source defining `process(event)` (and optionally
+    /// `configure(config)`), run in the sandbox's Python workers.
+    Python,
 }
 
 impl PluginKind {
@@ -39,6 +44,7 @@ impl PluginKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Wasm => "wasm",
+            Self::Python => "python",
         }
     }
 }
@@ -87,13 +93,21 @@ pub struct CustomPlugin {
     pub limits: PluginLimits,
     /// Where it came from.
     pub origin: Origin,
-    code: Arc<WasmCode>,
+    code: Code,
+}
+
+/// A checked plugin's code, by language.
+#[derive(Debug, Clone)]
+enum Code {
+    Wasm(Arc<WasmCode>),
+    Python(Arc<PythonCode>),
 }
 
 /// The loaded custom plugins.
 #[derive(Debug)]
 pub struct Catalog {
     host: Arc<WasmHost>,
+    python: Option<PythonHost>,
     plugins: RwLock<BTreeMap<String, Arc<CustomPlugin>>>,
     generation: AtomicU64,
 }
@@ -123,14 +137,33 @@ impl Catalog {
     pub fn new(host: Arc<WasmHost>) -> Self {
         Self {
             host,
+            python: None,
             plugins: RwLock::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
         }
     }
 
+    /// Runs Python plugins on `python` too (without it they are refused).
+    #[must_use]
+    pub fn with_python(mut self, python: PythonHost) -> Self {
+        self.python = Some(python);
+        self
+    }
+
     /// The WebAssembly host.
     pub fn host(&self) -> &Arc<WasmHost> {
         &self.host
+    }
+
+    /// The Python host, when Python plugins can run here.
+    ///
+    /// # Errors
+    /// A message saying Python plugins are not available.
+    pub fn python(&self) -> Result<&PythonHost, String> {
+        self.python.as_ref().ok_or_else(|| {
+            "Python plugins are not available here (no Python sandbox was set up for plugins)"
+                .to_owned()
+        })
     }
 
     /// Bumped at every change: pipelines built at an older generation are
@@ -171,13 +204,22 @@ impl Catalog {
             .limits
             .validate()
             .map_err(|(field, reason)| format!("limits.{field}: {reason}"))?;
-        let code = match source.kind {
-            PluginKind::Wasm => Arc::new(self.host.compile(&source.bytes)?),
+        let (code, sha256) = match source.kind {
+            PluginKind::Wasm => {
+                let code = self.host.compile(&source.bytes)?;
+                let sha256 = code.sha256.clone();
+                (Code::Wasm(Arc::new(code)), sha256)
+            }
+            PluginKind::Python => {
+                let code = self.python()?.load(&source.bytes)?;
+                let sha256 = code.sha256.clone();
+                (Code::Python(Arc::new(code)), sha256)
+            }
         };
         let plugin = CustomPlugin {
             name: source.name,
             kind: source.kind,
-            sha256: code.sha256.clone(),
+            sha256,
             size: source.bytes.len(),
             config: source.config,
             limits: source.limits,
@@ -199,16 +241,39 @@ impl Catalog {
             .field("properties", serde_json::json!({"plan": "pro"}))
             .envelope();
         let events = [to_wit(&sample)];
-        let verdicts = self
-            .host
-            .trial(
-                &plugin.code,
-                &plugin.config,
-                &plugin.limits,
-                &plugin.name,
-                &events,
-            )
-            .map_err(|message| format!("the sample event failed: {message}"))?;
+        let verdicts = match &plugin.code {
+            Code::Wasm(code) => {
+                self.host
+                    .trial(code, &plugin.config, &plugin.limits, &plugin.name, &events)
+            }
+            Code::Python(code) => {
+                // Loading and configuring are the plugin's own checks: their
+                // messages stand alone. A kept sample must be well formed.
+                match self.python()?.trial(
+                    code,
+                    &plugin.config,
+                    &plugin.limits,
+                    &plugin.name,
+                    &events,
+                ) {
+                    Err(TrialError::Start(message)) => return Err(message),
+                    Err(TrialError::Batch(message)) => Err(message),
+                    Ok(answers) => {
+                        let mut scratch = sample.clone();
+                        answers
+                            .into_iter()
+                            .map(|answer| {
+                                let verdict = answer?;
+                                apply(&mut scratch, &events[0], verdict.clone())?;
+                                Ok(verdict)
+                            })
+                            .collect::<Result<Vec<_>, String>>()
+                            .map_err(|reason| format!("malformed answer: {reason}"))
+                    }
+                }
+            }
+        }
+        .map_err(|message| format!("the sample event failed: {message}"))?;
         if verdicts.len() != 1 {
             return Err(format!(
                 "the sample event failed: `process` returned {} verdicts for 1 event",
@@ -257,14 +322,24 @@ impl Catalog {
     ) -> Result<Arc<dyn Plugin>, String> {
         let mut merged = plugin.config.clone();
         merged.extend(config.iter().map(|(k, v)| (k.clone(), v.clone())));
-        Ok(Arc::new(WasmStage::new(
-            &self.host,
-            &plugin.name,
-            Arc::clone(&plugin.code),
-            &merged,
-            plugin.limits,
-            timeout,
-        )?))
+        Ok(match &plugin.code {
+            Code::Wasm(code) => Arc::new(WasmStage::new(
+                &self.host,
+                &plugin.name,
+                Arc::clone(code),
+                &merged,
+                plugin.limits,
+                timeout,
+            )?),
+            Code::Python(code) => Arc::new(PythonStage::new(
+                self.python()?,
+                &plugin.name,
+                code,
+                &merged,
+                plugin.limits,
+                timeout,
+            )?),
+        })
     }
 }
 
@@ -280,8 +355,8 @@ pub struct PluginFile {
     pub limits: PluginLimits,
 }
 
-/// Reads a plugin of the directory: `NAME.wasm` and its optional
-/// `NAME.toml`.
+/// Reads a plugin of the directory: `NAME.wasm` or `NAME.py`, and its
+/// optional `NAME.toml`.
 ///
 /// # Errors
 /// A message naming the file and the problem.
@@ -293,7 +368,13 @@ pub fn read_source(path: &Path) -> Result<PluginSource, String> {
         .to_owned();
     let kind = match path.extension().and_then(|e| e.to_str()) {
         Some("wasm") => PluginKind::Wasm,
-        _ => return Err(format!("{}: plugins are `.wasm` files", path.display())),
+        Some("py") => PluginKind::Python,
+        _ => {
+            return Err(format!(
+                "{}: plugins are `.wasm` or `.py` files",
+                path.display()
+            ));
+        }
     };
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let toml_path = path.with_extension("toml");

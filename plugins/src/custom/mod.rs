@@ -2,6 +2,8 @@
 //!
 //! - [`wasm`]: WebAssembly components implementing `sdk/wit/plugin.wit`,
 //!   run by wasmtime on the sandbox's engine under per-plugin limits.
+//! - [`python`]: `.py` files defining `process(event)`, run in warm
+//!   workers of the sandbox's Python runtime under the same limits.
 //! - [`Catalog`]: the loaded plugins by name, each compiled and validated
 //!   once; a project's pipeline names them next to the built-ins.
 //!
@@ -11,6 +13,7 @@
 
 pub mod catalog;
 pub mod convert;
+pub mod python;
 pub mod wasm;
 
 use std::sync::Mutex;
@@ -28,41 +31,52 @@ pub use catalog::{Catalog, CustomPlugin, PluginKind, PluginSource};
 pub struct RunReport {
     /// Hex SHA-256 of the plugin's bytes.
     pub sha256: String,
-    /// Checking and compiling the code.
+    /// Checking and compiling the code (Python: reading the source).
     pub compile: Duration,
-    /// Instantiating, configuring and processing the events as one batch.
+    /// Instantiating (Python: starting a worker), configuring and
+    /// processing the events as one batch.
     pub run: Duration,
     /// One verdict per event; kept events are changed in place.
     pub verdicts: Vec<Verdict>,
 }
 
 /// Runs a plugin once over `events`, as one batch, with `config` (its
-/// default config when `None`): what `orrery plugin test` does, without a
+/// default config when `None`), on the hosts of `catalog` (the catalog
+/// itself is left alone): what `orrery plugin test` does, without a
 /// server. Kept events are changed in place; a malformed answer for an
 /// event is a `Fail` verdict saying so.
 ///
 /// # Errors
-/// When the code does not compile, fit the world, accept the config, or
-/// answers the wrong number of verdicts; or what stopped it.
+/// When the code does not compile (or load), fit the world, accept the
+/// config, or answers the wrong number of verdicts; or what stopped it.
 pub fn run_once(
-    host: &wasm::WasmHost,
+    catalog: &Catalog,
     source: &PluginSource,
     config: Option<&Map<String, Value>>,
     events: &mut [Envelope],
 ) -> Result<RunReport, String> {
-    let started = Instant::now();
-    let code = host.compile(&source.bytes)?;
-    let compile = started.elapsed();
+    let config = config.unwrap_or(&source.config);
     let sent: Vec<_> = events.iter().map(convert::to_wit).collect();
     let started = Instant::now();
-    let answers = host.trial(
-        &code,
-        config.unwrap_or(&source.config),
-        &source.limits,
-        &source.name,
-        &sent,
-    )?;
-    let run = started.elapsed();
+    let (sha256, compile, answers, run) = match source.kind {
+        PluginKind::Wasm => {
+            let host = catalog.host();
+            let code = host.compile(&source.bytes)?;
+            let compile = started.elapsed();
+            let started = Instant::now();
+            let answers = host.trial(&code, config, &source.limits, &source.name, &sent)?;
+            let answers: Vec<_> = answers.into_iter().map(Ok).collect();
+            (code.sha256, compile, answers, started.elapsed())
+        }
+        PluginKind::Python => {
+            let host = catalog.python()?;
+            let code = host.load(&source.bytes)?;
+            let compile = started.elapsed();
+            let started = Instant::now();
+            let answers = host.trial(&code, config, &source.limits, &source.name, &sent)?;
+            (code.sha256, compile, answers, started.elapsed())
+        }
+    };
     if answers.len() != events.len() {
         return Err(format!(
             "`process` returned {} verdicts for {} events",
@@ -75,12 +89,13 @@ pub fn run_once(
         .zip(&sent)
         .zip(answers)
         .map(|((env, sent), answer)| {
-            convert::apply(env, sent, answer)
+            answer
+                .and_then(|answer| convert::apply(env, sent, answer))
                 .unwrap_or_else(|reason| Verdict::Fail(format!("malformed answer: {reason}")))
         })
         .collect();
     Ok(RunReport {
-        sha256: code.sha256,
+        sha256,
         compile,
         run,
         verdicts,
@@ -92,7 +107,8 @@ pub fn run_once(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginLimits {
-    /// WebAssembly fuel (about one unit per instruction) per batch.
+    /// WebAssembly fuel (about one unit per instruction) per batch; Python
+    /// plugins have none (their wall time bounds them).
     pub fuel: u64,
     /// Wall time per batch, ms; the stage's `timeout_ms` lowers it.
     pub wall_time_ms: u64,

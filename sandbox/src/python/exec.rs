@@ -87,6 +87,8 @@ pub(crate) struct Job {
     pub stdin: Option<Vec<u8>>,
     pub interactive: bool,
     pub limits: Limits,
+    /// Keep the output for the result too (false: only stream it).
+    pub collect_output: bool,
 }
 
 /// Starts `job` on `conn` and returns its handle.
@@ -221,6 +223,7 @@ async fn read_stream(
     stream: Stream,
     budget: Arc<OutputBudget>,
     out: mpsc::UnboundedSender<OutputChunk>,
+    collect: bool,
 ) -> String {
     let mut all = String::new();
     let mut decoder = Utf8Chunker::default();
@@ -233,13 +236,17 @@ async fn read_stream(
         let keep = budget.take(n);
         let text = decoder.push(&buf[..keep]);
         if !text.is_empty() {
-            all.push_str(&text);
+            if collect {
+                all.push_str(&text);
+            }
             let _ = out.send(OutputChunk { stream, data: text });
         }
     }
     let rest = decoder.finish();
     if !rest.is_empty() {
-        all.push_str(&rest);
+        if collect {
+            all.push_str(&rest);
+        }
         let _ = out.send(OutputChunk { stream, data: rest });
     }
     all
@@ -287,12 +294,14 @@ async fn drive(
         Stream::Stdout,
         budget.clone(),
         out.clone(),
+        job.collect_output,
     ));
     let stderr = tokio::spawn(read_stream(
         ends.stderr,
         Stream::Stderr,
         budget.clone(),
         out,
+        job.collect_output,
     ));
     let mut result_pipe = ends.result;
     let answer = tokio::spawn(async move {

@@ -231,6 +231,26 @@ impl PythonRuntime {
     /// When the zygote is gone and cannot be restarted, or pipes cannot be
     /// created.
     pub async fn spawn(&self, request: PythonRequest) -> Result<Execution, SandboxError> {
+        self.start_job(request, true).await
+    }
+
+    /// [`Self::spawn`] for a long-lived execution: its output is only
+    /// streamed through [`Execution::next_output`], never also collected
+    /// into the result's `stdout`/`stderr` (which stay empty), so the
+    /// host's memory does not grow with what the program prints over its
+    /// life. The output limit still counts every byte.
+    ///
+    /// # Errors
+    /// As [`Self::spawn`].
+    pub async fn spawn_streaming(&self, request: PythonRequest) -> Result<Execution, SandboxError> {
+        self.start_job(request, false).await
+    }
+
+    async fn start_job(
+        &self,
+        request: PythonRequest,
+        collect_output: bool,
+    ) -> Result<Execution, SandboxError> {
         let conn = self.connection().await?;
         let job = exec::Job {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -239,6 +259,7 @@ impl PythonRuntime {
             stdin: request.stdin.map(String::into_bytes),
             interactive: request.interactive,
             limits: self.inner.config.limits.clamp(&request.limits),
+            collect_output,
         };
         exec::start(conn, job).await
     }
