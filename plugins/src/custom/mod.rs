@@ -183,6 +183,60 @@ impl PluginLimits {
     }
 }
 
+/// A plugin's log: its lines go to the gateway's log under the plugin's
+/// name, at most `per_second` a second; the others are counted and
+/// dropped. Shared by the WebAssembly host (the `log` import) and the
+/// Python workers (what a plugin prints).
+#[derive(Debug)]
+pub struct LogGate {
+    plugin: String,
+    per_second: u32,
+    window: Mutex<(Instant, u32)>,
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl LogGate {
+    /// A gate for `plugin` letting `per_second` lines through; `dropped`
+    /// counts the others.
+    pub fn new(
+        plugin: &str,
+        per_second: u32,
+        dropped: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
+        Self {
+            plugin: plugin.to_owned(),
+            per_second,
+            window: Mutex::new((Instant::now(), 0)),
+            dropped,
+        }
+    }
+
+    /// Logs `message` (cut to 1 KiB) at `level`, unless the plugin is over
+    /// its rate.
+    pub fn line(&self, level: tracing::Level, message: &str) {
+        {
+            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+            if w.0.elapsed() >= Duration::from_secs(1) {
+                *w = (Instant::now(), 0);
+            }
+            if w.1 >= self.per_second {
+                self.dropped.inc();
+                return;
+            }
+            w.1 += 1;
+        }
+        let message = convert::clip(message.to_owned());
+        let plugin = self.plugin.as_str();
+        match level {
+            tracing::Level::TRACE => tracing::trace!(target: "orrery::plugin", plugin, "{message}"),
+            tracing::Level::DEBUG => tracing::debug!(target: "orrery::plugin", plugin, "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "orrery::plugin", plugin, "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "orrery::plugin", plugin, "{message}"),
+            tracing::Level::ERROR => tracing::error!(target: "orrery::plugin", plugin, "{message}"),
+        }
+    }
+}
+
 /// Why a custom plugin's batch failed, for the `orrery_plugin_faults`
 /// counter and the failure reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

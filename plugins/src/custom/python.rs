@@ -65,7 +65,7 @@ use tokio::sync::Semaphore;
 
 use super::convert::{apply, clip, to_wit};
 use super::wasm::bindings::orrery::plugin::types as wit;
-use super::{Breaker, Fault, MAX_MEMORY_BYTES, PluginLimits};
+use super::{Breaker, Fault, LogGate, MAX_MEMORY_BYTES, PluginLimits};
 
 /// Largest plugin source, bytes.
 pub const MAX_SOURCE_BYTES: usize = 1 << 20;
@@ -424,47 +424,6 @@ impl HostInner {
     }
 }
 
-/// A plugin's log: the lines it prints go to the gateway's log under its
-/// name, at most `per_second` a second; the others are counted and dropped.
-#[derive(Debug)]
-struct LogGate {
-    plugin: String,
-    per_second: u32,
-    window: Mutex<(Instant, u32)>,
-    dropped: Counter,
-}
-
-impl LogGate {
-    fn new(plugin: &str, per_second: u32, dropped: Counter) -> Self {
-        Self {
-            plugin: plugin.to_owned(),
-            per_second,
-            window: Mutex::new((Instant::now(), 0)),
-            dropped,
-        }
-    }
-
-    fn line(&self, stream: Stream, text: &str) {
-        {
-            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            if w.0.elapsed() >= Duration::from_secs(1) {
-                *w = (Instant::now(), 0);
-            }
-            if w.1 >= self.per_second {
-                self.dropped.inc();
-                return;
-            }
-            w.1 += 1;
-        }
-        let message = clip(text.to_owned());
-        let plugin = self.plugin.as_str();
-        match stream {
-            Stream::Stdout => tracing::info!(target: "orrery::plugin", plugin, "{message}"),
-            Stream::Stderr => tracing::warn!(target: "orrery::plugin", plugin, "{message}"),
-        }
-    }
-}
-
 /// Why a worker gave no answer.
 #[derive(Debug)]
 enum Cut {
@@ -630,7 +589,13 @@ impl Worker {
                     answer = Some(payload.to_owned());
                 }
                 _ if line.is_empty() => {}
-                _ => log.line(stream, line),
+                _ => log.line(
+                    match stream {
+                        Stream::Stdout => tracing::Level::INFO,
+                        Stream::Stderr => tracing::Level::WARN,
+                    },
+                    line,
+                ),
             }
             start = end + 1;
             from = start;

@@ -21,7 +21,7 @@ use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use orrery_core::event::Envelope;
@@ -29,7 +29,6 @@ use orrery_core::metrics::PluginMetrics;
 use orrery_core::plugin::{Plugin, PluginError, Verdict};
 use orrery_sandbox::wasm::{Limiter, WasmConfig, WasmRuntime, sealed_wasi};
 use orrery_sandbox::{Limit, Limits};
-use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -37,7 +36,7 @@ use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::convert::{apply, clip, to_wit};
-use super::{Breaker, Fault, PluginLimits};
+use super::{Breaker, Fault, LogGate, PluginLimits};
 
 /// Bindings generated from the plugin interface, `sdk/wit/plugin.wit`.
 #[allow(missing_docs)]
@@ -106,6 +105,13 @@ impl WasiView for PluginState {
 
 impl host::Host for PluginState {
     fn log(&mut self, level: Level, message: String) {
+        let level = match level {
+            Level::Trace => tracing::Level::TRACE,
+            Level::Debug => tracing::Level::DEBUG,
+            Level::Info => tracing::Level::INFO,
+            Level::Warn => tracing::Level::WARN,
+            Level::Error => tracing::Level::ERROR,
+        };
         self.log.line(level, &message);
     }
 
@@ -115,51 +121,6 @@ impl host::Host for PluginState {
 }
 
 impl wit::Host for PluginState {}
-
-/// A plugin's log: lines go to the gateway's log under the plugin's name,
-/// at most `per_second` a second; the others are counted and dropped.
-#[derive(Debug)]
-pub struct LogGate {
-    plugin: String,
-    per_second: u32,
-    window: Mutex<(Instant, u32)>,
-    dropped: Counter,
-}
-
-impl LogGate {
-    /// A gate for `plugin` letting `per_second` lines through.
-    pub fn new(plugin: &str, per_second: u32, dropped: Counter) -> Self {
-        Self {
-            plugin: plugin.to_owned(),
-            per_second,
-            window: Mutex::new((Instant::now(), 0)),
-            dropped,
-        }
-    }
-
-    fn line(&self, level: Level, message: &str) {
-        {
-            let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
-            if w.0.elapsed() >= Duration::from_secs(1) {
-                *w = (Instant::now(), 0);
-            }
-            if w.1 >= self.per_second {
-                self.dropped.inc();
-                return;
-            }
-            w.1 += 1;
-        }
-        let message = clip(message.to_owned());
-        let plugin = self.plugin.as_str();
-        match level {
-            Level::Trace => tracing::trace!(target: "orrery::plugin", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "orrery::plugin", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "orrery::plugin", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "orrery::plugin", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "orrery::plugin", plugin, "{message}"),
-        }
-    }
-}
 
 impl WasmHost {
     /// A host whose compiled code is kept in `cache_dir` (created when
