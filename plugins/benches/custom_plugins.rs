@@ -10,13 +10,15 @@
 //! `cargo bench -p orrery-plugins --bench custom_plugins`
 
 #![allow(clippy::unwrap_used)] // benchmark code: a failed unwrap fails the run
-use std::hint::black_box;
+mod common;
+use common::stages;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orrery_core::event::{Envelope, EventBuilder};
 use orrery_core::metrics::PluginMetrics;
-use orrery_core::pipeline::{Pipeline, StageSpec};
+use orrery_core::pipeline::Pipeline;
 use orrery_plugins::custom::catalog::{Origin, PluginKind, PluginSource};
 use orrery_plugins::custom::wasm::WasmHost;
 use orrery_plugins::custom::{Catalog, PluginLimits};
@@ -52,32 +54,7 @@ fn batch(round: usize) -> Vec<Envelope> {
 
 /// Median µs per event of `pipeline` over the rounds.
 fn measure(rt: &tokio::runtime::Runtime, pipeline: &Pipeline) -> f64 {
-    let batches: Vec<Vec<Envelope>> = (0..ROUNDS).map(batch).collect();
-    for b in batches.iter().take(10) {
-        black_box(rt.block_on(pipeline.run(b.clone())));
-    }
-    let mut per_event: Vec<f64> = batches
-        .into_iter()
-        .map(|b| {
-            let started = Instant::now();
-            black_box(rt.block_on(pipeline.run(b)));
-            started.elapsed().as_secs_f64() * 1e6 / BATCH as f64
-        })
-        .collect();
-    per_event.sort_by(f64::total_cmp);
-    per_event[per_event.len() / 2]
-}
-
-fn stages(names: &[&str]) -> Vec<StageSpec> {
-    names
-        .iter()
-        .map(|p| StageSpec {
-            plugin: (*p).to_owned(),
-            config: serde_json::Map::new(),
-            on_error: Default::default(),
-            timeout_ms: None,
-        })
-        .collect()
+    common::measure(rt, pipeline, (0..ROUNDS).map(batch).collect(), 10)
 }
 
 fn source(name: &str, component: &str, config: serde_json::Value) -> PluginSource {
@@ -89,11 +66,6 @@ fn source(name: &str, component: &str, config: serde_json::Value) -> PluginSourc
         limits: PluginLimits::default(),
         origin: Origin::Api,
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() {
@@ -157,9 +129,9 @@ fn main() {
             runs[i].push(measure(&rt, p));
         }
     }
-    let base = median(runs[0].clone());
+    let base = common::median(runs[0].clone());
     for (i, (label, _)) in pipelines.iter().enumerate() {
-        let m = median(runs[i].clone());
+        let m = common::median(runs[i].clone());
         let each: Vec<String> = runs[i].iter().map(|v| format!("{v:.2}")).collect();
         println!(
             "{label:<32} {m:>7.2} µs/event  (+{:.2} over baseline; runs {})",
@@ -189,7 +161,7 @@ fn main() {
     println!(
         "replace a plugin (url-category, {} KiB): {:.1} ms compiling, {:.1} ms from the disk cache (medians of 5)",
         bytes.len() / 1024,
-        median(cold),
-        median(warm)
+        common::median(cold),
+        common::median(warm)
     );
 }

@@ -8,13 +8,15 @@
 //! (median of the rounds).
 
 #![allow(clippy::unwrap_used)] // test and benchmark code: a failed unwrap fails the run
-use std::hint::black_box;
+mod common;
+use common::stages;
+
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use orrery_core::event::{Envelope, EventBuilder};
 use orrery_core::metrics::PluginMetrics;
-use orrery_core::pipeline::{Pipeline, StageSpec};
+use orrery_core::pipeline::Pipeline;
 use orrery_plugins::{Registry, RegistryConfig};
 use serde_json::json;
 use uuid::Uuid;
@@ -71,33 +73,7 @@ fn batch(round: usize) -> Vec<Envelope> {
 
 /// Median µs per event of `pipeline` over the rounds.
 fn measure(rt: &tokio::runtime::Runtime, pipeline: &Pipeline) -> f64 {
-    let batches: Vec<Vec<Envelope>> = (0..ROUNDS).map(batch).collect();
-    // Warm caches (parsers, geoip readers, the session tracker).
-    for b in batches.iter().take(20) {
-        black_box(rt.block_on(pipeline.run(b.clone())));
-    }
-    let mut per_event: Vec<f64> = batches
-        .into_iter()
-        .map(|b| {
-            let started = Instant::now();
-            black_box(rt.block_on(pipeline.run(b)));
-            started.elapsed().as_secs_f64() * 1e6 / BATCH as f64
-        })
-        .collect();
-    per_event.sort_by(f64::total_cmp);
-    per_event[per_event.len() / 2]
-}
-
-fn stages(names: &[&str]) -> Vec<StageSpec> {
-    names
-        .iter()
-        .map(|p| StageSpec {
-            plugin: (*p).to_owned(),
-            config: serde_json::Map::new(),
-            on_error: Default::default(),
-            timeout_ms: None,
-        })
-        .collect()
+    common::measure(rt, pipeline, (0..ROUNDS).map(batch).collect(), 20)
 }
 
 fn main() {

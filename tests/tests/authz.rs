@@ -30,35 +30,26 @@ async fn admin_makes_key(
     make_key(server, &server.keys().secret_key, project, kind, admin).await
 }
 
+/// The key records of `project`, as `caller` lists them.
+async fn keys_of(server: &impl Api, caller: &str, project: &str) -> Vec<Value> {
+    let path = format!("/api/v1/projects/{project}/keys");
+    let (status, list) = server.get(&path, caller).await;
+    assert_eq!(status, 200, "{list}");
+    list["keys"].as_array().unwrap().clone()
+}
+
 async fn key_record(server: &impl Api, project: &str, id: &str) -> Value {
-    let (status, list) = server
-        .call(
-            "GET",
-            &format!("/api/v1/projects/{project}/keys"),
-            &server.keys().secret_key,
-            None,
-        )
-        .await;
-    assert_eq!(status, 200);
-    list["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
+    let keys = keys_of(server, &server.keys().secret_key, project).await;
+    keys.iter()
         .find(|k| k["id"] == id)
         .cloned()
-        .unwrap_or_else(|| panic!("no key {id} in {list}"))
+        .unwrap_or_else(|| panic!("no key {id} in {keys:?}"))
 }
 
 async fn key_count(server: &impl Api, project: &str) -> usize {
-    let (_, list) = server
-        .call(
-            "GET",
-            &format!("/api/v1/projects/{project}/keys"),
-            &server.keys().secret_key,
-            None,
-        )
-        .await;
-    list["keys"].as_array().unwrap().len()
+    keys_of(server, &server.keys().secret_key, project)
+        .await
+        .len()
 }
 
 /// README's table: (caller label, column label) -> status.
@@ -419,17 +410,8 @@ async fn make_key_with(
 }
 
 async fn key_ids(server: &impl Api, admin: &str, project: &str, only_admin: bool) -> Vec<String> {
-    let (_, list) = server
-        .call(
-            "GET",
-            &format!("/api/v1/projects/{project}/keys"),
-            admin,
-            None,
-        )
-        .await;
-    list["keys"]
-        .as_array()
-        .unwrap()
+    keys_of(server, admin, project)
+        .await
         .iter()
         .filter(|k| !only_admin || k["admin"] == true)
         .filter(|k| k["active"] == true)

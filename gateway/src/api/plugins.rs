@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use orrery_core::metrics::{PluginMetrics, PluginOutcomeLabel};
 use orrery_plugins::custom::catalog::{CustomPlugin, Origin, PluginKind};
-use orrery_plugins::custom::{Catalog, PluginLimits};
+use orrery_plugins::custom::{Catalog, Fault, PluginLimits};
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -249,18 +249,15 @@ fn out(state: &AppState, p: &CustomPlugin) -> PluginOut {
             })
             .get()
     };
-    let faults = [
-        "fuel",
-        "wall_time",
-        "memory",
-        "trap",
-        "malformed",
-        "config",
-        "suspended",
-    ]
-    .into_iter()
-    .map(|f| (f.to_owned(), metrics.fault(&p.name, f).get()))
-    .collect();
+    let faults = Fault::ALL
+        .into_iter()
+        .map(|f| {
+            (
+                f.as_str().to_owned(),
+                metrics.fault(&p.name, f.as_str()).get(),
+            )
+        })
+        .collect();
     PluginOut {
         name: p.name.clone(),
         kind: match p.kind {

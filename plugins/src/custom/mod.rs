@@ -258,6 +258,17 @@ pub enum Fault {
 }
 
 impl Fault {
+    /// Every fault, in the order the API lists them.
+    pub const ALL: [Fault; 7] = [
+        Self::Fuel,
+        Self::WallTime,
+        Self::Memory,
+        Self::Trap,
+        Self::Malformed,
+        Self::Config,
+        Self::Suspended,
+    ];
+
     /// Stable name, the `fault` label.
     #[must_use]
     pub fn as_str(self) -> &'static str {
@@ -315,6 +326,20 @@ impl Breaker {
             },
             None => Ok(()),
         }
+    }
+
+    /// Whether a batch may run now: `Err` with the failure reason of a
+    /// batch skipped while the plugin is suspended.
+    ///
+    /// # Errors
+    /// The reason, naming the time left of the suspension.
+    pub fn admit(&self) -> Result<(), String> {
+        self.check().map_err(|left| {
+            format!(
+                "suspended for {} ms after repeated faults",
+                left.as_millis().max(1)
+            )
+        })
     }
 
     /// Records a batch's end: `None` for success.

@@ -1077,16 +1077,13 @@ impl Plugin for PythonStage {
             plugin: inner.name.clone(),
             reason,
         };
-        if let Err(left) = inner.breaker.check() {
+        if let Err(reason) = inner.breaker.admit() {
             inner
                 .host
                 .metrics
                 .fault(&inner.name, Fault::Suspended.as_str())
                 .inc();
-            return Err(failed(format!(
-                "suspended for {} ms after repeated faults",
-                left.as_millis().max(1)
-            )));
+            return Err(failed(reason));
         }
         if batch.is_empty() {
             return Ok(Vec::new());

@@ -335,14 +335,6 @@ fn classify(store: &Store<PluginState>, e: &wasmtime::Error) -> (Fault, String) 
     }
 }
 
-/// The failure reason of a batch skipped during a suspension.
-fn suspended(left: Duration) -> String {
-    format!(
-        "suspended for {} ms after repeated faults",
-        left.as_millis().max(1)
-    )
-}
-
 /// One pipeline stage running a WebAssembly plugin.
 pub struct WasmStage {
     inner: Arc<StageInner>,
@@ -428,9 +420,9 @@ impl StageInner {
     fn run(&self, events: &[wit::Event]) -> Result<Vec<wit::Verdict>, (Fault, String)> {
         // Batches that waited for an instance while the plugin was being
         // suspended do not run it again.
-        if let Err(left) = self.breaker.check() {
+        if let Err(reason) = self.breaker.admit() {
             self.count(Fault::Suspended);
-            return Err((Fault::Suspended, suspended(left)));
+            return Err((Fault::Suspended, reason));
         }
         let result = self.run_instance(events);
         match &result {
@@ -489,9 +481,9 @@ impl Plugin for WasmStage {
             plugin: inner.name.clone(),
             reason,
         };
-        if let Err(left) = inner.breaker.check() {
+        if let Err(reason) = inner.breaker.admit() {
             inner.count(Fault::Suspended);
-            return Err(failed(suspended(left)));
+            return Err(failed(reason));
         }
         let events: Vec<wit::Event> = batch.iter().map(to_wit).collect();
         let permit = Arc::clone(&inner.permits)
