@@ -59,6 +59,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     /// Periodic insights (summary, trend, anomaly).
     pub insights: InsightsConfig,
+    /// Analytics queries: hourly rollups.
+    pub analytics: AnalyticsConfig,
     /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
     /// (mode 0600) when not given here.
     pub secrets: SecretsConfig,
@@ -77,6 +79,7 @@ impl Default for Config {
             execute: ExecuteConfig::default(),
             pipeline: PipelineConfig::default(),
             insights: InsightsConfig::default(),
+            analytics: AnalyticsConfig::default(),
             secrets: SecretsConfig::default(),
         }
     }
@@ -158,6 +161,29 @@ impl Default for InsightsConfig {
             enabled: true,
             interval_minutes: 60,
             anomaly_threshold: 3.5,
+        }
+    }
+}
+
+/// Analytics queries: hourly rollups.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AnalyticsConfig {
+    /// Seconds between two runs of the rollup job, which rolls up the
+    /// hours that are over and have new events (one instance at a time
+    /// when several share a database); 0 switches it off (queries then
+    /// read raw events for every hour not rolled up).
+    pub rollup_interval_secs: u64,
+    /// Hours the rollup job redoes per round; it goes on at once while
+    /// there are more.
+    pub rollup_hours_per_round: u64,
+}
+
+impl Default for AnalyticsConfig {
+    fn default() -> Self {
+        Self {
+            rollup_interval_secs: 10,
+            rollup_hours_per_round: 200,
         }
     }
 }

@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod analytics;
 pub mod config;
 pub mod event;
 pub mod insights;

@@ -147,15 +147,23 @@ pub async fn backup(config: Config, output: &Path) -> anyhow::Result<()> {
 pub async fn stats(config: Config, as_json: bool) -> anyhow::Result<()> {
     let store = open(&config).await?;
     let s = store.stats().await?;
+    let (rollup_rows, rollup_bytes) = store.rollup_size().await?;
+    let pending = store
+        .pending_rollups(orrery_core::event::now_ms().div_euclid(orrery_core::analytics::HOUR_MS))
+        .await?;
     if as_json {
         println!(
             "{}",
             json!({"events": s.events, "projects": s.projects,
-                   "dead_letters": s.dead_letters, "database_bytes": s.database_bytes})
+                   "dead_letters": s.dead_letters, "database_bytes": s.database_bytes,
+                   "rollup_rows": rollup_rows, "rollup_bytes": rollup_bytes,
+                   "rollup_pending_hours": pending})
         );
     } else {
         println!(
-            "events:        {}\nprojects:      {}\ndead letters:  {}\ndatabase size: {} bytes",
+            "events:        {}\nprojects:      {}\ndead letters:  {}\ndatabase size: {} bytes\n\
+             rollups:       {rollup_rows} rows, about {rollup_bytes} bytes; \
+             {pending} hours waiting to be rolled up",
             s.events, s.projects, s.dead_letters, s.database_bytes
         );
     }
@@ -172,6 +180,39 @@ pub async fn vacuum(config: Config) -> anyhow::Result<()> {
     store.vacuum().await?;
     let after = store.stats().await?.database_bytes;
     println!("vacuum done: {before} -> {after} bytes");
+    Ok(())
+}
+
+/// `orrery rollups rebuild [--project ID] [--from T] [--to T]`.
+///
+/// # Errors
+/// A time that does not parse, or the database error.
+pub async fn rollups_rebuild(
+    config: Config,
+    project: Option<uuid::Uuid>,
+    from: Option<&str>,
+    to: Option<&str>,
+) -> anyhow::Result<()> {
+    let time = |flag: &str, v: Option<&str>, default: i64| -> anyhow::Result<i64> {
+        v.map_or(Ok(default), |v| {
+            crate::api::params::Time::parse(v)
+                .map(|t| t.0)
+                .map_err(|m| anyhow::anyhow!("--{flag} {m}"))
+        })
+    };
+    let from = time("from", from, 0)?;
+    let to = time("to", to, orrery_core::event::now_ms() + 1)?;
+    anyhow::ensure!(to > from, "--to must be after --from");
+    let store = open(&config).await?;
+    if let Some(p) = project {
+        store.get_project(p).await?;
+    }
+    let started = std::time::Instant::now();
+    let hours = orrery_core::analytics::rollup::rebuild(&store, project, from, to).await?;
+    println!(
+        "rebuilt the rollups of {hours} hours in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

@@ -62,3 +62,58 @@ async fn run_insights(state: &AppState, now: i64, threshold: f64) {
     }
     info!(insights = total, "insights generated");
 }
+
+/// Starts the rollup job when `analytics.rollup_interval_secs` is not 0:
+/// every interval, under the `rollups` lease, it redoes the marked hours
+/// that are over, `rollup_hours_per_round` at a time, until none is left.
+pub fn spawn_rollups(state: AppState) {
+    let cfg = state.config.analytics.clone();
+    if cfg.rollup_interval_secs == 0 {
+        return;
+    }
+    let interval = Duration::from_secs(cfg.rollup_interval_secs);
+    let per_round = cfg.rollup_hours_per_round.max(1);
+    let holder = format!("instance-{}", Uuid::now_v7());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let lease_ms = i64::try_from(interval.as_millis() * 2)
+                .unwrap_or(i64::MAX)
+                .max(60_000);
+            loop {
+                let now = orrery_core::event::now_ms();
+                match state
+                    .store
+                    .acquire_lease("rollups", &holder, now.saturating_add(lease_ms))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::debug!("rollup job held by another instance");
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(%error, "cannot take the rollups lease");
+                        break;
+                    }
+                }
+                match orrery_core::analytics::rollup::redo_due(&state.store, now, per_round).await {
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(hours = n, "rollups redone");
+                        }
+                        if (n as u64) < per_round {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, "rollup job failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+}

@@ -76,6 +76,28 @@ enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Hourly rollups of the analytics queries.
+    Rollups {
+        #[command(subcommand)]
+        command: RollupsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RollupsCommand {
+    /// Recompute the rollups of the hours that have events or rollups, from
+    /// the raw events; idempotent, safe while serving.
+    Rebuild {
+        /// Only this project (default: every project).
+        #[arg(long, value_name = "ID")]
+        project: Option<uuid::Uuid>,
+        /// From this time (RFC 3339 or ms; default: the beginning).
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Up to this time, exclusive (RFC 3339 or ms; default: now).
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,6 +226,17 @@ fn main() -> ExitCode {
             Command::Backup { output } => orrery_gateway::commands::backup(config, &output).await,
             Command::Stats { json } => orrery_gateway::commands::stats(config, json).await,
             Command::Vacuum => orrery_gateway::commands::vacuum(config).await,
+            Command::Rollups {
+                command: RollupsCommand::Rebuild { project, from, to },
+            } => {
+                orrery_gateway::commands::rollups_rebuild(
+                    config,
+                    project,
+                    from.as_deref(),
+                    to.as_deref(),
+                )
+                .await
+            }
             Command::Config => {
                 print!("{}", settings::render(&config)?);
                 Ok(())

@@ -42,6 +42,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     }
     info!(%local, "listening");
     crate::jobs::spawn_insights(state.clone());
+    crate::jobs::spawn_rollups(state.clone());
 
     crate::connections::serve(
         listener,

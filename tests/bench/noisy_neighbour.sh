@@ -12,6 +12,11 @@
 # plugin loops on. The looping plugin's cost is the difference between the
 # last two.
 #
+# A sends at a fixed rate (RATE, default 1000 requests/s) in both conditions,
+# so that the comparison is of the plugin, not of how fast A's requests are
+# answered (a suspended plugin answers faster, and an unpaced A would then
+# send more).
+#
 # Defaults: target/release/orrery, target/release/orrery-loadgen, the SDK's
 # busy-loop component (loops on events named `loop`), 2 rounds (A/B/A/B).
 set -euo pipefail
@@ -47,10 +52,12 @@ run_b() {
     | tail -n 1 | jq -r '"\(.events_per_s | floor) events/s, p99 \(.p99_ms) ms"'
 }
 echo "server pid $server at $url; bystander: single events, concurrency 64, ${duration} s"
-echo "neighbour: project A, 8 connections sending single events through [ip_hash, looper]; looper"
-echo "keeps \`pageview\` events and loops forever on \`loop\` events"
+rate=${RATE:-1000}
+echo "neighbour: project A, 8 connections sending $rate single events/s (paced: the same load"
+echo "whatever the answers) through [ip_hash, looper]; looper keeps \`pageview\` events and"
+echo "loops forever on \`loop\` events"
 with_neighbour() {
-  "$loadgen" --url "$url" --key "$noisy_pk" --event "$1" --concurrency 8 --batch 1 \
+  "$loadgen" --url "$url" --key "$noisy_pk" --event "$1" --concurrency 8 --rate "$rate" --batch 1 \
     --duration $((duration + 4)) --warmup 0 > "$dir/noise.out" 2>&1 &
   noise=$!
   sleep 1

@@ -2,14 +2,13 @@
 
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseBackend, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set, Statement, Value as DbValue,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
 use super::entities::insight;
-use super::{Store, StoreError};
+use super::{Store, StoreError, sql_for};
 use crate::event::now_ms;
 
 /// An insight to store (or replace, by `key`).
@@ -87,41 +86,7 @@ pub struct PeriodTotals {
     pub session_ms: i64,
 }
 
-/// Rewrites `?` placeholders as `$1, $2...` for PostgreSQL.
-fn sql_for(backend: DatabaseBackend, sql: &str) -> String {
-    if backend != DatabaseBackend::Postgres {
-        return sql.to_owned();
-    }
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut n = 0;
-    for c in sql.chars() {
-        if c == '?' {
-            n += 1;
-            out.push_str(&format!("${n}"));
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 impl Store {
-    async fn rows(
-        &self,
-        sql: &str,
-        values: Vec<DbValue>,
-    ) -> Result<Vec<sea_orm::QueryResult>, StoreError> {
-        let backend = self.db().get_database_backend();
-        Ok(self
-            .db()
-            .query_all(Statement::from_sql_and_values(
-                backend,
-                sql_for(backend, sql),
-                values,
-            ))
-            .await?)
-    }
-
     /// Events per (name, hour) in `[from, to)` by event time; the hour is
     /// `timestamp / 3600000`.
     ///

@@ -25,6 +25,7 @@ pub mod migrations;
 pub mod pipelines;
 pub mod plugins;
 pub mod projects;
+pub mod rollups;
 pub mod sessions;
 pub mod writer_db;
 
@@ -87,6 +88,44 @@ pub enum StoreError {
     /// (active, not revoked, not expiring after a rotation).
     #[error("the change would leave the instance without an admin key")]
     LastAdminKey,
+}
+
+/// Rewrites `?` placeholders as `$1, $2...` for PostgreSQL.
+pub(crate) fn sql_for(backend: DatabaseBackend, sql: &str) -> String {
+    if backend != DatabaseBackend::Postgres {
+        return sql.to_owned();
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl Store {
+    /// Runs `sql` (with `?` placeholders) on the readers' connection and
+    /// returns its rows.
+    pub(crate) async fn rows(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<Vec<sea_orm::QueryResult>, StoreError> {
+        let backend = self.db().get_database_backend();
+        Ok(self
+            .db()
+            .query_all(Statement::from_sql_and_values(
+                backend,
+                sql_for(backend, sql),
+                values,
+            ))
+            .await?)
+    }
 }
 
 /// A handle to the database; cheap to clone.

@@ -21,7 +21,7 @@
 //! or else its URL. A page view is an event named `pageview`, `$pageview`
 //! or `page_view`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
@@ -112,11 +112,17 @@ impl SessionDelta {
 #[derive(Debug, Default)]
 pub struct PendingSessions {
     by_project: HashMap<Uuid, HashMap<String, SessionDelta>>,
+    /// The (project, hour) of every stored event: rollups to redo.
+    hours: HashSet<(Uuid, i64)>,
 }
 
 impl PendingSessions {
     /// Folds one stored event in; events without a session id are ignored.
     pub fn add(&mut self, e: &Event) {
+        self.hours.insert((
+            e.project_id,
+            e.timestamp.div_euclid(crate::analytics::HOUR_MS),
+        ));
         let Some(sid) = e.session_id.as_deref() else {
             return;
         };
@@ -137,12 +143,18 @@ impl PendingSessions {
 
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.by_project.is_empty()
+        self.by_project.is_empty() && self.hours.is_empty()
     }
 
     /// Forgets everything (after it was written).
     pub fn clear(&mut self) {
         self.by_project.clear();
+        self.hours.clear();
+    }
+
+    /// The (project, hour) of every event folded in.
+    pub(super) fn hours(&self) -> impl Iterator<Item = (Uuid, i64)> {
+        self.hours.iter().copied()
     }
 
     /// Every delta with its project and session id.

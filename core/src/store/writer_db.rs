@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use super::dead_letters::NewDeadLetter;
 use super::events::InsertOutcome;
+use super::rollups::{pg_mark, recovery_marks, sqlite_mark};
 use super::sessions::{PendingSessions, SESSION_CHUNKS, recompute_sql, upsert_sql};
 use crate::event::{Event, now_ms};
 
@@ -232,12 +233,18 @@ const PG_MARKS: MarkSql = MarkSql {
 /// [`WriterDb::flush_sessions`]); `$postgres` picks the SQL. Evaluates to
 /// the number of stale marks recovered.
 macro_rules! flush_sessions {
-    ($tx:expr, $postgres:expr, $pending:expr, $writer:expr, $now:expr, $stale_before:expr) => {{
+    ($tx:expr, $postgres:expr, $mark:path, $pending:expr, $writer:expr, $now:expr, $stale_before:expr) => {{
         let marks = if $postgres { &PG_MARKS } else { &SQLITE_MARKS };
         // A fixed order, so that two instances sharing PostgreSQL lock
         // common sessions in the same order and cannot deadlock.
         let mut rows: Vec<_> = $pending.rows().collect();
         rows.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // Rollups to redo: the hours of the stored events, and the start
+        // hours of the sessions they change (read before the change).
+        let keys: Vec<(Uuid, &str)> = rows.iter().map(|(p, s, _)| (*p, *s)).collect();
+        $mark(&mut *$tx, $pending.hours().collect(), &keys)
+            .await
+            .map_err(exec_err)?;
         let mut rest = &rows[..];
         while !rest.is_empty() {
             let size = chunk_len(&SESSION_CHUNKS, rest.len());
@@ -268,7 +275,20 @@ macro_rules! flush_sessions {
             .await
             .map_err(exec_err)?;
         if let Some(&from) = stale.iter().min() {
+            let [event_hours, session_hours] = recovery_marks($postgres);
+            for sql in [&event_hours, &session_hours] {
+                sqlx::query(sql)
+                    .bind(from)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(exec_err)?;
+            }
             sqlx::query(recompute_sql($postgres))
+                .bind(from)
+                .execute(&mut *$tx)
+                .await
+                .map_err(exec_err)?;
+            sqlx::query(&session_hours)
                 .bind(from)
                 .execute(&mut *$tx)
                 .await
@@ -494,13 +514,13 @@ impl WriterDb {
         match &self.pool {
             WriterPool::Sqlite(pool) => {
                 let mut tx = pool.begin().await.map_err(exec_err)?;
-                let n = flush_sessions!(tx, false, pending, writer, now, stale_before);
+                let n = flush_sessions!(tx, false, sqlite_mark, pending, writer, now, stale_before);
                 tx.commit().await.map_err(exec_err)?;
                 Ok(n)
             }
             WriterPool::Postgres(pool) => {
                 let mut tx = pool.begin().await.map_err(exec_err)?;
-                let n = flush_sessions!(tx, true, pending, writer, now, stale_before);
+                let n = flush_sessions!(tx, true, pg_mark, pending, writer, now, stale_before);
                 tx.commit().await.map_err(exec_err)?;
                 Ok(n)
             }

@@ -18,6 +18,7 @@ pub mod pipelines;
 pub mod plugins;
 pub mod projects;
 pub mod sessions;
+pub mod stats;
 pub mod wasm_modules;
 
 /// The API's tags.
@@ -33,6 +34,8 @@ pub enum ApiTags {
     Plugins,
     /// Events that failed in the pipeline or the store, and their replay.
     DeadLetters,
+    /// Statistics: overview, time series and breakdowns, from rollups.
+    Stats,
     /// Summary, trend and anomaly insights.
     Insights,
     /// Projects (admin).
@@ -62,6 +65,7 @@ resources!(
     ingest::IngestApi,
     events::EventsApi,
     sessions::SessionsApi,
+    stats::StatsApi,
     pipelines::PipelinesApi,
     plugins::PluginsApi,
     dead_letters::DeadLettersApi,

@@ -55,6 +55,7 @@ macro_rules! scalar_type {
         }
     };
 }
+pub(crate) use scalar_type;
 
 /// A display name (of a project, a key, a module), always in a field or
 /// parameter called `name`, which its errors name: a JSON string (not a

@@ -82,6 +82,11 @@ struct Args {
     /// Seconds before a request with no answer is abandoned (and retried).
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Requests per second across all workers (each worker sends at most
+    /// RATE / CONCURRENCY per second); unlimited when absent. A paced
+    /// neighbour makes the same load whatever the server answers.
+    #[arg(long, value_parser = positive_rate)]
+    rate: Option<f64>,
 
     /// Start this orrery binary on a fresh data directory, init a project,
     /// serve on 127.0.0.1:0, run the load against it, then stop it.
@@ -333,6 +338,13 @@ fn event_name(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err("1 to 200 of letters, digits, `_`, `-` and `$`".to_owned())
+    }
+}
+
+fn positive_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err("a positive number of requests per second".to_owned()),
     }
 }
 
@@ -722,7 +734,14 @@ impl Worker {
 /// Sends until the end of the window; a request answered 503 or failed is
 /// resent with the same ids (a 503 stored nothing; a failure may have
 /// stored, and the resend settles it as accepted or duplicate).
-async fn worker_loop(mut w: Worker, window: Window, events: u64, backoff: Duration) -> WorkerStats {
+async fn worker_loop(
+    mut w: Worker,
+    window: Window,
+    events: u64,
+    backoff: Duration,
+    pace: Option<Duration>,
+) -> WorkerStats {
+    let mut next_send = Instant::now();
     let mut st = WorkerStats {
         lat_us: Vec::with_capacity(1 << 16),
         ..WorkerStats::default()
@@ -743,6 +762,15 @@ async fn worker_loop(mut w: Worker, window: Window, events: u64, backoff: Durati
             }
         }
         if !pending {
+            if let Some(period) = pace {
+                // Paced: a new request no sooner than one period after the
+                // last one was due (no catching up after a slow answer).
+                tokio::time::sleep_until(next_send.into()).await;
+                next_send = next_send.max(Instant::now() - period) + period;
+                if Instant::now() >= window.end {
+                    break;
+                }
+            }
             w.refresh();
             pending = true;
             in_doubt = false;
@@ -927,10 +955,13 @@ async fn drive(args: &Args, server: Option<&Server>) -> Result<(bool, Option<u64
     let run = Uuid::new_v4();
     let backoff = Duration::from_millis(args.retry_backoff_ms);
     let events = args.batch as u64;
+    let pace = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
     let mut handles = Vec::with_capacity(args.concurrency);
     for n in 0..args.concurrency {
         let w = Worker::new(args, &target, run, n, pool.as_ref());
-        handles.push(tokio::spawn(worker_loop(w, window, events, backoff)));
+        handles.push(tokio::spawn(worker_loop(w, window, events, backoff, pace)));
     }
     eprintln!(
         "orrery-loadgen: {} workers, batch {}, warmup {:.1}s, measuring {:.1}s against {}",

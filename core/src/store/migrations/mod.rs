@@ -12,6 +12,7 @@ mod m20261123_000007_create_insights;
 mod m20261123_000008_create_session_marks;
 mod m20261203_000009_create_plugins;
 mod m20261203_000010_add_query_stages;
+mod m20261203_000011_create_rollups;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261123_000008_create_session_marks::Migration),
             Box::new(m20261203_000009_create_plugins::Migration),
             Box::new(m20261203_000010_add_query_stages::Migration),
+            Box::new(m20261203_000011_create_rollups::Migration),
         ]
     }
 }

@@ -1,0 +1,91 @@
+//! Redoing the rollup of one hour from its raw events and sessions.
+
+use std::collections::HashMap;
+
+use tracing::debug;
+use uuid::Uuid;
+
+use super::aggregate::{Scan, aggregate, rollup_groups};
+use super::sketch::EXACT_LIMIT;
+use super::{HOUR_MS, Metrics};
+use crate::store::rollups::cells_to_rows;
+use crate::store::{Store, StoreError};
+
+/// Recomputes and stores the rollup of `project`'s `hour`, clearing its
+/// mark when its version is still `version` (always when `None`).
+/// Returns the number of cells written.
+///
+/// # Errors
+/// The database error; the old rollup and the mark stay then.
+pub async fn redo_hour(
+    store: &Store,
+    project: Uuid,
+    hour: i64,
+    version: Option<i64>,
+) -> Result<usize, StoreError> {
+    let from = hour * HOUR_MS;
+    let (events, sessions) = store
+        .raw_facts(project, from, from + HOUR_MS, false)
+        .await?;
+    let groups = rollup_groups();
+    let cells = aggregate(
+        &events,
+        &sessions,
+        &Scan {
+            filters: &[],
+            groups: &groups,
+            bucket: &|_| 0,
+            exact_limit: EXACT_LIMIT,
+        },
+    );
+    let mut rows: HashMap<(i16, Option<String>), Metrics> = HashMap::with_capacity(cells.len());
+    for ((g, _, value), m) in cells {
+        let code = groups[g]
+            .as_ref()
+            .and_then(super::Dimension::rolled)
+            .map_or(0, super::Dim::code);
+        rows.insert((code, value), m);
+    }
+    let rows = cells_to_rows(rows);
+    store.write_rollup(project, hour, version, &rows).await?;
+    debug!(%project, hour, cells = rows.len(), events = events.len(), "rollup redone");
+    Ok(rows.len())
+}
+
+/// Redoes every marked hour that is over (before `now_ms`'s hour), oldest
+/// first, at most `limit`; returns how many hours were redone.
+///
+/// # Errors
+/// The database error of the first hour that failed.
+pub async fn redo_due(store: &Store, now_ms: i64, limit: u64) -> Result<usize, StoreError> {
+    let due = store.due_rollups(now_ms.div_euclid(HOUR_MS), limit).await?;
+    for d in &due {
+        redo_hour(store, d.project, d.hour, Some(d.version)).await?;
+    }
+    Ok(due.len())
+}
+
+/// Rebuilds the rollups of `project` (every project when `None`) for the
+/// hours in `[from_ms, to_ms)` that have events or rollups; idempotent.
+/// Returns the number of hours rebuilt.
+///
+/// # Errors
+/// The database error.
+pub async fn rebuild(
+    store: &Store,
+    project: Option<Uuid>,
+    from_ms: i64,
+    to_ms: i64,
+) -> Result<usize, StoreError> {
+    let hours = store
+        .hours_to_rebuild(
+            project,
+            from_ms.div_euclid(HOUR_MS),
+            to_ms.div_euclid(HOUR_MS) + 1,
+        )
+        .await?;
+    for (p, h) in &hours {
+        redo_hour(store, *p, *h, None).await?;
+    }
+    Ok(hours.len())
+}

@@ -1,0 +1,514 @@
+//! Hourly rollups: the marks of hours to redo (written by the writer),
+//! the cells of rolled-up hours, and the raw rows a query or a rollup
+//! reads. What the numbers mean is in [`crate::analytics`].
+//!
+//! The writer marks, in its session flush transaction (once a second, off
+//! the ingestion path), the hour of every event it stored and the start
+//! hour of every existing session those events changed; after a crash, the
+//! recovery of another writer's unwritten sessions marks the same from
+//! the events themselves. The rollup job redoes marked hours once they
+//! are over and clears a mark only if it was not renewed meanwhile
+//! (`version`), so a late event or a dead-letter replay is never lost.
+
+use std::collections::{HashMap, HashSet};
+
+use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbValue};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, SqliteConnection};
+use uuid::Uuid;
+
+use super::{Store, StoreError, sql_for};
+use crate::analytics::{EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet, visitor_hash};
+
+/// Session ids per lookup statement on SQLite.
+const SQLITE_IDS_PER_LOOKUP: usize = 500;
+/// Rows per rollup insert statement (11 values each).
+const CELLS_PER_INSERT: usize = 500;
+
+/// The upsert of one dirty mark per row; `{}` is the rows.
+fn mark_sql(values: &str) -> String {
+    format!(
+        "INSERT INTO rollup_dirty (project_id, hour, version) {values} \
+         ON CONFLICT (project_id, hour) DO UPDATE SET version = rollup_dirty.version + 1"
+    )
+}
+
+/// Marks `hours` dirty, and the start hours of the existing sessions
+/// among `sessions` (sorted by project), in the writer's SQLite
+/// transaction.
+pub(super) async fn sqlite_mark(
+    conn: &mut SqliteConnection,
+    mut hours: HashSet<(Uuid, i64)>,
+    sessions: &[(Uuid, &str)],
+) -> Result<(), sqlx::Error> {
+    for chunk in by_project(sessions, SQLITE_IDS_PER_LOOKUP) {
+        let project = chunk[0].0;
+        let sql = format!(
+            "SELECT started_at FROM sessions WHERE project_id = ? AND session_id IN ({})",
+            vec!["?"; chunk.len()].join(", ")
+        );
+        let mut q = sqlx::query_scalar::<_, i64>(&sql).bind(project);
+        for (_, id) in chunk {
+            q = q.bind(*id);
+        }
+        for started in q.fetch_all(&mut *conn).await? {
+            hours.insert((project, started.div_euclid(HOUR_MS)));
+        }
+    }
+    let hours: Vec<_> = hours.into_iter().collect();
+    for chunk in hours.chunks(CELLS_PER_INSERT) {
+        let sql = mark_sql(&format!(
+            "VALUES {}",
+            vec!["(?, ?, 1)"; chunk.len()].join(", ")
+        ));
+        let mut q = sqlx::query(&sql);
+        for (p, h) in chunk {
+            q = q.bind(*p).bind(*h);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// [`sqlite_mark`] on PostgreSQL.
+pub(super) async fn pg_mark(
+    conn: &mut PgConnection,
+    mut hours: HashSet<(Uuid, i64)>,
+    sessions: &[(Uuid, &str)],
+) -> Result<(), sqlx::Error> {
+    for chunk in by_project(sessions, usize::MAX) {
+        let project = chunk[0].0;
+        let ids: Vec<&str> = chunk.iter().map(|(_, s)| *s).collect();
+        let starts: Vec<i64> = sqlx::query_scalar(
+            "SELECT started_at FROM sessions WHERE project_id = $1 AND session_id = ANY($2)",
+        )
+        .bind(project)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        hours.extend(starts.into_iter().map(|t| (project, t.div_euclid(HOUR_MS))));
+    }
+    if !hours.is_empty() {
+        let (projects, hours): (Vec<Uuid>, Vec<i64>) = hours.into_iter().unzip();
+        sqlx::query(&mark_sql(
+            "SELECT p, h, 1 FROM UNNEST($1::uuid[], $2::int8[]) AS u(p, h)",
+        ))
+        .bind(projects)
+        .bind(hours)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Consecutive runs of `rows` with one project, at most `max` long.
+fn by_project<'a>(
+    rows: &'a [(Uuid, &'a str)],
+    max: usize,
+) -> impl Iterator<Item = &'a [(Uuid, &'a str)]> {
+    let mut rest = rows;
+    std::iter::from_fn(move || {
+        let first = rest.first()?.0;
+        let n = rest
+            .iter()
+            .take(max)
+            .take_while(|(p, _)| *p == first)
+            .count();
+        let (chunk, tail) = rest.split_at(n);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+/// After recovering the sessions of a writer that stopped at `seq` (the
+/// one bound value): marks the hours of the events after it and the start
+/// hours of their sessions. Run before and after the recomputation, so
+/// that both the old and the new start hours are marked.
+pub(super) fn recovery_marks(postgres: bool) -> [String; 2] {
+    let seq = if postgres { "$1" } else { "?" };
+    [
+        mark_sql(&format!(
+            "SELECT DISTINCT project_id, \"timestamp\" / 3600000, 1 FROM events WHERE seq > {seq}"
+        )),
+        mark_sql(&format!(
+            "SELECT DISTINCT s.project_id, s.started_at / 3600000, 1 FROM sessions s \
+             WHERE (s.project_id, s.session_id) IN \
+             (SELECT project_id, session_id FROM events WHERE seq > {seq} \
+             AND session_id IS NOT NULL)"
+        )),
+    ]
+}
+
+/// A marked hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirtyHour {
+    /// The project.
+    pub project: Uuid,
+    /// Hours since the epoch.
+    pub hour: i64,
+    /// The mark's version when read.
+    pub version: i64,
+}
+
+/// A stored rollup cell.
+#[derive(Debug, Clone)]
+pub struct StoredCell {
+    /// Hours since the epoch.
+    pub hour: i64,
+    /// The dimension's value; `None` for the totals and for "none".
+    pub value: Option<String>,
+    /// Its numbers.
+    pub metrics: Metrics,
+}
+
+impl Store {
+    /// Marked hours that ended at or before `before_hour` (exclusive),
+    /// oldest first, at most `limit`.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn due_rollups(
+        &self,
+        before_hour: i64,
+        limit: u64,
+    ) -> Result<Vec<DirtyHour>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT project_id, hour, version FROM rollup_dirty WHERE hour < ? \
+                 ORDER BY hour LIMIT ?",
+                vec![before_hour.into(), limit.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DirtyHour {
+                    project: r.try_get_by_index(0)?,
+                    hour: r.try_get_by_index(1)?,
+                    version: r.try_get_by_index(2)?,
+                })
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
+    /// The marked hours of `project` in `[from_hour, to_hour)`.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn dirty_hours(
+        &self,
+        project: Uuid,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<HashSet<i64>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT hour FROM rollup_dirty WHERE project_id = ? AND hour >= ? AND hour < ?",
+                vec![project.into(), from_hour.into(), to_hour.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
+    /// Hours of `project` (all projects when `None`) in `[from_hour,
+    /// to_hour)` that have events or rollups: what a rebuild redoes.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn hours_to_rebuild(
+        &self,
+        project: Option<Uuid>,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let (cond, mut values): (&str, Vec<DbValue>) = match project {
+            Some(p) => ("project_id = ? AND ", vec![p.into()]),
+            None => ("", vec![]),
+        };
+        let from_ms = from_hour.saturating_mul(HOUR_MS);
+        let to_ms = to_hour.saturating_mul(HOUR_MS);
+        let mut all = values.clone();
+        all.extend([from_ms.into(), to_ms.into()]);
+        all.append(&mut values);
+        all.extend([from_hour.into(), to_hour.into()]);
+        let sql = format!(
+            "SELECT DISTINCT project_id, \"timestamp\" / 3600000 FROM events \
+             WHERE {cond}\"timestamp\" >= ? AND \"timestamp\" < ? \
+             UNION SELECT DISTINCT project_id, hour FROM rollups \
+             WHERE {cond}hour >= ? AND hour < ? ORDER BY 2"
+        );
+        let rows = self.rows(&sql, all).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
+    /// The stored cells of `project`, dimension code `dim` (0: totals), in
+    /// `[from_hour, to_hour)`.
+    ///
+    /// # Errors
+    /// The database error, or a visitor set that cannot be read.
+    pub async fn rollup_cells(
+        &self,
+        project: Uuid,
+        dim: i16,
+        from_hour: i64,
+        to_hour: i64,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT hour, value, events, pageviews, visitors, sessions, bounces, \
+                 duration_ms, session_pageviews FROM rollups \
+                 WHERE project_id = ? AND dim = ? AND hour >= ? AND hour < ?",
+                vec![project.into(), dim.into(), from_hour.into(), to_hour.into()],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let value: String = r.try_get_by_index(1)?;
+            let bytes: Vec<u8> = r.try_get_by_index(4)?;
+            let visitors = VisitorSet::from_bytes(&bytes).ok_or_else(|| {
+                StoreError::Db(DbErr::Custom(format!(
+                    "a rollup of project {project} holds an unreadable visitor set"
+                )))
+            })?;
+            out.push(StoredCell {
+                hour: r.try_get_by_index(0)?,
+                value: (!value.is_empty()).then_some(value),
+                metrics: Metrics {
+                    events: r.try_get_by_index(2)?,
+                    pageviews: r.try_get_by_index(3)?,
+                    visitors,
+                    sessions: r.try_get_by_index(5)?,
+                    bounces: r.try_get_by_index(6)?,
+                    duration_ms: r.try_get_by_index(7)?,
+                    session_pageviews: r.try_get_by_index(8)?,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The events of `project` with a time in `[from, to)` and the
+    /// sessions that started then, as the aggregation reads them;
+    /// properties only when `properties`.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn raw_facts(
+        &self,
+        project: Uuid,
+        from: i64,
+        to: i64,
+        properties: bool,
+    ) -> Result<(Vec<EventFacts>, Vec<SessionFacts>), StoreError> {
+        let postgres = self.backend() == sea_orm::DatabaseBackend::Postgres;
+        let text = |c: &str| {
+            if postgres {
+                format!("{c}::text")
+            } else {
+                c.to_owned()
+            }
+        };
+        let sql = format!(
+            "SELECT seq, name, \"timestamp\", COALESCE(distinct_id, visitor_id, ip_hash), \
+             session_id, url, {}, {} FROM events \
+             WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ?",
+            text("enrichment"),
+            if properties {
+                text("properties")
+            } else {
+                "NULL".to_owned()
+            }
+        );
+        let rows = self
+            .rows(&sql, vec![project.into(), from.into(), to.into()])
+            .await?;
+        let mut events = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let visitor: Option<String> = r.try_get_by_index(3)?;
+            let enrichment: String = r.try_get_by_index(6)?;
+            let props: Option<String> = r.try_get_by_index(7)?;
+            events.push(EventFacts {
+                seq: r.try_get_by_index(0)?,
+                name: r.try_get_by_index(1)?,
+                timestamp: r.try_get_by_index(2)?,
+                visitor: visitor.as_deref().map(visitor_hash),
+                session_id: r.try_get_by_index(4)?,
+                url: r.try_get_by_index(5)?,
+                enrichment: json_map(&enrichment),
+                properties: props.as_deref().map(json_map),
+            });
+        }
+        let rows = self
+            .rows(
+                "SELECT session_id, started_at, duration_ms, events, pageviews, bounce, \
+                 entry_page, exit_page FROM sessions \
+                 WHERE project_id = ? AND started_at >= ? AND started_at < ?",
+                vec![project.into(), from.into(), to.into()],
+            )
+            .await?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for r in &rows {
+            sessions.push(SessionFacts {
+                session_id: r.try_get_by_index(0)?,
+                started_at: r.try_get_by_index(1)?,
+                duration_ms: r.try_get_by_index(2)?,
+                events: r.try_get_by_index(3)?,
+                pageviews: r.try_get_by_index(4)?,
+                bounce: r.try_get_by_index(5)?,
+                entry_page: r.try_get_by_index(6)?,
+                exit_page: r.try_get_by_index(7)?,
+            });
+        }
+        Ok((events, sessions))
+    }
+
+    /// Replaces the rollup of `project`'s `hour` with `cells` (dimension
+    /// code, value, numbers) and clears its mark if its version is still
+    /// `version` (always when `None`), in one transaction.
+    ///
+    /// # Errors
+    /// The database error; nothing changed then.
+    pub async fn write_rollup(
+        &self,
+        project: Uuid,
+        hour: i64,
+        version: Option<i64>,
+        cells: &[(i16, Option<String>, Metrics)],
+    ) -> Result<(), StoreError> {
+        let backend = self.backend();
+        let stmt = |sql: &str, values: Vec<DbValue>| {
+            Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
+        };
+        let tx = self.db().begin().await?;
+        tx.execute(stmt(
+            "DELETE FROM rollups WHERE project_id = ? AND hour = ?",
+            vec![project.into(), hour.into()],
+        ))
+        .await?;
+        for chunk in cells.chunks(CELLS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, visitors, \
+                 sessions, bounces, duration_ms, session_pageviews) VALUES {}",
+                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            );
+            let mut values = Vec::with_capacity(chunk.len() * 11);
+            for (dim, value, m) in chunk {
+                values.extend([
+                    project.into(),
+                    (*dim).into(),
+                    hour.into(),
+                    value.clone().unwrap_or_default().into(),
+                    m.events.into(),
+                    m.pageviews.into(),
+                    m.visitors.to_bytes().into(),
+                    m.sessions.into(),
+                    m.bounces.into(),
+                    m.duration_ms.into(),
+                    m.session_pageviews.into(),
+                ]);
+            }
+            tx.execute(stmt(&sql, values)).await?;
+        }
+        match version {
+            Some(v) => {
+                tx.execute(stmt(
+                    "DELETE FROM rollup_dirty WHERE project_id = ? AND hour = ? AND version = ?",
+                    vec![project.into(), hour.into(), v.into()],
+                ))
+                .await?
+            }
+            None => {
+                tx.execute(stmt(
+                    "DELETE FROM rollup_dirty WHERE project_id = ? AND hour = ?",
+                    vec![project.into(), hour.into()],
+                ))
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rollup rows and their total size in bytes (for `orrery stats`).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn rollup_size(&self) -> Result<(i64, i64), StoreError> {
+        let length = if self.backend() == sea_orm::DatabaseBackend::Postgres {
+            "octet_length"
+        } else {
+            "length"
+        };
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM({length}(visitors) + {length}(value) + 64), 0) \
+                     AS BIGINT) FROM rollups"
+                ),
+                vec![],
+            )
+            .await?;
+        let r = rows.first().ok_or(StoreError::NotFound("rollup size"))?;
+        Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))
+    }
+
+    /// Hours that are over (before `before_hour`) and marked, not yet
+    /// rolled up, over all projects.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn pending_rollups(&self, before_hour: i64) -> Result<i64, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT COUNT(*) FROM rollup_dirty WHERE hour < ?",
+                vec![before_hour.into()],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or(StoreError::NotFound("pending rollups"))?;
+        Ok(r.try_get_by_index(0)?)
+    }
+
+    /// The time of `project`'s earliest event, ms.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn first_event_at(&self, project: Uuid) -> Result<Option<i64>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT MIN(\"timestamp\") FROM events WHERE project_id = ?",
+                vec![project.into()],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| r.try_get_by_index::<Option<i64>>(0))
+            .transpose()?
+            .flatten())
+    }
+}
+
+/// A JSON object column (`{}` when it is not one).
+fn json_map(text: &str) -> Map<String, Value> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => m,
+        _ => Map::new(),
+    }
+}
+
+/// Groups cells as [`Store::write_rollup`] takes them.
+#[must_use]
+pub fn cells_to_rows(
+    cells: HashMap<(i16, Option<String>), Metrics>,
+) -> Vec<(i16, Option<String>, Metrics)> {
+    let mut rows: Vec<_> = cells.into_iter().map(|((d, v), m)| (d, v, m)).collect();
+    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    rows
+}
