@@ -165,7 +165,7 @@ impl Default for InsightsConfig {
     }
 }
 
-/// Analytics queries: hourly rollups.
+/// Analytics queries: hourly rollups and the answer cache.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AnalyticsConfig {
@@ -177,6 +177,12 @@ pub struct AnalyticsConfig {
     /// Hours the rollup job redoes per round; it goes on at once while
     /// there are more.
     pub rollup_hours_per_round: u64,
+    /// Seconds a statistics answer stays in the cache; events stored for
+    /// the project (through this instance) clear its answers sooner. 0
+    /// switches the cache off.
+    pub cache_ttl_secs: u64,
+    /// Answers kept in the cache.
+    pub cache_entries: usize,
 }
 
 impl Default for AnalyticsConfig {
@@ -184,6 +190,8 @@ impl Default for AnalyticsConfig {
         Self {
             rollup_interval_secs: 10,
             rollup_hours_per_round: 200,
+            cache_ttl_secs: 10,
+            cache_entries: 1000,
         }
     }
 }

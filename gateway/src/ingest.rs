@@ -208,6 +208,9 @@ pub async fn enrich_and_store(
     }
     let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
     let outcomes = state.writer.write(to_store, dead).await?;
+    if outcomes.contains(&WriteOutcome::Inserted) {
+        state.stats_cache.invalidate(project);
+    }
     for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
         let outcome = match outcome {
             WriteOutcome::Inserted => Outcome::Accepted,

@@ -25,6 +25,7 @@ pub mod plugin_dir;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod stats_cache;
 
 use state::AppState;
 

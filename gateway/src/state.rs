@@ -42,6 +42,8 @@ pub struct State {
     pub registry: Registry,
     /// When the server started.
     pub started: Instant,
+    /// Statistics answers.
+    pub stats_cache: crate::stats_cache::StatsCache,
 }
 
 /// Cheap-to-clone handle to [`State`].
@@ -125,6 +127,10 @@ impl State {
             core_metrics.clone(),
         );
         let secret = config.secrets.instance_key();
+        let stats_cache = crate::stats_cache::StatsCache::new(
+            std::time::Duration::from_secs(config.analytics.cache_ttl_secs),
+            config.analytics.cache_entries,
+        );
         Arc::new(Self {
             cursors: Cursors::new(&secret),
             config,
@@ -137,6 +143,7 @@ impl State {
             exec: exec.map(Arc::new),
             registry,
             started: Instant::now(),
+            stats_cache,
         })
     }
 }

@@ -483,7 +483,11 @@ async fn check_all(server: &Server, events: &[Sent], from: i64, to: i64, when: &
 
 #[tokio::test]
 async fn statistics_equal_a_raw_count_before_and_after_rollups() {
-    let env = [("ORRERY_ANALYTICS__ROLLUP_INTERVAL_SECS", "1")];
+    // No answer cache here: the test watches the numbers change.
+    let env = [
+        ("ORRERY_ANALYTICS__ROLLUP_INTERVAL_SECS", "1"),
+        ("ORRERY_ANALYTICS__CACHE_TTL_SECS", "0"),
+    ];
     each_backend("stats", &env, async |server| {
         let now = orrery_core::event::now_ms();
         let day0 = (now / DAY - 6) * DAY;
@@ -594,7 +598,7 @@ async fn send(server: &Server, key: &str, events: &[Sent]) {
 }
 
 #[tokio::test]
-async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_404() {
+async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_403() {
     let server = Server::sqlite(&[]).await;
     let keys = server.keys.clone();
     let p = &keys.project_id;
@@ -662,4 +666,32 @@ async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_404() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["current"]["events"], 0);
+}
+
+#[tokio::test]
+async fn new_events_clear_cached_answers() {
+    let server = Server::sqlite(&[("ORRERY_ANALYTICS__CACHE_TTL_SECS", "600")]).await;
+    let keys = server.keys.clone();
+    let path = format!(
+        "/api/v1/projects/{}/stats/overview?range=24h",
+        keys.project_id
+    );
+    let events = |o: &Value| o["current"]["events"].as_i64().unwrap();
+    let (_, first) = server.get(&path, &keys.secret_key).await;
+    assert_eq!(events(&first), 0);
+    for n in 1..=3 {
+        let (status, body) = server
+            .post_events(
+                &keys.public_key,
+                &[],
+                json!({"event": "pageview", "url": "https://x.test/"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        // Cached for ten minutes, but the new event is counted at once.
+        let (_, o) = server.get(&path, &keys.secret_key).await;
+        assert_eq!(events(&o), n, "{o}");
+        let (_, again) = server.get(&path, &keys.secret_key).await;
+        assert_eq!(o, again);
+    }
 }

@@ -241,7 +241,7 @@ fn round(x: f64) -> f64 {
 }
 
 /// Overview of a period and of the period of equal length before it.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct Overview {
     /// Start of the period, RFC 3339 (inclusive).
     pub from: String,
@@ -256,7 +256,7 @@ pub struct Overview {
 }
 
 /// One bucket of a time series.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct Point {
     /// Start of the bucket, RFC 3339 (UTC).
     pub start: String,
@@ -266,7 +266,7 @@ pub struct Point {
 }
 
 /// A time series.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct Timeseries {
     /// `hour`, `day`, `week` or `month`.
     pub interval: String,
@@ -281,7 +281,7 @@ pub struct Timeseries {
 }
 
 /// One value of a breakdown.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 pub struct BreakdownRow {
     /// The value; absent for events (or sessions) without one.
     pub value: Option<String>,
@@ -291,7 +291,7 @@ pub struct BreakdownRow {
 }
 
 /// Top values of a dimension.
-#[derive(Debug, Object)]
+#[derive(Debug, Clone, Object)]
 #[oai(skip_serializing_if_is_none)]
 pub struct Breakdown {
     /// The dimension.
@@ -310,6 +310,26 @@ pub struct Breakdown {
 
 /// Statistics.
 pub struct StatsApi;
+
+/// The cached answer to this request (same path and query string) or
+/// the one `compute` gives, kept for the next identical request.
+async fn cached<T, F>(req: &Request, project: Uuid, compute: F) -> ApiResult<Json<T>>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = ApiResult<T>>,
+{
+    let state = app_state(req);
+    let key = format!("{}?{}", req.uri().path(), req.uri().query().unwrap_or(""));
+    if let Some(answer) = state.stats_cache.get::<T>(project, &key) {
+        return Ok(Json(answer));
+    }
+    let generation = state.stats_cache.generation(project);
+    let answer = compute.await?;
+    state
+        .stats_cache
+        .put(project, key, generation, answer.clone());
+    Ok(Json(answer))
+}
 
 fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(
@@ -399,19 +419,22 @@ impl StatsApi {
         #[oai(validator(max_items = 20))]
         filter: Query<Vec<FilterParam>>,
     ) -> ApiResult<Json<Overview>> {
-        let state = app_state(req);
-        let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
-        let now = now_ms();
-        let prev = q.previous();
-        let current = query::totals(&state.store, &q, now).await?;
-        let previous = query::totals(&state.store, &prev, now).await?;
-        Ok(Json(Overview {
-            from: rfc3339_ms(q.from),
-            to: rfc3339_ms(q.to),
-            current: (&current).into(),
-            previous_from: rfc3339_ms(prev.from),
-            previous: (&previous).into(),
-        }))
+        cached(req, project_id.0, async {
+            let state = app_state(req);
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let now = now_ms();
+            let prev = q.previous();
+            let current = query::totals(&state.store, &q, now).await?;
+            let previous = query::totals(&state.store, &prev, now).await?;
+            Ok(Overview {
+                from: rfc3339_ms(q.from),
+                to: rfc3339_ms(q.to),
+                current: (&current).into(),
+                previous_from: rfc3339_ms(prev.from),
+                previous: (&previous).into(),
+            })
+        })
+        .await
     }
 
     /// Time series
@@ -447,27 +470,31 @@ impl StatsApi {
         /// IANA time zone, e.g. `Europe/Berlin` (default `UTC`).
         tz: Query<Option<TzParam>>,
     ) -> ApiResult<Json<Timeseries>> {
-        let state = app_state(req);
-        let every = interval.0.map_or(Interval::Day, |i| i.0);
-        let zone = tz.0.map_or(Tz::UTC, |t| t.0);
-        let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
-        let buckets = every
-            .buckets(zone, q.from, q.to)
-            .map_err(|m| bad("interval", m))?;
-        let series = query::timeseries(&state.store, &q, every, zone, buckets, now_ms()).await?;
-        Ok(Json(Timeseries {
-            interval: every.name().to_owned(),
-            tz: zone.name().to_owned(),
-            from: rfc3339_ms(q.from),
-            to: rfc3339_ms(q.to),
-            points: series
-                .iter()
-                .map(|(start, m)| Point {
-                    start: rfc3339_ms(*start),
-                    summary: m.into(),
-                })
-                .collect(),
-        }))
+        cached(req, project_id.0, async {
+            let state = app_state(req);
+            let every = interval.0.map_or(Interval::Day, |i| i.0);
+            let zone = tz.0.map_or(Tz::UTC, |t| t.0);
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let buckets = every
+                .buckets(zone, q.from, q.to)
+                .map_err(|m| bad("interval", m))?;
+            let series =
+                query::timeseries(&state.store, &q, every, zone, buckets, now_ms()).await?;
+            Ok(Timeseries {
+                interval: every.name().to_owned(),
+                tz: zone.name().to_owned(),
+                from: rfc3339_ms(q.from),
+                to: rfc3339_ms(q.to),
+                points: series
+                    .iter()
+                    .map(|(start, m)| Point {
+                        start: rfc3339_ms(*start),
+                        summary: m.into(),
+                    })
+                    .collect(),
+            })
+        })
+        .await
     }
 
     /// Breakdown
@@ -508,44 +535,47 @@ impl StatsApi {
         /// Values to skip (the `next_offset` of the previous page).
         offset: Query<Option<u64>>,
     ) -> ApiResult<Json<Breakdown>> {
-        let state = app_state(req);
-        let dimension = by.0.0;
-        let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);
-        let offset = offset.0.unwrap_or(0);
-        let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
-        let mut values = query::breakdown(&state.store, &q, &dimension, now_ms()).await?;
-        let mut rows: Vec<(Option<String>, Summary)> = values
-            .drain(..)
-            .map(|(v, m)| {
-                let s = Summary::from(&m);
-                (v, s)
+        cached(req, project_id.0, async {
+            let state = app_state(req);
+            let dimension = by.0.0;
+            let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);
+            let offset = offset.0.unwrap_or(0);
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let mut values = query::breakdown(&state.store, &q, &dimension, now_ms()).await?;
+            let mut rows: Vec<(Option<String>, Summary)> = values
+                .drain(..)
+                .map(|(v, m)| {
+                    let s = Summary::from(&m);
+                    (v, s)
+                })
+                .filter(|(_, s)| s.events > 0 || s.sessions > 0)
+                .collect();
+            rows.sort_by(|a, b| {
+                b.1.visitors
+                    .cmp(&a.1.visitors)
+                    .then(b.1.events.cmp(&a.1.events))
+                    .then_with(|| a.0.cmp(&b.0))
+            });
+            let total = rows.len() as u64;
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(rows.len());
+            let end = start
+                .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
+                .min(rows.len());
+            let next_offset = (end < rows.len()).then_some(end as u64);
+            Ok(Breakdown {
+                by: dimension.name(),
+                from: rfc3339_ms(q.from),
+                to: rfc3339_ms(q.to),
+                rows: rows
+                    .drain(start..end)
+                    .map(|(value, summary)| BreakdownRow { value, summary })
+                    .collect(),
+                total_values: total,
+                next_offset,
             })
-            .filter(|(_, s)| s.events > 0 || s.sessions > 0)
-            .collect();
-        rows.sort_by(|a, b| {
-            b.1.visitors
-                .cmp(&a.1.visitors)
-                .then(b.1.events.cmp(&a.1.events))
-                .then_with(|| a.0.cmp(&b.0))
-        });
-        let total = rows.len() as u64;
-        let start = usize::try_from(offset)
-            .unwrap_or(usize::MAX)
-            .min(rows.len());
-        let end = start
-            .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
-            .min(rows.len());
-        let next_offset = (end < rows.len()).then_some(end as u64);
-        Ok(Json(Breakdown {
-            by: dimension.name(),
-            from: rfc3339_ms(q.from),
-            to: rfc3339_ms(q.to),
-            rows: rows
-                .drain(start..end)
-                .map(|(value, summary)| BreakdownRow { value, summary })
-                .collect(),
-            total_values: total,
-            next_offset,
-        }))
+        })
+        .await
     }
 }

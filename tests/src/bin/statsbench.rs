@@ -1,0 +1,326 @@
+//! Benchmark (not a test) of the statistics queries: loads N realistic
+//! events spread over 90 days into a fresh database through the writer
+//! (enrichment already filled in, as the built-in plugins would), builds
+//! the rollups, then times overview (30 days), time series (30 days,
+//! daily), breakdown by page (30 days) and a filtered breakdown, cold (a
+//! new connection pool, empty page cache) and warm (the median of the
+//! following runs), and prints the table with the database size.
+//!
+//! ```sh
+//! cargo run --release -p orrery-tests --bin orrery-statsbench -- --events 1000000
+//! cargo run --release -p orrery-tests --bin orrery-statsbench -- --events 1000000 \
+//!     --database-url postgres://postgres@127.0.0.1/statsbench --create-db
+//! ```
+#![allow(clippy::unwrap_used)] // benchmark code: a failed unwrap fails the run
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use orrery_core::analytics::query::{self, Interval, Query};
+use orrery_core::analytics::{Dimension, HOUR_MS, rollup};
+use orrery_core::config::Config;
+use orrery_core::event::{Event, now_ms};
+use orrery_core::metrics::CoreMetrics;
+use orrery_core::store::Store;
+use orrery_core::writer::{Writer, WriterConfig};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "orrery-statsbench",
+    about = "Times the statistics queries on generated data"
+)]
+struct Args {
+    /// Events to load.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Days they are spread over, ending now.
+    #[arg(long, default_value_t = 90)]
+    days: i64,
+    /// PostgreSQL URL (default: SQLite in --data-dir).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// With --database-url: drop and create that database first.
+    #[arg(long)]
+    create_db: bool,
+    /// Data directory (default: a temporary one, removed at the end).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Reuse the data already in --data-dir / --database-url (no loading).
+    #[arg(long)]
+    reuse: bool,
+    /// Warm runs per query (the median is printed).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+const PAGES: usize = 200;
+const COUNTRIES: [&str; 8] = ["US", "DE", "FR", "GB", "IN", "BR", "JP", "CA"];
+const BROWSERS: [&str; 4] = ["Chrome", "Safari", "Firefox", "Edge"];
+const SOURCES: [(&str, Option<&str>); 4] = [
+    ("direct", None),
+    ("search", Some("www.google.com")),
+    ("social", Some("news.ycombinator.com")),
+    ("other", Some("blog.example.org")),
+];
+
+/// A small deterministic generator.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(run(args));
+}
+
+async fn open(config: &Config) -> Store {
+    let store = Store::connect(config).await.unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn run(args: Args) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = Config {
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().to_owned()),
+        database_url: args.database_url.clone(),
+        ..Config::default()
+    };
+    config.database.max_connections = 8;
+    if args.create_db
+        && let Some(url) = &args.database_url
+    {
+        let (base, name) = url.rsplit_once('/').unwrap();
+        let admin = format!("{base}/postgres");
+        let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let store = open(&config).await;
+    let now = now_ms();
+    let project = if args.reuse {
+        store.list_projects(None).await.unwrap()[0].id
+    } else {
+        let project = store.create_project("bench").await.unwrap().id;
+        load(&store, &args, project, now).await;
+        let started = Instant::now();
+        let hours = rollup::rebuild(&store, None, 0, now + 1).await.unwrap();
+        println!(
+            "rollups of {hours} hours built in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        project
+    };
+    let stats = store.stats().await.unwrap();
+    let (rows, bytes) = store.rollup_size().await.unwrap();
+    println!(
+        "{} events; database {:.1} MiB ({:.1} MiB per million events); rollups {rows} rows, about {:.1} MiB",
+        stats.events,
+        stats.database_bytes as f64 / 1048576.0,
+        stats.database_bytes as f64 / 1048576.0 / (stats.events as f64 / 1e6),
+        bytes as f64 / 1048576.0
+    );
+    store.close().await;
+
+    let month = Query {
+        project,
+        from: now - 30 * 24 * HOUR_MS,
+        to: now + 1,
+        filters: Vec::new(),
+    };
+    let tz: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let page = Dimension::parse("page").unwrap();
+    let mut filtered = month.clone();
+    filtered.filters.push(orrery_core::analytics::Filter {
+        dimension: Dimension::parse("country").unwrap(),
+        op: orrery_core::analytics::Op::Eq,
+        values: vec!["DE".into()],
+    });
+    println!(
+        "\nquery (30 days)                       cold ms   warm ms (median of {})",
+        args.runs
+    );
+    for name in [
+        "overview",
+        "timeseries",
+        "breakdown page",
+        "breakdown page, country=DE",
+    ] {
+        let mut times = Vec::new();
+        // Cold: a new pool, so SQLite's page cache starts empty (the OS
+        // cache may still hold the file).
+        let store = open(&config).await;
+        for _ in 0..=args.runs {
+            let started = Instant::now();
+            match name {
+                "overview" => {
+                    query::totals(&store, &month, now).await.unwrap();
+                    query::totals(&store, &month.previous(), now).await.unwrap();
+                }
+                "timeseries" => {
+                    let buckets = Interval::Day.buckets(tz, month.from, month.to).unwrap();
+                    query::timeseries(&store, &month, Interval::Day, tz, buckets, now)
+                        .await
+                        .unwrap();
+                }
+                "breakdown page" => {
+                    query::breakdown(&store, &month, &page, now).await.unwrap();
+                }
+                _ => {
+                    query::breakdown(
+                        &store,
+                        &filtered,
+                        &Dimension::parse("country").unwrap(),
+                        now,
+                    )
+                    .await
+                    .unwrap();
+                }
+            }
+            times.push(started.elapsed());
+        }
+        store.close().await;
+        let cold = times.remove(0);
+        times.sort();
+        let warm = times[times.len() / 2];
+        println!("{name:<36} {:>8.1} {:>9.1}", ms(cold), ms(warm));
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Loads `args.events` events over `args.days` days: visitors with
+/// sessions of 1 to 8 events a few minutes apart, page views and a few
+/// other events, enrichment filled in.
+async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
+    let writer = Writer::start(
+        store.clone(),
+        WriterConfig {
+            flush_events: 2000,
+            flush_interval: Duration::from_millis(5),
+            queue_capacity: 200_000,
+            sessions_flush: Duration::from_secs(1),
+        },
+        CoreMetrics::default(),
+    );
+    let start = now - args.days * 24 * HOUR_MS;
+    let span = (args.days * 24 * HOUR_MS) as u64;
+    let mut rng = Lcg(42);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut session = 0u64;
+    let visitors = (args.events / 12).max(1);
+    let mut pending = Vec::new();
+    let mut batch = Vec::with_capacity(1000);
+    while sent < args.events {
+        session += 1;
+        let visitor = rng.next(visitors);
+        let mut ts = start + rng.next(span) as i64;
+        let country = COUNTRIES[rng.next(COUNTRIES.len() as u64) as usize];
+        let browser = BROWSERS[rng.next(BROWSERS.len() as u64) as usize];
+        let (source, host) = SOURCES[rng.next(SOURCES.len() as u64) as usize];
+        let utm = (rng.next(5) == 0).then_some("newsletter");
+        for i in 0..=rng.next(8) {
+            if sent == args.events || ts >= now {
+                break;
+            }
+            // Zipf-like pages: a few popular ones.
+            let top = rng.next(PAGES as u64) + 1;
+            let page = format!("/p/{}", rng.next(top));
+            let name = if i == 0 || rng.next(4) > 0 {
+                "pageview"
+            } else {
+                "signup"
+            };
+            let mut enrichment = Map::new();
+            enrichment.insert("page_path".into(), Value::from(page.clone()));
+            enrichment.insert("page_host".into(), Value::from("shop.example.com"));
+            enrichment.insert("country".into(), Value::from(country));
+            enrichment.insert("browser".into(), Value::from(browser));
+            enrichment.insert("os".into(), Value::from("Linux"));
+            enrichment.insert("device_type".into(), Value::from("desktop"));
+            enrichment.insert("referrer_source".into(), Value::from(source));
+            if let Some(h) = host {
+                enrichment.insert("referrer_host".into(), Value::from(h));
+            }
+            if let Some(u) = utm {
+                enrichment.insert("utm_source".into(), Value::from(u));
+            }
+            let properties = if name == "signup" {
+                json!({"plan": if rng.next(2) == 0 { "pro" } else { "team" }})
+                    .as_object()
+                    .cloned()
+                    .unwrap()
+            } else {
+                Map::new()
+            };
+            batch.push(Event {
+                id: Uuid::now_v7(),
+                project_id: project,
+                name: name.into(),
+                distinct_id: Some(format!("v{visitor}")),
+                session_id: Some(format!("s{session}")),
+                timestamp: ts,
+                received_at: now,
+                url: Some(format!("https://shop.example.com{page}")),
+                referrer: host.map(|h| format!("https://{h}/")),
+                user_agent: None,
+                properties,
+                ip_hash: None,
+                visitor_id: None,
+                enrichment,
+            });
+            sent += 1;
+            ts += (30 + rng.next(300)) as i64 * 1000;
+            if batch.len() == 1000 {
+                let w = writer.clone();
+                let events = std::mem::take(&mut batch);
+                pending.push(tokio::spawn(
+                    async move { w.write(events, Vec::new()).await },
+                ));
+                if pending.len() >= 32 {
+                    for p in pending.drain(..) {
+                        p.await.unwrap().unwrap();
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        writer.write(batch, Vec::new()).await.unwrap();
+    }
+    for p in pending {
+        p.await.unwrap().unwrap();
+    }
+    writer.close().await;
+    println!(
+        "loaded {sent} events ({session} sessions) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
