@@ -145,6 +145,22 @@ pub async fn silent_provider() -> u16 {
     port
 }
 
+/// A small deterministic generator for test and benchmark data (no
+/// dependency; the same data every run).
+#[derive(Debug, Clone)]
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// A number in `0..n` from the top 48 bits of the state.
+    pub fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 16) % n
+    }
+}
+
 /// The `p` quantile (0 < p <= 1) of `sorted` by the nearest-rank method: the
 /// smallest value with at least a share `p` of all values at or below it;
 /// `None` when empty. The one definition of every benchmark's p50 and p99

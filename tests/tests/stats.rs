@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
-use orrery_tests::{Api, Server, each_backend};
+use orrery_tests::{Api, Lcg, Server, each_backend};
 use serde_json::{Value, json};
 
 const HOUR: i64 = 3_600_000;
@@ -50,19 +50,6 @@ impl Sent {
             e["properties"] = json!({"plan": p});
         }
         e
-    }
-}
-
-/// A small deterministic generator (no dependency, same data every run).
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (self.0 >> 33) % n
     }
 }
 

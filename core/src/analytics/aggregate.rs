@@ -218,6 +218,25 @@ mod tests {
         }
     }
 
+    /// One bucket, exact visitor sets.
+    fn run(
+        events: &[EventFacts],
+        sessions: &[SessionFacts],
+        filters: &[Filter],
+        groups: &[Option<Dimension>],
+    ) -> Cells {
+        aggregate(
+            events,
+            sessions,
+            &Scan {
+                filters,
+                groups,
+                bucket: &|_| 0,
+                exact_limit: 100,
+            },
+        )
+    }
+
     fn session(id: &str, started_at: i64, pageviews: i64, entry: &str) -> SessionFacts {
         SessionFacts {
             session_id: id.into(),
@@ -241,16 +260,7 @@ mod tests {
         let sessions = vec![session("s1", 10, 1, "/p1"), session("s2", 15, 2, "/p1")];
         let country = Dimension::Rolled(Dim::Country);
         let groups = [None, Some(country.clone())];
-        let cells = aggregate(
-            &events,
-            &sessions,
-            &Scan {
-                filters: &[],
-                groups: &groups,
-                bucket: &|_| 0,
-                exact_limit: 100,
-            },
-        );
+        let cells = run(&events, &sessions, &[], &groups);
         let total = &cells[&(0, 0, None)];
         assert_eq!(
             (total.events, total.pageviews, total.visitors.count()),
@@ -273,16 +283,7 @@ mod tests {
             op: Op::Eq,
             values: vec!["FR".into()],
         }];
-        let cells = aggregate(
-            &events,
-            &sessions,
-            &Scan {
-                filters: &f,
-                groups: &[None],
-                bucket: &|_| 0,
-                exact_limit: 100,
-            },
-        );
+        let cells = run(&events, &sessions, &f, &[None]);
         assert_eq!(cells[&(0, 0, None)], *fr);
     }
 
@@ -298,16 +299,7 @@ mod tests {
             op: Op::Neq,
             values: vec!["/a".into()],
         }];
-        let cells = aggregate(
-            &events,
-            &sessions,
-            &Scan {
-                filters: &f,
-                groups: &[None],
-                bucket: &|_| 0,
-                exact_limit: 100,
-            },
-        );
+        let cells = run(&events, &sessions, &f, &[None]);
         let m = &cells[&(0, 0, None)];
         // Only s2, with its own event and page-view counts.
         assert_eq!((m.sessions, m.events, m.pageviews, m.bounces), (1, 2, 3, 0));

@@ -24,6 +24,7 @@ use orrery_core::event::{Event, now_ms};
 use orrery_core::metrics::CoreMetrics;
 use orrery_core::store::Store;
 use orrery_core::writer::{Writer, WriterConfig};
+use orrery_tests::Lcg;
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
@@ -65,20 +66,6 @@ const SOURCES: [(&str, Option<&str>); 4] = [
     ("social", Some("news.ycombinator.com")),
     ("other", Some("blog.example.org")),
 ];
-
-/// A small deterministic generator.
-struct Lcg(u64);
-
-impl Lcg {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        // The top 48 bits: enough for a time over 90 days in ms.
-        (self.0 >> 16) % n
-    }
-}
 
 fn main() {
     let args = Args::parse();
