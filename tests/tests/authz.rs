@@ -548,7 +548,8 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
                 &path
                     .replace("{project_id}", &victim)
                     .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
-                    .replace("{module_id}", &"0".repeat(64)),
+                    .replace("{module_id}", &"0".repeat(64))
+                    .replace("{distinct_id}", "someone"),
             );
             assert!(!url.contains('{'), "path parameter not filled in {path}");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();

@@ -559,6 +559,8 @@ async fn statistics_equal_a_raw_count_before_and_after_rollups() {
         assert!(ok, "{err}");
         check_all(server, &events, from, to, "rebuilt one project").await;
 
+        check_users(server, &events, from, to).await;
+
         // Another project's numbers are its own.
         let o = stats(
             server,
@@ -571,6 +573,74 @@ async fn statistics_equal_a_raw_count_before_and_after_rollups() {
         assert_eq!(got(&o["current"]), expect(&noise, from, to, &|_| true));
     })
     .await;
+}
+
+/// Users: every distinct id of the range with its first and last seen,
+/// events and sessions there, last seen first, over pages; one user over
+/// all time; an unknown one is a 404.
+async fn check_users(server: &Server, events: &[Sent], from: i64, to: i64) {
+    let keys = &server.keys;
+    let mut want: BTreeMap<&str, (i64, i64, i64, HashSet<&str>)> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.ts >= from && e.ts < to) {
+        let u = want
+            .entry(&e.visitor)
+            .or_insert((i64::MAX, i64::MIN, 0, HashSet::new()));
+        u.0 = u.0.min(e.ts);
+        u.1 = u.1.max(e.ts);
+        u.2 += 1;
+        u.3.insert(&e.session);
+    }
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let path = format!(
+            "/api/v1/projects/{}/users?from={from}&to={to}&limit=7&offset={offset}",
+            keys.project_id
+        );
+        let (status, page) = server.get(&path, &keys.secret_key).await;
+        assert_eq!(status, 200, "{page}");
+        assert_eq!(page["total_users"], want.len());
+        got.extend(page["users"].as_array().unwrap().iter().cloned());
+        match page["next_offset"].as_u64() {
+            Some(next) => offset = next,
+            None => break,
+        }
+    }
+    assert_eq!(got.len(), want.len());
+    let ms = |v: &Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    let last: Vec<i64> = got.iter().map(|u| ms(&u["last_seen"])).collect();
+    assert!(last.windows(2).all(|w| w[0] >= w[1]), "last seen first");
+    for u in &got {
+        let w = &want[u["distinct_id"].as_str().unwrap()];
+        assert_eq!(
+            (
+                ms(&u["first_seen"]),
+                ms(&u["last_seen"]),
+                u["events"].as_i64().unwrap()
+            ),
+            (w.0, w.1, w.2),
+            "{u}"
+        );
+        assert_eq!(u["sessions"], w.3.len(), "{u}");
+    }
+    // One user, over all time.
+    let one = &events[0].visitor;
+    let all: Vec<&Sent> = events.iter().filter(|e| &e.visitor == one).collect();
+    let path = format!("/api/v1/projects/{}/users/{one}", keys.project_id);
+    let (status, u) = server.get(&path, &keys.secret_key).await;
+    assert_eq!(status, 200, "{u}");
+    assert_eq!(u["events"], all.len());
+    assert_eq!(
+        ms(&u["first_seen"]),
+        all.iter().map(|e| e.ts).min().unwrap()
+    );
+    let path = format!("/api/v1/projects/{}/users/nobody-at-all", keys.project_id);
+    let (status, body) = server.get(&path, &keys.secret_key).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
 }
 
 async fn send(server: &Server, key: &str, events: &[Sent]) {

@@ -27,6 +27,7 @@ pub mod plugins;
 pub mod projects;
 pub mod rollups;
 pub mod sessions;
+pub mod users;
 pub mod writer_db;
 
 pub use dead_letters::{DeadLetter, DeadLetterFilter, NewDeadLetter};
@@ -38,6 +39,7 @@ pub use pipelines::StoredPipeline;
 pub use plugins::StoredPlugin;
 pub use projects::Project;
 pub use sessions::{PendingSessions, Session};
+pub use users::UserSummary;
 pub use writer_db::{EncodedEvent, WriterDb};
 
 /// Page cache of the SQLite writer connection, in KiB (SQLite's negative

@@ -19,6 +19,7 @@ pub mod plugins;
 pub mod projects;
 pub mod sessions;
 pub mod stats;
+pub mod users;
 pub mod wasm_modules;
 
 /// The API's tags.
@@ -34,7 +35,7 @@ pub enum ApiTags {
     Plugins,
     /// Events that failed in the pipeline or the store, and their replay.
     DeadLetters,
-    /// Statistics: overview, time series and breakdowns, from rollups.
+    /// Statistics: overview, time series, breakdowns (from rollups) and users.
     Stats,
     /// Summary, trend and anomaly insights.
     Insights,
@@ -66,6 +67,7 @@ resources!(
     events::EventsApi,
     sessions::SessionsApi,
     stats::StatsApi,
+    users::UsersApi,
     pipelines::PipelinesApi,
     plugins::PluginsApi,
     dead_letters::DeadLettersApi,

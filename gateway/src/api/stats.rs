@@ -318,7 +318,7 @@ pub struct StatsApi;
 
 /// The cached answer to this request (same path and query string) or
 /// the one `compute` gives, kept for the next identical request.
-async fn cached<T, F>(req: &Request, project: Uuid, compute: F) -> ApiResult<Json<T>>
+pub(crate) async fn cached<T, F>(req: &Request, project: Uuid, compute: F) -> ApiResult<Json<T>>
 where
     T: Clone + Send + Sync + 'static,
     F: std::future::Future<Output = ApiResult<T>>,
@@ -343,21 +343,20 @@ fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
     )
 }
 
-/// The query the common parameters describe. (The key's access to the
-/// project was checked by the security scheme: another project's key is a
-/// 403 there, as on every project route.)
-async fn query_of(
+/// The time range `[from, to)` the range parameters describe: `range`
+/// (ending now), or `from` and `to`; `7d` when none is given. (The key's
+/// access to the project was checked by the security scheme: another
+/// project's key is a 403 there, as on every project route.)
+pub(crate) async fn range_of(
     state: &AppState,
     project: Uuid,
     range: Option<RangeParam>,
     from: Option<Time>,
     to: Option<Time>,
-    filters: Vec<FilterParam>,
-) -> Result<StatsQuery, ApiError> {
+) -> Result<(i64, i64), ApiError> {
     state.store.get_project(project).await?;
-    let filters = filters.into_iter().map(|f| f.0).collect();
     let now = now_ms();
-    let (from, to) = match (range.map(|r| r.0), from, to) {
+    Ok(match (range.map(|r| r.0), from, to) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
             return Err(bad(
                 "range",
@@ -381,12 +380,24 @@ async fn query_of(
         (None, Some(_), None) => return Err(bad("to", "is required with `from`")),
         (None, None, Some(_)) => return Err(bad("from", "is required with `to`")),
         (None, None, None) => named_range("7d", now, None).map_err(|m| bad("range", m))?,
-    };
+    })
+}
+
+/// The query the common parameters describe.
+async fn query_of(
+    state: &AppState,
+    project: Uuid,
+    range: Option<RangeParam>,
+    from: Option<Time>,
+    to: Option<Time>,
+    filters: Vec<FilterParam>,
+) -> Result<StatsQuery, ApiError> {
+    let (from, to) = range_of(state, project, range, from, to).await?;
     Ok(StatsQuery {
         project,
         from,
         to,
-        filters,
+        filters: filters.into_iter().map(|f| f.0).collect(),
     })
 }
 
