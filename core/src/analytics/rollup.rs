@@ -1,14 +1,11 @@
 //! Redoing the rollup of one hour from its raw events and sessions.
 
-use std::collections::HashMap;
-
 use tracing::debug;
 use uuid::Uuid;
 
+use super::HOUR_MS;
 use super::aggregate::{Scan, aggregate, rollup_groups};
 use super::sketch::EXACT_LIMIT;
-use super::{HOUR_MS, Metrics};
-use crate::store::rollups::cells_to_rows;
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour`, clearing its
@@ -38,15 +35,17 @@ pub async fn redo_hour(
             exact_limit: EXACT_LIMIT,
         },
     );
-    let mut rows: HashMap<(i16, Option<String>), Metrics> = HashMap::with_capacity(cells.len());
-    for ((g, _, value), m) in cells {
-        let code = groups[g]
-            .as_ref()
-            .and_then(super::Dimension::rolled)
-            .map_or(0, super::Dim::code);
-        rows.insert((code, value), m);
-    }
-    let rows = cells_to_rows(rows);
+    // One bucket: each cell is one row (dimension code, value, numbers).
+    let rows: Vec<_> = cells
+        .into_iter()
+        .map(|((g, _, value), m)| {
+            let code = groups[g]
+                .as_ref()
+                .and_then(super::Dimension::rolled)
+                .map_or(0, super::Dim::code);
+            (code, value, m)
+        })
+        .collect();
     store.write_rollup(project, hour, version, &rows).await?;
     debug!(%project, hour, cells = rows.len(), events = events.len(), "rollup redone");
     Ok(rows.len())

@@ -10,7 +10,7 @@
 //! are over and clears a mark only if it was not renewed meanwhile
 //! (`version`), so a late event or a dead-letter replay is never lost.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbValue};
 use serde_json::{Map, Value};
@@ -501,14 +501,4 @@ fn json_map(text: &str) -> Map<String, Value> {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
     }
-}
-
-/// Groups cells as [`Store::write_rollup`] takes them.
-#[must_use]
-pub fn cells_to_rows(
-    cells: HashMap<(i16, Option<String>), Metrics>,
-) -> Vec<(i16, Option<String>, Metrics)> {
-    let mut rows: Vec<_> = cells.into_iter().map(|((d, v), m)| (d, v, m)).collect();
-    rows.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    rows
 }

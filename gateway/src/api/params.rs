@@ -1,7 +1,7 @@
 //! What several resources take and give the same way: display names, page
-//! sizes, times, and opaque page cursors. Each input type publishes in the
-//! OpenAPI schema exactly the rule it enforces, so generated clients and
-//! the server agree on what is valid.
+//! sizes, times, named time ranges, and opaque page cursors. Each input
+//! type publishes in the OpenAPI schema exactly the rule it enforces, so
+//! generated clients and the server agree on what is valid.
 
 use std::borrow::Cow;
 
@@ -635,6 +635,41 @@ impl Cursors {
         Ok(i64::from_be_bytes(arr))
     }
 }
+
+/// A query parameter read from text by a parse function, published with a
+/// schema that states exactly what the parse function takes.
+macro_rules! text_param {
+    ($(#[$doc:meta])* $ty:ident($inner:ty), $name:literal, $schema:expr, $parse:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $ty(pub $inner);
+
+        scalar_type!($ty, $inner, $name, $schema);
+
+        impl ParseFromParameter for $ty {
+            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+                let parse: fn(&str) -> Result<$inner, String> = $parse;
+                parse(value).map(Self).map_err(ParseError::custom)
+            }
+        }
+    };
+}
+pub(crate) use text_param;
+
+/// A string schema allowing exactly `values`.
+pub fn enum_schema(values: impl IntoIterator<Item = &'static str>) -> MetaSchema {
+    let mut s = MetaSchema::new("string");
+    s.enum_items = values.into_iter().map(Value::from).collect();
+    s
+}
+
+text_param!(
+    /// A named range ending now: `24h`, `7d`, `30d`, `90d`, `12mo` or `all`.
+    RangeParam(String),
+    "string(range)",
+    enum_schema(["24h", "7d", "30d", "90d", "12mo", "all"]),
+    |v| orrery_core::analytics::query::named_range(v, 0, None).map(|_| v.to_owned())
+);
 
 #[cfg(test)]
 mod tests {

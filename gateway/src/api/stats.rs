@@ -3,6 +3,8 @@
 //! they hold the answer and from raw events elsewhere (see
 //! `orrery_core::analytics`).
 
+use std::borrow::Cow;
+
 use chrono_tz::Tz;
 use orrery_core::analytics::query::{self, Interval, Query as StatsQuery, named_range};
 use orrery_core::analytics::{Dimension, Filter, Metrics, Op};
@@ -10,17 +12,14 @@ use orrery_core::event::now_ms;
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
-use uuid::Uuid;
-
-use std::borrow::Cow;
-
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::{ParseError, ParseFromParameter, ParseResult, Type};
+use poem_openapi::{Object, OpenApi};
 use serde_json::Value;
+use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::params::{Time, rfc3339_ms, scalar_type};
+use crate::api::params::{RangeParam, Time, enum_schema, rfc3339_ms, scalar_type, text_param};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::{AppState, app_state};
@@ -41,39 +40,6 @@ fn dimension_names() -> String {
 
 /// A property path as a pattern: as `Dimension::parse` takes it.
 const PROPERTY_PATTERN: &str = r"properties(\.[^.:\u0000-\u001F\u007F-\u009F]{1,200}){1,8}";
-
-/// A query parameter read from text by a parse function, published with a
-/// schema that states exactly what the parse function takes.
-macro_rules! text_param {
-    ($(#[$doc:meta])* $ty:ident($inner:ty), $name:literal, $schema:expr, $parse:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $ty(pub $inner);
-
-        scalar_type!($ty, $inner, $name, $schema);
-
-        impl ParseFromParameter for $ty {
-            fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-                let parse: fn(&str) -> Result<$inner, String> = $parse;
-                parse(value).map(Self).map_err(ParseError::custom)
-            }
-        }
-    };
-}
-
-fn enum_schema(values: impl IntoIterator<Item = &'static str>) -> MetaSchema {
-    let mut s = MetaSchema::new("string");
-    s.enum_items = values.into_iter().map(Value::from).collect();
-    s
-}
-
-text_param!(
-    /// A named range ending now.
-    RangeParam(String),
-    "string(range)",
-    enum_schema(["24h", "7d", "30d", "90d", "12mo", "all"]),
-    |v| named_range(v, 0, None).map(|_| v.to_owned())
-);
 
 text_param!(
     /// A time-series interval.

@@ -10,8 +10,8 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 use crate::api::ApiTags;
-use crate::api::params::{Limit, Time, page_limit, rfc3339_ms};
-use crate::api::stats::{RangeParam, cached, range_of};
+use crate::api::params::{Limit, RangeParam, Time, page_limit, rfc3339_ms};
+use crate::api::stats::{cached, range_of};
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult};
 use crate::state::app_state;
