@@ -283,13 +283,18 @@ pub struct Breakdown {
 pub struct StatsApi;
 
 /// The cached answer to this request (same path and query string) or
-/// the one `compute` gives, kept for the next identical request.
+/// the one `compute` gives, kept for the next identical request. The
+/// project is looked up first, every time: a deleted project is a 404,
+/// not a cached answer. (The key's access to the project was checked by
+/// the security scheme: another project's key is a 403 there, as on every
+/// project route.)
 pub(crate) async fn cached<T, F>(req: &Request, project: Uuid, compute: F) -> ApiResult<Json<T>>
 where
     T: Clone + Send + Sync + 'static,
     F: std::future::Future<Output = ApiResult<T>>,
 {
     let state = app_state(req);
+    state.store.get_project(project).await?;
     let key = format!("{}?{}", req.uri().path(), req.uri().query().unwrap_or(""));
     if let Some(answer) = state.stats_cache.get::<T>(project, &key) {
         return Ok(Json(answer));
@@ -310,9 +315,8 @@ fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
 }
 
 /// The time range `[from, to)` the range parameters describe: `range`
-/// (ending now), or `from` and `to`; `7d` when none is given. (The key's
-/// access to the project was checked by the security scheme: another
-/// project's key is a 403 there, as on every project route.)
+/// (ending now), or `from` and `to`; `7d` when none is given. Called
+/// inside [`cached`], which has looked the project up.
 pub(crate) async fn range_of(
     state: &AppState,
     project: Uuid,
@@ -320,7 +324,6 @@ pub(crate) async fn range_of(
     from: Option<Time>,
     to: Option<Time>,
 ) -> Result<(i64, i64), ApiError> {
-    state.store.get_project(project).await?;
     let now = now_ms();
     Ok(match (range.map(|r| r.0), from, to) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
