@@ -559,6 +559,23 @@ async fn statistics_equal_a_raw_count_before_and_after_rollups() {
         assert!(ok, "{err}");
         check_all(server, &events, from, to, "rebuilt one project").await;
 
+        // A range of millennia, read raw (a property filter): it costs what
+        // the data costs, and counts what is there.
+        let far = chrono::DateTime::parse_from_rfc3339("7458-01-15T00:00:00Z")
+            .unwrap()
+            .timestamp_millis();
+        let pro = |e: &Sent| e.plan.as_deref() == Some("pro");
+        let query = format!("from=946684800000&to={far}&filter=properties.plan:eq:pro");
+        let o = stats(
+            server,
+            &keys.project_id,
+            &keys.secret_key,
+            "overview",
+            &query,
+        )
+        .await;
+        assert_eq!(got(&o["current"]), expect(&events, 0, far, &pro), "{o}");
+
         check_users(server, &events, from, to).await;
 
         // Another project's numbers are its own.
@@ -750,5 +767,27 @@ async fn new_events_clear_cached_answers() {
         assert_eq!(events(&o), n, "{o}");
         let (_, again) = server.get(&path, &keys.secret_key).await;
         assert_eq!(o, again);
+    }
+
+    // A deleted project is a 404, not a cached answer.
+    let other = server.create_project(&keys.secret_key, "gone").await;
+    let users = format!("/api/v1/projects/{}/users", other.project_id);
+    let stats = format!("/api/v1/projects/{}/stats/overview", other.project_id);
+    for path in [&users, &stats] {
+        let (status, _) = server.get(path, &keys.secret_key).await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = server
+        .call(
+            "DELETE",
+            &format!("/api/v1/projects/{}", other.project_id),
+            &keys.secret_key,
+            None,
+        )
+        .await;
+    assert!((200..300).contains(&status), "{body}");
+    for path in [&users, &stats] {
+        let (status, body) = server.get(path, &keys.secret_key).await;
+        assert_eq!(status, 404, "{path}: {body}");
     }
 }

@@ -19,6 +19,7 @@ use super::HOUR_MS;
 use super::aggregate::{Filter, Metrics, Scan, aggregate};
 use super::dims::Dimension;
 use super::sketch::MERGE_EXACT_LIMIT;
+use crate::event::MAX_FUTURE_SKEW_MS;
 use crate::store::{Store, StoreError};
 
 /// Most buckets a time series may have.
@@ -251,11 +252,19 @@ pub async fn run(
     now: i64,
 ) -> Result<Grid, StoreError> {
     let mut grid = Grid::new();
-    if q.to <= q.from {
+    // Only where events can be: from the project's first event (none
+    // before it) to the furthest future time ingestion accepts. A range of
+    // centuries costs what the data costs.
+    let Some(first) = store.first_event_at(q.project).await? else {
+        return Ok(grid);
+    };
+    let from = q.from.max(first);
+    let to = q.to.min(now.saturating_add(MAX_FUTURE_SKEW_MS + 1));
+    if to <= from {
         return Ok(grid);
     }
-    let first_hour = q.from.div_euclid(HOUR_MS);
-    let end_hour = (q.to - 1).div_euclid(HOUR_MS) + 1;
+    let first_hour = from.div_euclid(HOUR_MS);
+    let end_hour = (to - 1).div_euclid(HOUR_MS) + 1;
     let code = rollup_code(q, group);
     let dirty = if code.is_some() {
         store.dirty_hours(q.project, first_hour, end_hour).await?
@@ -268,7 +277,7 @@ pub async fn run(
     let mut raw: Vec<(i64, i64)> = Vec::new();
     for h in first_hour..end_hour {
         let (s, e) = (h * HOUR_MS, (h + 1) * HOUR_MS);
-        let whole = s >= q.from && e <= q.to;
+        let whole = s >= from && e <= to;
         if code.is_some()
             && whole
             && h < now_hour
@@ -280,7 +289,7 @@ pub async fn run(
                 _ => rolled.push((h, h + 1)),
             }
         } else {
-            raw.push((s.max(q.from), e.min(q.to)));
+            raw.push((s.max(from), e.min(to)));
         }
     }
     if let Some(code) = code {
