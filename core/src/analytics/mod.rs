@@ -7,6 +7,8 @@
 //! - [`aggregate`]: the one aggregation that builds a rollup from an
 //!   hour's raw events and answers a query from raw events.
 //! - [`rollup`]: redoing an hour; the job and `orrery rollups rebuild`.
+//! - [`funnel`]: ordered steps within a conversion window, per person.
+//! - [`retention`]: cohorts by first-seen period and their later activity.
 //! - [`query`]: overview, time series and breakdowns over a time range,
 //!   reading completed, unchanged hours from rollups and everything else
 //!   (the current hour, hours changed since their rollup, partial hours at
@@ -14,7 +16,9 @@
 
 pub mod aggregate;
 pub mod dims;
+pub mod funnel;
 pub mod query;
+pub mod retention;
 pub mod rollup;
 pub mod sketch;
 

@@ -236,6 +236,25 @@ fn rollup_code(q: &Query, group: Option<&Dimension>) -> Option<i16> {
     }
 }
 
+/// The part of `q`'s range where events can be, if any: from the
+/// project's first event (none before it) to the furthest future time
+/// ingestion accepts. A range of centuries costs what the data costs.
+///
+/// # Errors
+/// The database error.
+pub async fn data_range(
+    store: &Store,
+    q: &Query,
+    now: i64,
+) -> Result<Option<(i64, i64)>, StoreError> {
+    let Some(first) = store.first_event_at(q.project).await? else {
+        return Ok(None);
+    };
+    let from = q.from.max(first);
+    let to = q.to.min(now.saturating_add(MAX_FUTURE_SKEW_MS + 1));
+    Ok((from < to).then_some((from, to)))
+}
+
 /// Numbers per (bucket start, group value).
 pub type Grid = HashMap<(i64, Option<String>), Metrics>;
 
@@ -252,17 +271,9 @@ pub async fn run(
     now: i64,
 ) -> Result<Grid, StoreError> {
     let mut grid = Grid::new();
-    // Only where events can be: from the project's first event (none
-    // before it) to the furthest future time ingestion accepts. A range of
-    // centuries costs what the data costs.
-    let Some(first) = store.first_event_at(q.project).await? else {
+    let Some((from, to)) = data_range(store, q, now).await? else {
         return Ok(grid);
     };
-    let from = q.from.max(first);
-    let to = q.to.min(now.saturating_add(MAX_FUTURE_SKEW_MS + 1));
-    if to <= from {
-        return Ok(grid);
-    }
     let first_hour = from.div_euclid(HOUR_MS);
     let end_hour = (to - 1).div_euclid(HOUR_MS) + 1;
     let code = rollup_code(q, group);

@@ -22,6 +22,7 @@ pub mod insights;
 pub mod keys;
 pub mod maintenance;
 pub mod migrations;
+pub mod people;
 pub mod pipelines;
 pub mod plugins;
 pub mod projects;

@@ -13,12 +13,12 @@
 use std::collections::HashSet;
 
 use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbValue};
-use serde_json::{Map, Value};
 use sqlx::{PgConnection, SqliteConnection};
 use uuid::Uuid;
 
+use super::people::EventColumns;
 use super::{Store, StoreError, sql_for};
-use crate::analytics::{EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet, visitor_hash};
+use crate::analytics::{EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
 
 /// Session ids per lookup statement on SQLite.
 const SQLITE_IDS_PER_LOOKUP: usize = 500;
@@ -306,44 +306,18 @@ impl Store {
         to: i64,
         properties: bool,
     ) -> Result<(Vec<EventFacts>, Vec<SessionFacts>), StoreError> {
-        let postgres = self.backend() == sea_orm::DatabaseBackend::Postgres;
-        let text = |c: &str| {
-            if postgres {
-                format!("{c}::text")
-            } else {
-                c.to_owned()
-            }
-        };
-        let sql = format!(
-            "SELECT seq, name, \"timestamp\", COALESCE(distinct_id, visitor_id, ip_hash), \
-             session_id, url, {}, {} FROM events \
-             WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ?",
-            text("enrichment"),
-            if properties {
-                text("properties")
-            } else {
-                "NULL".to_owned()
-            }
-        );
-        let rows = self
-            .rows(&sql, vec![project.into(), from.into(), to.into()])
+        let events = self
+            .event_facts(
+                project,
+                from,
+                to,
+                &EventColumns {
+                    names: None,
+                    enrichment: true,
+                    properties,
+                },
+            )
             .await?;
-        let mut events = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let visitor: Option<String> = r.try_get_by_index(3)?;
-            let enrichment: String = r.try_get_by_index(6)?;
-            let props: Option<String> = r.try_get_by_index(7)?;
-            events.push(EventFacts {
-                seq: r.try_get_by_index(0)?,
-                name: r.try_get_by_index(1)?,
-                timestamp: r.try_get_by_index(2)?,
-                visitor: visitor.as_deref().map(visitor_hash),
-                session_id: r.try_get_by_index(4)?,
-                url: r.try_get_by_index(5)?,
-                enrichment: json_map(&enrichment),
-                properties: props.as_deref().map(json_map),
-            });
-        }
         let rows = self
             .rows(
                 "SELECT session_id, started_at, duration_ms, events, pageviews, bounce, \
@@ -492,13 +466,5 @@ impl Store {
             .map(|r| r.try_get_by_index::<Option<i64>>(0))
             .transpose()?
             .flatten())
-    }
-}
-
-/// A JSON object column (`{}` when it is not one).
-fn json_map(text: &str) -> Map<String, Value> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
-        _ => Map::new(),
     }
 }

@@ -9,6 +9,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod execute;
 pub mod execute_ws;
+pub mod funnels;
 pub mod ingest;
 pub mod insights;
 pub mod keys;
@@ -17,6 +18,7 @@ pub mod params;
 pub mod pipelines;
 pub mod plugins;
 pub mod projects;
+pub mod retention;
 pub mod sessions;
 pub mod stats;
 pub mod users;
@@ -35,7 +37,8 @@ pub enum ApiTags {
     Plugins,
     /// Events that failed in the pipeline or the store, and their replay.
     DeadLetters,
-    /// Statistics: overview, time series, breakdowns (from rollups) and users.
+    /// Statistics: overview, time series, breakdowns (from rollups), funnels,
+    /// retention and users.
     Stats,
     /// Summary, trend and anomaly insights.
     Insights,
@@ -49,35 +52,53 @@ pub enum ApiTags {
     Ops,
 }
 
+use dead_letters::DeadLettersApi;
+use events::EventsApi;
+use execute::ExecuteApi;
+use execute_ws::ExecuteWsApi;
+use funnels::FunnelsApi;
+use ingest::IngestApi;
+use insights::InsightsApi;
+use keys::KeysApi;
+use ops::OpsApi;
+use pipelines::PipelinesApi;
+use plugins::PluginsApi;
+use projects::ProjectsApi;
+use retention::RetentionApi;
+use sessions::SessionsApi;
+use stats::StatsApi;
+use users::UsersApi;
+use wasm_modules::WasmModulesApi;
+
 /// The resources, each an `OpenApi` type of its file, written once: the
-/// `Api` type and its value.
+/// `Api` type and its value. An entry is one type or a group of them in
+/// parentheses (poem-openapi joins tuples of at most 16).
 macro_rules! resources {
-    ($($file:ident::$api:ident),+ $(,)?) => {
+    ($($api:tt),+ $(,)?) => {
         /// All operations, as one OpenAPI service.
-        pub type Api = ($($file::$api,)+);
+        pub type Api = ($($api,)+);
 
         fn resources() -> Api {
-            ($($file::$api,)+)
+            ($($api,)+)
         }
     };
 }
 
 resources!(
-    ingest::IngestApi,
-    events::EventsApi,
-    sessions::SessionsApi,
-    stats::StatsApi,
-    users::UsersApi,
-    pipelines::PipelinesApi,
-    plugins::PluginsApi,
-    dead_letters::DeadLettersApi,
-    insights::InsightsApi,
-    projects::ProjectsApi,
-    keys::KeysApi,
-    execute::ExecuteApi,
-    execute_ws::ExecuteWsApi,
-    wasm_modules::WasmModulesApi,
-    ops::OpsApi,
+    IngestApi,
+    EventsApi,
+    SessionsApi,
+    (StatsApi, FunnelsApi, RetentionApi, UsersApi),
+    PipelinesApi,
+    PluginsApi,
+    DeadLettersApi,
+    InsightsApi,
+    ProjectsApi,
+    KeysApi,
+    ExecuteApi,
+    ExecuteWsApi,
+    WasmModulesApi,
+    OpsApi,
 );
 
 /// Builds the OpenAPI service (served under `/`; paths carry `/api/v1`).

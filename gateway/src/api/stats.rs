@@ -27,9 +27,9 @@ use crate::state::{AppState, app_state};
 /// Longest filter, in characters.
 const MAX_FILTER_CHARS: usize = 500;
 /// Largest breakdown page.
-const MAX_BREAKDOWN_LIMIT: u64 = 1000;
+pub(crate) const MAX_BREAKDOWN_LIMIT: u64 = 1000;
 /// Breakdown page when `limit` is not given.
-const DEFAULT_BREAKDOWN_LIMIT: u64 = 10;
+pub(crate) const DEFAULT_BREAKDOWN_LIMIT: u64 = 10;
 
 /// The names of the rolled-up dimensions, `|`-separated for a pattern.
 fn dimension_names() -> String {
@@ -85,17 +85,22 @@ text_param!(
     "string(filter)",
     {
         let mut s = MetaSchema::new("string");
-        let value = r"[^\u0000-\u001F\u007F-\u009F]";
-        let listed = r"[^|\u0000-\u001F\u007F-\u009F]+";
-        s.pattern = Some(format!(
-            "^({}|{PROPERTY_PATTERN}):((eq|neq|contains):{value}+|in:{listed}(\\|{listed})*)$",
-            dimension_names()
-        ));
+        s.pattern = Some(format!("^{}$", filter_pattern()));
         s.max_length = Some(MAX_FILTER_CHARS);
         s
     },
     parse_filter
 );
+
+/// What `parse_filter` takes, as a pattern (without anchors).
+pub(crate) fn filter_pattern() -> String {
+    let value = r"[^\u0000-\u001F\u007F-\u009F]";
+    let listed = r"[^|\u0000-\u001F\u007F-\u009F]+";
+    format!(
+        "({}|{PROPERTY_PATTERN}):((eq|neq|contains):{value}+|in:{listed}(\\|{listed})*)",
+        dimension_names()
+    )
+}
 
 text_param!(
     /// A breakdown page size.
@@ -118,7 +123,7 @@ text_param!(
 
 /// Parses one `filter`: `DIMENSION:OP:VALUE`, OP `eq`, `neq`, `contains`
 /// or `in` (values separated by `|`), values without control characters.
-fn parse_filter(text: &str) -> Result<Filter, String> {
+pub(crate) fn parse_filter(text: &str) -> Result<Filter, String> {
     if text.chars().count() > MAX_FILTER_CHARS {
         return Err(format!("longer than {MAX_FILTER_CHARS} characters"));
     }
@@ -207,7 +212,7 @@ impl From<&Metrics> for Summary {
 }
 
 /// Four decimals: enough for a rate, stable for comparisons.
-fn round(x: f64) -> f64 {
+pub(crate) fn round(x: f64) -> f64 {
     (x * 10_000.0).round() / 10_000.0
 }
 
@@ -307,7 +312,7 @@ where
     Ok(Json(answer))
 }
 
-fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
+pub(crate) fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request(
         ErrorCode::InvalidParameter,
         format!("`{parameter}`: {message}"),
@@ -353,7 +358,7 @@ pub(crate) async fn range_of(
 }
 
 /// The query the common parameters describe.
-async fn query_of(
+pub(crate) async fn query_of(
     state: &AppState,
     project: Uuid,
     range: Option<RangeParam>,

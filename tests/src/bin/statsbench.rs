@@ -2,7 +2,8 @@
 //! events spread over 90 days into a fresh database through the writer
 //! (enrichment already filled in, as the built-in plugins would), builds
 //! the rollups, then times overview (30 days), time series (30 days,
-//! daily), breakdown by page (30 days) and a filtered breakdown, cold (a
+//! daily), breakdown by page (30 days), a filtered breakdown, a 3-step
+//! funnel (30 days) and weekly retention (12 weeks), cold (a
 //! new connection pool, empty page cache) and warm (the median of the
 //! following runs), and prints the table with the database size.
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use orrery_core::analytics::query::{self, Interval, Query};
-use orrery_core::analytics::{Dimension, HOUR_MS, rollup};
+use orrery_core::analytics::{Dimension, HOUR_MS, funnel, retention, rollup};
 use orrery_core::config::Config;
 use orrery_core::event::{Event, now_ms};
 use orrery_core::metrics::CoreMetrics;
@@ -148,6 +149,28 @@ async fn run(args: Args) {
         op: orrery_core::analytics::Op::Eq,
         values: vec!["DE".into()],
     });
+    let funnel = funnel::Funnel {
+        query: month.clone(),
+        steps: ["pageview", "signup", "purchase"]
+            .map(|e| funnel::Step {
+                event: e.into(),
+                filters: Vec::new(),
+            })
+            .to_vec(),
+        window_ms: 24 * HOUR_MS,
+        breakdown: None,
+    };
+    let retention = retention::Retention {
+        query: Query {
+            from: Interval::Week.bucket(tz, now - 11 * 7 * 24 * HOUR_MS),
+            ..month.clone()
+        },
+        period: Interval::Week,
+        tz,
+        cohort_event: None,
+        return_event: None,
+        periods: 12,
+    };
     println!(
         "\nquery (30 days)                       cold ms   warm ms (median of {})",
         args.runs
@@ -157,6 +180,8 @@ async fn run(args: Args) {
         "timeseries",
         "breakdown page",
         "breakdown page, country=DE",
+        "funnel, 3 steps",
+        "retention, weekly, 12 weeks",
     ] {
         let mut times = Vec::new();
         // Cold: a new pool, so SQLite's page cache starts empty (the OS
@@ -177,6 +202,17 @@ async fn run(args: Args) {
                 }
                 "breakdown page" => {
                     query::breakdown(&store, &month, &page, now).await.unwrap();
+                }
+                "funnel, 3 steps" => {
+                    funnel::run(&store, &funnel, now).await.unwrap();
+                }
+                "retention, weekly, 12 weeks" => {
+                    let starts = Interval::Week
+                        .buckets(tz, retention.query.from, retention.query.to)
+                        .unwrap();
+                    retention::run(&store, &retention, &starts, now)
+                        .await
+                        .unwrap();
                 }
                 _ => {
                     query::breakdown(
@@ -243,6 +279,8 @@ async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
             let page = format!("/p/{}", rng.next(top));
             let name = if i == 0 || rng.next(4) > 0 {
                 "pageview"
+            } else if rng.next(3) == 0 {
+                "purchase"
             } else {
                 "signup"
             };

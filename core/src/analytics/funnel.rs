@@ -1,0 +1,344 @@
+//! Funnels: how many people did a sequence of events in order, each step
+//! within a conversion window of their first step.
+//!
+//! A person is who the statistics count as a visitor (`distinct_id`, else
+//! `visitor_id`, else IP hash). Every step's event must be in the query's
+//! range and pass its filters, and each step must come after the one
+//! before it (by time, then by arrival). A person counts at the furthest
+//! step they reached in any attempt: an attempt starts at a first-step
+//! event, and a later start replaces an earlier one as soon as it reaches
+//! the same step, because a later start leaves more of the window for the
+//! steps after (the rule of ClickHouse's `windowFunnel`); each step of an
+//! attempt is the earliest event that can be it. Times to convert are
+//! those of the latest attempt that got furthest. With a breakdown, each
+//! person is counted once, under the value of that attempt's first-step
+//! event.
+
+use std::collections::HashMap;
+
+use super::aggregate::Filter;
+use super::dims::{Dim, Dimension};
+use super::query::{Query, data_range};
+use crate::store::people::EventColumns;
+use crate::store::{Store, StoreError};
+
+/// Most steps in a funnel.
+pub const MAX_STEPS: usize = 20;
+/// Events are read a day at a time.
+const READ_MS: i64 = 24 * super::HOUR_MS;
+
+/// One step: an event name and conditions on that event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The event name.
+    pub event: String,
+    /// All must match the step's event.
+    pub filters: Vec<Filter>,
+}
+
+/// A funnel over `query`'s range; `query`'s filters apply to every step.
+#[derive(Debug, Clone)]
+pub struct Funnel {
+    /// Project, range and the filters of every step.
+    pub query: Query,
+    /// 2 to [`MAX_STEPS`] steps, in order.
+    pub steps: Vec<Step>,
+    /// Longest time from the first step to the last, ms.
+    pub window_ms: i64,
+    /// Count people under the value of this dimension on their first step.
+    pub breakdown: Option<Dimension>,
+}
+
+impl Funnel {
+    /// Checks what the types cannot say: the number of steps, and that no
+    /// filter or breakdown is on a session dimension (entry or exit page:
+    /// funnel steps are events).
+    ///
+    /// # Errors
+    /// A message naming the problem.
+    pub fn check(&self) -> Result<(), String> {
+        if !(2..=MAX_STEPS).contains(&self.steps.len()) {
+            return Err(format!(
+                "a funnel has 2 to {MAX_STEPS} steps, not {}",
+                self.steps.len()
+            ));
+        }
+        let session_dim = self
+            .query
+            .filters
+            .iter()
+            .chain(self.steps.iter().flat_map(|s| &s.filters))
+            .map(|f| &f.dimension)
+            .chain(self.breakdown.as_ref())
+            .find(|d| d.per_session());
+        if let Some(d) = session_dim {
+            return Err(format!(
+                "`{}` describes sessions, and funnel steps are events: use `page` \
+                 (with the step's event) instead",
+                d.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The people who reached a step.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StepCount {
+    /// How many.
+    pub people: u64,
+    /// For each of them (after the first step), ms from the step before.
+    pub times_ms: Vec<i64>,
+}
+
+impl StepCount {
+    /// Mean time from the step before, ms (`None` for none).
+    #[must_use]
+    pub fn mean_ms(&self) -> Option<f64> {
+        #[allow(clippy::cast_precision_loss)]
+        (!self.times_ms.is_empty()).then(|| {
+            self.times_ms.iter().map(|t| *t as f64).sum::<f64>() / self.times_ms.len() as f64
+        })
+    }
+
+    /// Median time from the step before, ms (`None` for none; the lower
+    /// middle of an even count).
+    #[must_use]
+    pub fn median_ms(&self) -> Option<i64> {
+        let mut t = self.times_ms.clone();
+        t.sort_unstable();
+        t.get(t.len().saturating_sub(1) / 2).copied()
+    }
+}
+
+/// A funnel's answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FunnelAnswer {
+    /// Every step, for everyone.
+    pub steps: Vec<StepCount>,
+    /// With a breakdown: each value's steps, most first-step people
+    /// first (then by value).
+    pub groups: Vec<(Option<String>, Vec<StepCount>)>,
+}
+
+/// A step event of a person: time, arrival, the steps it matches (bits),
+/// and its breakdown value (an index).
+#[derive(Debug, Clone, Copy)]
+struct Hit {
+    t: i64,
+    seq: i64,
+    mask: u32,
+    value: u32,
+}
+
+/// An attempt: the times of its steps so far, its first step's arrival
+/// and value.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    times: [i64; MAX_STEPS],
+    seq: i64,
+    value: u32,
+}
+
+impl Attempt {
+    /// When it started: time, then arrival.
+    fn start(&self) -> (i64, i64) {
+        (self.times[0], self.seq)
+    }
+}
+
+/// The furthest attempt of one person's step events (in order): its last
+/// step's index and the attempt.
+fn furthest(hits: &[Hit], steps: usize, window_ms: i64) -> Option<(usize, Attempt)> {
+    // at[k]: the attempt with the latest start that has reached step k,
+    // each of its steps at the earliest event that could be it.
+    let mut at: [Option<Attempt>; MAX_STEPS] = [None; MAX_STEPS];
+    for h in hits {
+        // From the last step down, so that one event is one step only.
+        for k in (0..steps).rev() {
+            if h.mask & (1 << k) == 0 {
+                continue;
+            }
+            if k == 0 {
+                let mut times = [0; MAX_STEPS];
+                times[0] = h.t;
+                at[0] = Some(Attempt {
+                    times,
+                    seq: h.seq,
+                    value: h.value,
+                });
+            } else if let Some(prev) = at[k - 1]
+                && h.t - prev.times[0] <= window_ms
+                && at[k].is_none_or(|a| a.start() < prev.start())
+            {
+                let mut next = prev;
+                next.times[k] = h.t;
+                at[k] = Some(next);
+            }
+        }
+    }
+    (0..steps).rev().find_map(|k| at[k].map(|a| (k, a)))
+}
+
+/// Counts the attempt in `steps`.
+fn count(steps: &mut [StepCount], last: usize, a: &Attempt) {
+    for (k, s) in steps.iter_mut().enumerate().take(last + 1) {
+        s.people += 1;
+        if k > 0 {
+            s.times_ms.push(a.times[k] - a.times[k - 1]);
+        }
+    }
+}
+
+/// Runs `f` (checked with [`Funnel::check`]); `now` (ms) bounds the range
+/// as for statistics.
+///
+/// # Errors
+/// The database error.
+pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, StoreError> {
+    let n = f.steps.len().min(MAX_STEPS);
+    let mut answer = FunnelAnswer {
+        steps: vec![StepCount::default(); n],
+        groups: Vec::new(),
+    };
+    let Some((from, to)) = data_range(store, &f.query, now).await? else {
+        return Ok(answer);
+    };
+    let dims: Vec<&Dimension> = f
+        .query
+        .filters
+        .iter()
+        .chain(f.steps.iter().flat_map(|s| &s.filters))
+        .map(|x| &x.dimension)
+        .chain(f.breakdown.as_ref())
+        .collect();
+    let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
+    names.sort();
+    names.dedup();
+    let cols = EventColumns {
+        names: Some(&names),
+        enrichment: dims
+            .iter()
+            .any(|d| matches!(d, Dimension::Rolled(x) if *x != Dim::Event)),
+        properties: dims.iter().any(|d| matches!(d, Dimension::Property(_))),
+    };
+    let mut values: Vec<Option<String>> = vec![None];
+    let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
+    let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();
+    let mut a = from;
+    while a < to {
+        let b = a.saturating_add(READ_MS).min(to);
+        for e in store.event_facts(f.query.project, a, b, &cols).await? {
+            let Some(person) = e.visitor else { continue };
+            let passes = |filters: &[Filter]| {
+                filters
+                    .iter()
+                    .all(|x| x.matches(e.value(&x.dimension).as_deref()))
+            };
+            if !passes(&f.query.filters) {
+                continue;
+            }
+            let mut mask = 0u32;
+            for (k, s) in f.steps.iter().enumerate().take(n) {
+                if s.event == e.name && passes(&s.filters) {
+                    mask |= 1 << k;
+                }
+            }
+            if mask == 0 {
+                continue;
+            }
+            let value = match &f.breakdown {
+                None => 0,
+                Some(d) => {
+                    let v = e.value(d);
+                    *value_ids.entry(v.clone()).or_insert_with(|| {
+                        values.push(v);
+                        u32::try_from(values.len() - 1).unwrap_or(0)
+                    })
+                }
+            };
+            people.entry(person).or_default().push(Hit {
+                t: e.timestamp,
+                seq: e.seq,
+                mask,
+                value,
+            });
+        }
+        a = b;
+    }
+    let mut groups: HashMap<u32, Vec<StepCount>> = HashMap::new();
+    for hits in people.values_mut() {
+        hits.sort_unstable_by_key(|h| (h.t, h.seq));
+        let Some((last, attempt)) = furthest(hits, n, f.window_ms) else {
+            continue;
+        };
+        count(&mut answer.steps, last, &attempt);
+        if f.breakdown.is_some() {
+            let g = groups
+                .entry(attempt.value)
+                .or_insert_with(|| vec![StepCount::default(); n]);
+            count(g, last, &attempt);
+        }
+    }
+    answer.groups = groups
+        .into_iter()
+        .map(|(v, s)| (values[v as usize].clone(), s))
+        .collect();
+    answer.groups.sort_by(|x, y| {
+        y.1[0]
+            .people
+            .cmp(&x.1[0].people)
+            .then_with(|| x.0.cmp(&y.0))
+    });
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hit(t: i64, mask: u32) -> Hit {
+        Hit {
+            t,
+            seq: t,
+            mask,
+            value: 0,
+        }
+    }
+
+    #[test]
+    fn furthest_attempt_within_the_window() {
+        // A B C in order within 10: all three steps.
+        let (last, a) = furthest(&[hit(0, 1), hit(3, 2), hit(5, 4)], 3, 10).unwrap();
+        assert_eq!((last, &a.times[..3]), (2, &[0, 3, 5][..]));
+        // C before B: two steps.
+        let (last, _) = furthest(&[hit(0, 1), hit(3, 4), hit(5, 2)], 3, 10).unwrap();
+        assert_eq!(last, 1);
+        // Out of the window from the first A, inside it from the second.
+        let (last, a) = furthest(&[hit(0, 1), hit(20, 1), hit(25, 2), hit(28, 4)], 3, 10).unwrap();
+        assert_eq!((last, a.times[0]), (2, 20));
+        // B without A: nothing.
+        assert!(furthest(&[hit(0, 2)], 2, 10).is_none());
+        // A B B: the time to B is that of the first B.
+        let (_, a) = furthest(&[hit(0, 1), hit(3, 2), hit(7, 2)], 2, 10).unwrap();
+        assert_eq!(a.times[1], 3);
+    }
+
+    #[test]
+    fn one_event_is_one_step() {
+        // Steps "A then A": one A is not two steps, two are.
+        assert_eq!(furthest(&[hit(0, 3)], 2, 10).unwrap().0, 0);
+        assert_eq!(furthest(&[hit(0, 3), hit(1, 3)], 2, 10).unwrap().0, 1);
+    }
+
+    #[test]
+    fn median_and_mean() {
+        let s = StepCount {
+            people: 4,
+            times_ms: vec![40, 10, 30, 20],
+        };
+        assert_eq!(s.median_ms(), Some(20));
+        assert_eq!(s.mean_ms(), Some(25.0));
+        assert_eq!(StepCount::default().median_ms(), None);
+    }
+}
