@@ -67,6 +67,8 @@ error_codes! {
     InvalidRequest = 400 "invalid_request" "An execution request whose fields do not fit its language.",
     InvalidModule = 400 "invalid_module" "Bytes that are not a WebAssembly program with a WASI entry point.",
     InvalidPlugin = 400 "invalid_plugin" "A plugin that fails its checks (name, limits, code, config, sample event); the message names the problem.",
+    InvalidQuery = 400 "invalid_query" "A SQL query the endpoint refuses, or the database cannot run, or whose answer is too large; the message says why.",
+    QueryTimeout = 400 "query_timeout" "A SQL query that ran past the time limit and was stopped.",
     MalformedRequest = 400 "malformed_request" "Not valid HTTP/1.1.",
     MalformedBody = 400 "malformed_body" "A body with broken framing (chunked encoding or length).",
     InvalidHeader = 400 "invalid_header" "A header that must appear once appears twice (`Host`).",

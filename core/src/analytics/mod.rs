@@ -9,6 +9,7 @@
 //! - [`rollup`]: redoing an hour; the job and `orrery rollups rebuild`.
 //! - [`funnel`]: ordered steps within a conversion window, per person.
 //! - [`retention`]: cohorts by first-seen period and their later activity.
+//! - [`sql`]: the SQL endpoint's parser gate and rewrite to the views.
 //! - [`query`]: overview, time series and breakdowns over a time range,
 //!   reading completed, unchanged hours from rollups and everything else
 //!   (the current hour, hours changed since their rollup, partial hours at
@@ -21,6 +22,7 @@ pub mod query;
 pub mod retention;
 pub mod rollup;
 pub mod sketch;
+pub mod sql;
 
 pub use aggregate::{Filter, Metrics, Op};
 pub use dims::{Dim, Dimension, EventFacts, SessionFacts};

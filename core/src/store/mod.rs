@@ -28,6 +28,7 @@ pub mod plugins;
 pub mod projects;
 pub mod rollups;
 pub mod sessions;
+pub mod sql;
 pub mod users;
 pub mod writer_db;
 

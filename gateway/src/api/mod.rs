@@ -20,6 +20,7 @@ pub mod plugins;
 pub mod projects;
 pub mod retention;
 pub mod sessions;
+pub mod sql;
 pub mod stats;
 pub mod users;
 pub mod wasm_modules;
@@ -66,6 +67,7 @@ use plugins::PluginsApi;
 use projects::ProjectsApi;
 use retention::RetentionApi;
 use sessions::SessionsApi;
+use sql::SqlApi;
 use stats::StatsApi;
 use users::UsersApi;
 use wasm_modules::WasmModulesApi;
@@ -88,7 +90,7 @@ resources!(
     IngestApi,
     EventsApi,
     SessionsApi,
-    (StatsApi, FunnelsApi, RetentionApi, UsersApi),
+    (StatsApi, FunnelsApi, RetentionApi, UsersApi, SqlApi),
     PipelinesApi,
     PluginsApi,
     DeadLettersApi,
@@ -301,6 +303,7 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         ]),
         "replay_dead_letters" => codes.extend([E::QueueFull, E::ShuttingDown]),
         "put_pipeline" => codes.push(E::InvalidPipeline),
+        "run_sql" => codes.extend([E::InvalidQuery, E::QueryTimeout]),
         "upload_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
         "replace_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
         "delete_plugin" => codes.extend([E::PluginExists, E::PluginInUse]),
