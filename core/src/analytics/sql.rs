@@ -142,7 +142,6 @@ const FUNCTIONS: &[&str] = &[
     "regexp_match",
     "regexp_matches",
     "typeof",
-    "format",
     // JSON.
     "json",
     "json_extract",

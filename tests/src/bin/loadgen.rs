@@ -153,6 +153,11 @@ struct Args {
     /// The events' name (letters, digits, `_`, `-`, `$`).
     #[arg(long, default_value = "pageview", value_parser = event_name)]
     event: String,
+    /// Give the events client timestamps spread over the last N hours
+    /// (late events, which the rollup job must redo their hours for); 0
+    /// sends none (the server's time).
+    #[arg(long, default_value_t = 0)]
+    spread_hours: u64,
     /// Event ids: `v4` (random per run, a counter per worker: as many
     /// insertion points in the `(project_id, id)` index as workers) or `v7`
     /// (time-ordered, as SDKs that send UUIDv7 do: appended at the end).
@@ -355,7 +360,10 @@ struct Body {
 }
 
 impl Body {
-    fn new(batch: usize, worker: usize, session_ids: bool, event: &str) -> Self {
+    fn new(batch: usize, worker: usize, session_ids: bool, event: &str, spread_hours: u64) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut bytes = Vec::with_capacity(batch * 260 + 16);
         let mut id_offsets = Vec::with_capacity(batch);
         if batch > 1 {
@@ -379,6 +387,12 @@ impl Body {
             );
             if session_ids {
                 let _ = write!(bytes, ",\"session_id\":\"s-{worker}-{}\"", i % 10);
+            }
+            if spread_hours > 0 {
+                // An hour ago or more (whole past hours), a different one
+                // per event.
+                let back = (1 + (worker * 31 + i * 7) as u64 % spread_hours) * 3_600_000;
+                let _ = write!(bytes, ",\"timestamp\":{}", now_ms - back);
             }
             bytes.push(b'}');
         }
@@ -641,7 +655,13 @@ impl Worker {
         n: usize,
         pool: Option<&reqwest::Client>,
     ) -> Self {
-        let body = Body::new(args.batch, n, !args.no_session_id, &args.event);
+        let body = Body::new(
+            args.batch,
+            n,
+            !args.no_session_id,
+            &args.event,
+            args.spread_hours,
+        );
         let sender = match pool {
             None => {
                 let mut request = target.head(body.bytes.len(), false).into_bytes();
