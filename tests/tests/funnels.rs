@@ -328,6 +328,8 @@ fn generate(rng: &mut Lcg, t0: i64, people: u64, tag: &str, seq: &mut usize) -> 
 
 /// Which events a step (or a retention table) takes.
 type Keep<'a> = &'a dyn Fn(&Ev) -> bool;
+/// A funnel case: the query, its steps as computed here, the window.
+type Case<'a> = (String, Vec<(&'a str, Keep<'a>)>, i64);
 /// An attempt: its last step, start (time, arrival), step times, value.
 type Attempt = (usize, (i64, usize), Vec<i64>, String);
 
@@ -471,7 +473,7 @@ async fn funnels_and_retention_equal_a_brute_force_count() {
         let any = |_: &Ev| true;
         let pricing = |e: &Ev| e.page == "/pricing";
         let pro = |e: &Ev| e.plan == Some("pro");
-        let cases: Vec<(String, Vec<(&str, Keep)>, i64)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "step=view&step=signup&step=purchase&window_secs=7200".into(),
                 vec![("view", &any), ("signup", &any), ("purchase", &any)],
