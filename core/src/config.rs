@@ -177,6 +177,11 @@ pub struct AnalyticsConfig {
     /// Hours the rollup job redoes per round; it goes on at once while
     /// there are more.
     pub rollup_hours_per_round: u64,
+    /// Seconds before the job redoes an hour it has redone: an hour that
+    /// keeps receiving late events is redone at most this often (queries
+    /// read it from raw events meanwhile, so answers stay exact). 0 redoes
+    /// it on every run.
+    pub rollup_redo_gap_secs: u64,
     /// Seconds a statistics answer stays in the cache; events stored for
     /// the project (through this instance) clear its answers sooner. 0
     /// switches the cache off.
@@ -190,6 +195,7 @@ impl Default for AnalyticsConfig {
         Self {
             rollup_interval_secs: 10,
             rollup_hours_per_round: 200,
+            rollup_redo_gap_secs: 60,
             cache_ttl_secs: 10,
             cache_entries: 1000,
         }

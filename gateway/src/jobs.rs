@@ -73,8 +73,10 @@ pub fn spawn_rollups(state: AppState) {
     }
     let interval = Duration::from_secs(cfg.rollup_interval_secs);
     let per_round = cfg.rollup_hours_per_round.max(1);
+    let gap_ms = i64::try_from(cfg.rollup_redo_gap_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let holder = format!("instance-{}", Uuid::now_v7());
     tokio::spawn(async move {
+        let mut recent = orrery_core::analytics::rollup::RecentRedos::new(gap_ms);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -99,11 +101,19 @@ pub fn spawn_rollups(state: AppState) {
                         break;
                     }
                 }
-                match orrery_core::analytics::rollup::redo_due(&state.store, now, per_round).await {
-                    Ok(n) => {
+                let redone = orrery_core::analytics::rollup::redo_due(
+                    &state.store,
+                    now,
+                    per_round,
+                    &mut recent,
+                )
+                .await;
+                match redone {
+                    Ok((n, later)) => {
                         if n > 0 {
-                            tracing::debug!(hours = n, "rollups redone");
+                            tracing::debug!(hours = n, later, "rollups redone");
                         }
+                        // Go on at once only while whole rounds are redone.
                         if (n as u64) < per_round {
                             break;
                         }

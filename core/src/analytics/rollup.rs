@@ -1,5 +1,7 @@
 //! Redoing the rollup of one hour from its raw events and sessions.
 
+use std::collections::HashMap;
+
 use tracing::debug;
 use uuid::Uuid;
 
@@ -51,17 +53,53 @@ pub async fn redo_hour(
     Ok(rows.len())
 }
 
-/// Redoes every marked hour that is over (before `now_ms`'s hour), oldest
-/// first, at most `limit`; returns how many hours were redone.
+/// When the job last redid each hour, so that an hour that keeps
+/// receiving late events is redone at most once per gap.
+#[derive(Debug, Default)]
+pub struct RecentRedos {
+    gap_ms: i64,
+    at: HashMap<(Uuid, i64), i64>,
+}
+
+impl RecentRedos {
+    /// Hours are redone at most once per `gap_ms` (0: always).
+    #[must_use]
+    pub fn new(gap_ms: i64) -> Self {
+        Self {
+            gap_ms,
+            at: HashMap::new(),
+        }
+    }
+}
+
+/// Redoes the marked hours that are over (before `now_ms`'s hour), oldest
+/// first, at most `limit` of them, leaving for later those redone less
+/// than a gap ago (see [`RecentRedos`]). Returns how many of the `limit`
+/// looked at were redone and how many were left for later.
 ///
 /// # Errors
 /// The database error of the first hour that failed.
-pub async fn redo_due(store: &Store, now_ms: i64, limit: u64) -> Result<usize, StoreError> {
+pub async fn redo_due(
+    store: &Store,
+    now_ms: i64,
+    limit: u64,
+    recent: &mut RecentRedos,
+) -> Result<(usize, usize), StoreError> {
+    let gap = recent.gap_ms;
+    recent.at.retain(|_, t| now_ms - *t < gap);
     let due = store.due_rollups(now_ms.div_euclid(HOUR_MS), limit).await?;
+    let mut done = 0;
     for d in &due {
+        if recent.at.contains_key(&(d.project, d.hour)) {
+            continue;
+        }
         redo_hour(store, d.project, d.hour, Some(d.version)).await?;
+        if gap > 0 {
+            recent.at.insert((d.project, d.hour), now_ms);
+        }
+        done += 1;
     }
-    Ok(due.len())
+    Ok((done, due.len() - done))
 }
 
 /// Rebuilds the rollups of `project` (every project when `None`) for the
