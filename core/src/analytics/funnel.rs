@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 
 use super::aggregate::Filter;
-use super::dims::{Dim, Dimension};
+use super::dims::Dimension;
 use super::query::{Query, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
@@ -49,33 +49,58 @@ pub struct Funnel {
     pub breakdown: Option<Dimension>,
 }
 
+/// The part of a funnel a problem is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FunnelPart {
+    /// The steps themselves.
+    Steps,
+    /// The filters of every step.
+    Filters,
+    /// The filters of one step.
+    StepFilters,
+    /// The breakdown.
+    Breakdown,
+}
+
 impl Funnel {
+    /// Every dimension the funnel reads, with the part it is in.
+    fn dimensions(&self) -> impl Iterator<Item = (FunnelPart, &Dimension)> {
+        let filters = self.query.filters.iter().map(|f| (FunnelPart::Filters, f));
+        let step_filters = self
+            .steps
+            .iter()
+            .flat_map(|s| &s.filters)
+            .map(|f| (FunnelPart::StepFilters, f));
+        filters
+            .chain(step_filters)
+            .map(|(part, f)| (part, &f.dimension))
+            .chain(self.breakdown.iter().map(|d| (FunnelPart::Breakdown, d)))
+    }
+
     /// Checks what the types cannot say: the number of steps, and that no
     /// filter or breakdown is on a session dimension (entry or exit page:
     /// funnel steps are events).
     ///
     /// # Errors
-    /// A message naming the problem.
-    pub fn check(&self) -> Result<(), String> {
+    /// The part at fault and a message naming the problem.
+    pub fn check(&self) -> Result<(), (FunnelPart, String)> {
         if !(2..=MAX_STEPS).contains(&self.steps.len()) {
-            return Err(format!(
-                "a funnel has 2 to {MAX_STEPS} steps, not {}",
-                self.steps.len()
+            return Err((
+                FunnelPart::Steps,
+                format!(
+                    "a funnel has 2 to {MAX_STEPS} steps, not {}",
+                    self.steps.len()
+                ),
             ));
         }
-        let session_dim = self
-            .query
-            .filters
-            .iter()
-            .chain(self.steps.iter().flat_map(|s| &s.filters))
-            .map(|f| &f.dimension)
-            .chain(self.breakdown.as_ref())
-            .find(|d| d.per_session());
-        if let Some(d) = session_dim {
-            return Err(format!(
-                "`{}` describes sessions, and funnel steps are events: use `page` \
-                 (with the step's event) instead",
-                d.name()
+        if let Some((part, d)) = self.dimensions().find(|(_, d)| d.per_session()) {
+            return Err((
+                part,
+                format!(
+                    "`{}` describes sessions, and funnel steps are events: use `page` \
+                     (with the step's event) instead",
+                    d.name()
+                ),
             ));
         }
         Ok(())
@@ -204,24 +229,10 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
     let Some((from, to)) = data_range(store, &f.query, now).await? else {
         return Ok(answer);
     };
-    let dims: Vec<&Dimension> = f
-        .query
-        .filters
-        .iter()
-        .chain(f.steps.iter().flat_map(|s| &s.filters))
-        .map(|x| &x.dimension)
-        .chain(f.breakdown.as_ref())
-        .collect();
     let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
     names.sort();
     names.dedup();
-    let cols = EventColumns {
-        names: Some(&names),
-        enrichment: dims
-            .iter()
-            .any(|d| matches!(d, Dimension::Rolled(x) if *x != Dim::Event)),
-        properties: dims.iter().any(|d| matches!(d, Dimension::Property(_))),
-    };
+    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d));
     let mut values: Vec<Option<String>> = vec![None];
     let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
     let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();

@@ -16,7 +16,6 @@ use std::collections::{HashMap, HashSet};
 
 use chrono_tz::Tz;
 
-use super::dims::{Dim, Dimension};
 use super::query::{Interval, Query, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
@@ -99,14 +98,7 @@ pub async fn run(
             }
         }
     } else {
-        let dims = r.query.filters.iter().map(|f| &f.dimension);
-        let cols = EventColumns {
-            names: None,
-            enrichment: dims
-                .clone()
-                .any(|d| matches!(d, Dimension::Rolled(x) if *x != Dim::Event)),
-            properties: dims.clone().any(|d| matches!(d, Dimension::Property(_))),
-        };
+        let cols = EventColumns::reading(None, r.query.filters.iter().map(|f| &f.dimension));
         let Some(earliest) = store.first_event_at(r.query.project).await? else {
             return Ok(cohorts);
         };

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::analytics::{EventFacts, HOUR_MS, visitor_hash};
+use crate::analytics::{Dim, Dimension, EventFacts, HOUR_MS, visitor_hash};
 
 /// The person of an event, in SQL.
 const PERSON: &str = "COALESCE(distinct_id, visitor_id, ip_hash)";
@@ -23,6 +23,38 @@ pub struct EventColumns<'a> {
     pub enrichment: bool,
     /// Read the properties (property paths).
     pub properties: bool,
+}
+
+impl<'a> EventColumns<'a> {
+    /// The columns that reading `dims` needs: the enrichment for the
+    /// dimensions other than the event name, the properties for property
+    /// paths.
+    pub fn reading<'d>(
+        names: Option<&'a [String]>,
+        dims: impl IntoIterator<Item = &'d Dimension>,
+    ) -> Self {
+        let mut cols = Self {
+            names,
+            enrichment: false,
+            properties: false,
+        };
+        for d in dims {
+            match d {
+                Dimension::Rolled(Dim::Event) => {}
+                Dimension::Rolled(_) => cols.enrichment = true,
+                Dimension::Property(_) => cols.properties = true,
+            }
+        }
+        cols
+    }
+}
+
+/// `name = ?` when a name is given (its value added to `values`).
+fn name_condition(values: &mut Vec<sea_orm::Value>, name: Option<&str>) -> &'static str {
+    name.map_or("", |n| {
+        values.push(n.into());
+        " AND name = ?"
+    })
 }
 
 impl Store {
@@ -91,10 +123,7 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Vec<(u64, i64)>, StoreError> {
         let mut values: Vec<sea_orm::Value> = vec![project.into(), before.into()];
-        let named = name.map_or("", |n| {
-            values.push(n.into());
-            " AND name = ?"
-        });
+        let named = name_condition(&mut values, name);
         let rows = self
             .rows(
                 &format!(
@@ -130,10 +159,7 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Vec<(u64, i64, i64)>, StoreError> {
         let mut values: Vec<sea_orm::Value> = vec![project.into(), from.into(), to.into()];
-        let named = name.map_or("", |n| {
-            values.push(n.into());
-            " AND name = ?"
-        });
+        let named = name_condition(&mut values, name);
         let rows = self
             .rows(
                 &format!(

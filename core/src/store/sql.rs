@@ -133,8 +133,6 @@ impl Store {
 
     async fn postgres_run(&self, sql: &str, limits: SqlLimits) -> Result<SqlAnswer, SqlError> {
         let pool = self.db().get_postgres_connection_pool();
-        let db =
-            |e: sqlx::Error| SqlError::Store(StoreError::Db(sea_orm::DbErr::Custom(e.to_string())));
         let mut tx = pool.begin().await.map_err(db)?;
         sqlx::query("SET TRANSACTION READ ONLY")
             .execute(&mut *tx)
@@ -148,7 +146,7 @@ impl Store {
         let mut answer = Collect::new(limits);
         let result: Result<(), SqlError> = async {
             let mut rows = sqlx::raw_sql(sql).fetch(&mut *tx);
-            while let Some(row) = rows.try_next().await.map_err(|e| pg_error(&e, ms))? {
+            while let Some(row) = rows.try_next().await.map_err(|e| pg_error(e, ms))? {
                 if !answer.room(&row) {
                     break;
                 }
@@ -195,13 +193,19 @@ fn pg_value(ty: &str, text: String) -> Value {
     }
 }
 
-fn pg_error(e: &sqlx::Error, ms: u128) -> SqlError {
+fn pg_error(e: sqlx::Error, ms: u128) -> SqlError {
     if let Some(d) = e.as_database_error() {
         if d.code().as_deref() == Some("57014") {
             return SqlError::Timeout(ms);
         }
         return SqlError::Failed(d.message().to_owned());
     }
+    db(e)
+}
+
+/// A database failure that is not the query's fault.
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(db)`
+fn db(e: sqlx::Error) -> SqlError {
     SqlError::Store(StoreError::Db(sea_orm::DbErr::Custom(e.to_string())))
 }
 
@@ -210,8 +214,6 @@ async fn sqlite_run(
     sql: &str,
     limits: SqlLimits,
 ) -> Result<SqlAnswer, SqlError> {
-    let db =
-        |e: sqlx::Error| SqlError::Store(StoreError::Db(sea_orm::DbErr::Custom(e.to_string())));
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)

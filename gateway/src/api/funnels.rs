@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 
 use orrery_core::analytics::Filter;
-use orrery_core::analytics::funnel::{self, Funnel as CoreFunnel, MAX_STEPS, Step, StepCount};
+use orrery_core::analytics::funnel::{
+    self, Funnel as CoreFunnel, FunnelPart, MAX_STEPS, Step, StepCount,
+};
 use orrery_core::event::now_ms;
 use poem::Request;
 use poem_openapi::param::{Path, Query};
@@ -264,15 +266,12 @@ impl FunnelsApi {
                 window_ms: window_secs * 1000,
                 breakdown: by.0.map(|b| b.0),
             };
-            f.check().map_err(|m| {
-                let parameter = if f.steps.len() < 2 || f.steps.len() > MAX_STEPS {
-                    "step"
-                } else if f.breakdown.as_ref().is_some_and(|d| d.per_session()) {
-                    "by"
-                } else if f.query.filters.iter().any(|x| x.dimension.per_session()) {
-                    "filter"
-                } else {
-                    "step_filter"
+            f.check().map_err(|(part, m)| {
+                let parameter = match part {
+                    FunnelPart::Steps => "step",
+                    FunnelPart::Filters => "filter",
+                    FunnelPart::StepFilters => "step_filter",
+                    FunnelPart::Breakdown => "by",
                 };
                 bad(parameter, m)
             })?;

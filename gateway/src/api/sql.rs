@@ -5,7 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use orrery_core::analytics::sql::MAX_QUERY_BYTES;
 use orrery_core::store::sql::{SqlError, SqlLimits};
 use poem::Request;
 use poem_openapi::param::Path;
@@ -94,11 +93,6 @@ impl SqlApi {
     ) -> ApiResult<Json<SqlOut>> {
         let state = app_state(req);
         state.store.get_project(project_id.0).await?;
-        if body.0.query.len() > MAX_QUERY_BYTES {
-            return Err(invalid(format!(
-                "`query` is longer than {MAX_QUERY_BYTES} bytes"
-            )));
-        }
         let limits = SqlLimits {
             max_rows: body.0.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS) as usize,
             timeout: TIMEOUT,
