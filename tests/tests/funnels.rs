@@ -605,12 +605,20 @@ async fn bad_funnel_and_retention_queries_are_400s_naming_the_parameter() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    // Another project's key: 403; an empty project: zeros.
+    // Another project's key and the public key: 403; no key: 401; no
+    // such project: 404; an empty project: zeros.
     let other = server.create_project(&keys.secret_key, "other").await;
     for what in ["funnel?step=a&step=b", "retention"] {
         let path = format!("/api/v1/projects/{p}/stats/{what}");
         let (status, _) = server.get(&path, &other.secret_key).await;
         assert_eq!(status, 403, "{what}");
+        let (status, _) = server.get(&path, &keys.public_key).await;
+        assert_eq!(status, 403, "{what}");
+        let (status, _) = server.get(&path, "").await;
+        assert_eq!(status, 401, "{what}");
+        let missing = format!("/api/v1/projects/00000000-0000-0000-0000-000000000000/stats/{what}");
+        let (status, _) = server.get(&missing, &keys.secret_key).await;
+        assert_eq!(status, 404, "{what}");
         let (status, body) = server.get(&path, &keys.secret_key).await;
         assert_eq!(status, 200, "{what}: {body}");
     }

@@ -200,6 +200,10 @@ async fn queries_see_only_their_project_and_every_escape_is_refused() {
         // without `query`: 400.
         let (status, _) = sql(server, &p, &other.secret_key, "SELECT 1").await;
         assert_eq!(status, 403);
+        let (status, _) = sql(server, &p, &keys.public_key, "SELECT 1").await;
+        assert_eq!(status, 403);
+        let (status, _) = sql(server, &p, "", "SELECT 1").await;
+        assert_eq!(status, 401);
         let (status, _) = sql(server, "00000000-0000-0000-0000-000000000000", &k, "SELECT 1").await;
         assert_eq!(status, 404);
         let (status, body) = server
