@@ -3,8 +3,9 @@
 #
 # - the wasm32-wasip2 Rust target (plugin and sandbox examples);
 # - a Python virtualenv (openapi/.venv) with openapi-python-client, for the
-#   generated-client test, and schemathesis, for the property-based run over
-#   the spec and the check of real answers against it (tests/tests/contract.rs);
+#   generated-client test, schemathesis, for the property-based run over
+#   the spec and the check of real answers against it (tests/tests/contract.rs),
+#   and PostHog's Python library (tests/tests/compat.rs);
 # - the `orrery` binary, which the black-box tests in tests/ start;
 # - the plugin SDK (sdk/), tested natively; its example and test plugins are
 #   built for wasm32-wasip2 by the tests that load them.
@@ -20,9 +21,10 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 
 python=${PYTHON:-python3}
-if [ ! -x openapi/.venv/bin/openapi-python-client ] || [ ! -x openapi/.venv/bin/schemathesis ]; then
+if [ ! -x openapi/.venv/bin/openapi-python-client ] || [ ! -x openapi/.venv/bin/schemathesis ] \
+  || ! openapi/.venv/bin/python -c 'import posthog' 2>/dev/null; then
   [ -x openapi/.venv/bin/pip ] || "$python" -m venv openapi/.venv
-  openapi/.venv/bin/pip install -q openapi-python-client==0.29.1 schemathesis==4.32.5
+  openapi/.venv/bin/pip install -q openapi-python-client==0.29.1 schemathesis==4.32.5 posthog==7.91.1
 fi
 export ORRERY_TEST_PYTHON_VENV="$PWD/openapi/.venv"
 

@@ -4,11 +4,13 @@
 //! `orrery.toml`, `ORRERY_*` environment variables and CLI flags on top of
 //! them with figment; this crate only describes the shape.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 /// A string that never shows itself in `Debug` or `Display` output.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +63,9 @@ pub struct Config {
     pub insights: InsightsConfig,
     /// Analytics queries: hourly rollups.
     pub analytics: AnalyticsConfig,
+    /// Ingestion in other systems' formats: which PostHog tokens and
+    /// Plausible domains are which project.
+    pub compat: CompatConfig,
     /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
     /// (mode 0600) when not given here.
     pub secrets: SecretsConfig,
@@ -80,6 +85,7 @@ impl Default for Config {
             pipeline: PipelineConfig::default(),
             insights: InsightsConfig::default(),
             analytics: AnalyticsConfig::default(),
+            compat: CompatConfig::default(),
             secrets: SecretsConfig::default(),
         }
     }
@@ -198,6 +204,36 @@ impl Default for AnalyticsConfig {
             rollup_redo_gap_secs: 60,
             cache_ttl_secs: 10,
             cache_entries: 1000,
+        }
+    }
+}
+
+/// Ingestion in other systems' formats (`POST /capture` and the other
+/// PostHog paths, Plausible's `POST /api/event`). An Orrery ingest key
+/// works as a PostHog token without any setting; these lists let snippets
+/// keep their own token or domain, so that switching is one host name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompatConfig {
+    /// PostHog project tokens (`phc_...`), each with the project its
+    /// events go to. Such a token can only send events, like a `pk_` key.
+    pub posthog_tokens: BTreeMap<String, Uuid>,
+    /// Plausible site domains (the `d` field), each with the project its
+    /// events go to. A domain not listed gets a 404 naming it.
+    pub plausible_domains: BTreeMap<String, Uuid>,
+    /// Whether Plausible's `POST /api/event` takes the client IP from
+    /// `X-Forwarded-For` (its first valid address), as Plausible documents
+    /// for server-side senders. Off: only from `http.trusted_proxies`, as on
+    /// every other endpoint.
+    pub plausible_forwarded_for: bool,
+}
+
+impl Default for CompatConfig {
+    fn default() -> Self {
+        Self {
+            posthog_tokens: BTreeMap::new(),
+            plausible_domains: BTreeMap::new(),
+            plausible_forwarded_for: true,
         }
     }
 }

@@ -232,6 +232,35 @@ impl IngestKey {
     }
 }
 
+/// A project key as `Authorization: Bearer` (the Bilan server's clients).
+#[derive(SecurityScheme)]
+#[oai(rename = "ProjectKeyBearer", ty = "bearer")]
+pub struct IngestKeyBearer(pub poem_openapi::auth::Bearer);
+
+/// The credential of Bilan's endpoint: `Authorization: Bearer`, or the
+/// `X-API-Key` header.
+#[derive(SecurityScheme)]
+pub enum BilanKey {
+    /// As a bearer token.
+    Bearer(IngestKeyBearer),
+    /// In `X-API-Key`.
+    Header(IngestKeyHeader),
+    /// Neither: refused with `missing_key`.
+    #[oai(fallback)]
+    Missing,
+}
+
+impl BilanKey {
+    /// The key sent, if any.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::Bearer(b) => Some(b.0.token.as_str()),
+            Self::Header(h) => Some(h.0.key.as_str()),
+            Self::Missing => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

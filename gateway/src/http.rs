@@ -206,7 +206,33 @@ fn io_cause(err: &std::io::Error) -> BodyError {
 
 /// Paths that browsers on any site may call (ingestion).
 fn is_ingestion(path: &str) -> bool {
-    path == "/api/v1/events" || path == "/t.gif"
+    INGESTION_PATHS.contains(&path) || (path.starts_with("/array/") && path.ends_with("/config"))
+}
+
+/// The paths that take events from anywhere (CORS from every origin; their
+/// bodies are read under `ingest.*` limits by their handlers), with the
+/// PostHog helpers posthog-js calls from the page.
+const INGESTION_PATHS: &[&str] = &[
+    "/api/v1/events",
+    "/t.gif",
+    "/capture",
+    "/batch",
+    "/e",
+    "/i/v0/e",
+    "/flags",
+    "/decide",
+    "/api/event",
+    "/api/events",
+    "/api/v1/events/ingest",
+];
+
+/// PostHog clients add a trailing slash to every path (`/e/`, `/batch/`,
+/// `/flags/`); the routes are declared without it.
+fn posthog_slash(path: &str) -> Option<&str> {
+    let bare = path.strip_suffix('/')?;
+    let posthog = ["/capture", "/batch", "/e", "/i/v0/e", "/flags", "/decide"];
+    (posthog.contains(&bare) || (bare.starts_with("/array/") && bare.ends_with("/config")))
+        .then_some(bare)
 }
 
 /// The methods of each route, for the `Allow` header of a 405.
@@ -312,7 +338,8 @@ impl<E> Hygiene<E> {
     }
 }
 
-const ALLOW_HEADERS: &str = "content-type, content-encoding, x-api-key, x-request-id";
+const ALLOW_HEADERS: &str =
+    "content-type, content-encoding, authorization, x-api-key, x-request-id";
 const EXPOSE_HEADERS: &str = "x-request-id, retry-after";
 
 impl<E: Endpoint> Endpoint for Hygiene<E> {
@@ -327,6 +354,15 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.is_ascii())
             .map(str::to_owned)
             .unwrap_or_else(|| Uuid::new_v4().simple().to_string());
+        if let Some(bare) = posthog_slash(req.uri().path()) {
+            let target = match req.uri().query() {
+                Some(q) => format!("{bare}?{q}"),
+                None => bare.to_owned(),
+            };
+            if let Ok(uri) = target.parse::<poem::http::Uri>() {
+                *req.uri_mut() = uri;
+            }
+        }
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let origin = req

@@ -11,6 +11,7 @@ use poem::{Endpoint, EndpointExt, Route};
 pub mod api;
 pub mod auth;
 pub mod commands;
+pub mod compat;
 pub mod connections;
 pub mod custom_plugins;
 pub mod error;

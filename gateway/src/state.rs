@@ -44,6 +44,8 @@ pub struct State {
     pub started: Instant,
     /// Statistics answers.
     pub stats_cache: crate::stats_cache::StatsCache,
+    /// Projects named in `compat` settings, known to exist.
+    pub compat_projects: crate::compat::KnownProjects,
 }
 
 /// Cheap-to-clone handle to [`State`].
@@ -144,6 +146,7 @@ impl State {
             registry,
             started: Instant::now(),
             stats_cache,
+            compat_projects: crate::compat::KnownProjects::default(),
         })
     }
 }

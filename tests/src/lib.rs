@@ -79,9 +79,14 @@ pub fn plugin_component(name: &str) -> PathBuf {
     path
 }
 
-/// The Python tools the tests use, pinned: the client generator and the
-/// property-based API tester (which brings `jsonschema`).
-pub const PYTHON_TOOLS: &[&str] = &["openapi-python-client==0.29.1", "schemathesis==4.32.5"];
+/// The Python tools the tests use, pinned: the client generator, the
+/// property-based API tester (which brings `jsonschema`) and PostHog's
+/// Python library (the drop-in compatibility test).
+pub const PYTHON_TOOLS: &[&str] = &[
+    "openapi-python-client==0.29.1",
+    "schemathesis==4.32.5",
+    "posthog==7.91.1",
+];
 
 /// The virtualenv with [`PYTHON_TOOLS`]: `$ORRERY_TEST_PYTHON_VENV`, or
 /// `openapi/.venv`; created or completed here when a tool is missing.
@@ -91,7 +96,11 @@ pub fn python_venv() -> PathBuf {
         .unwrap_or_else(|_| repo().join("openapi/.venv"));
     let complete = ["openapi-python-client", "schemathesis"]
         .iter()
-        .all(|tool| venv.join("bin").join(tool).exists());
+        .all(|tool| venv.join("bin").join(tool).exists())
+        && Command::new(venv.join("bin/python"))
+            .args(["-c", "import posthog"])
+            .status()
+            .is_ok_and(|s| s.success());
     if !complete {
         if !venv.join("bin/pip").exists() {
             let ok = Command::new("python3")

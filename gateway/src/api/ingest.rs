@@ -173,89 +173,114 @@ impl<'a> ApiExtractor<'a> for IngestBody {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let state = app_state(req);
-        let limits = &state.config.ingest;
-        let mime = req.content_type().map(|c| {
+        let (raw, _) = read_ingest_body(req, body, &["application/json", "text/plain"]).await?;
+        Ok(Self(raw))
+    }
+}
+
+/// Reads an ingestion body under `ingest.max_body_bytes`, gunzipped under
+/// `ingest.max_decompressed_bytes` when sent with `Content-Encoding: gzip`;
+/// answers it with its media type (lower case, without parameters; empty
+/// when none was sent). `accepted` lists the media types the endpoint
+/// takes; a request without one is taken too.
+///
+/// # Errors
+/// 415 for another media type or encoding, 413 over a limit, 400 for bad
+/// gzip, 408 when the body is too slow.
+pub async fn read_ingest_body(
+    req: &Request,
+    body: &mut RequestBody,
+    accepted: &[&str],
+) -> poem::Result<(Vec<u8>, String)> {
+    let state = app_state(req);
+    let limits = &state.config.ingest;
+    let mime = req
+        .content_type()
+        .map(|c| {
             c.split(';')
                 .next()
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase()
-        });
-        match mime.as_deref() {
-            None | Some("" | "application/json" | "text/plain") => {}
-            Some(other) => {
-                return Err(ApiError::new(
-                    ErrorCode::UnsupportedMediaType,
-                    format!(
-                        "content type {other} is not accepted; send application/json or text/plain"
-                    ),
-                )
-                .into());
-            }
-        }
-        let gzip = match req
-            .headers()
-            .get(header::CONTENT_ENCODING)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref()
-        {
-            None | Some("" | "identity") => false,
-            Some("gzip" | "x-gzip") => true,
-            Some(other) => {
-                return Err(ApiError::new(
-                    ErrorCode::UnsupportedEncoding,
-                    format!("content encoding {other} is not accepted; send gzip or none"),
-                )
-                .into());
-            }
-        };
-        let too_large = || {
-            ApiError::too_large(format!(
-                "request body is larger than {} bytes (ingest.max_body_bytes)",
-                limits.max_body_bytes
-            ))
-        };
-        if req
-            .header(header::CONTENT_LENGTH)
-            .and_then(|v| v.parse::<usize>().ok())
-            .is_some_and(|n| n > limits.max_body_bytes)
-        {
-            crate::http_metrics::HttpMetrics::count(&state.http_metrics.body_errors, "too_large");
-            return Err(too_large().into());
-        }
-        let timeout = std::time::Duration::from_millis(state.config.http.body_read_timeout_ms);
-        let raw = crate::http::read_body(
-            body.take()?,
-            limits.max_body_bytes,
-            timeout,
-            &state.http_metrics,
+        })
+        .unwrap_or_default();
+    if !mime.is_empty() && !accepted.contains(&mime.as_str()) {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!(
+                "content type {mime} is not accepted; send {}",
+                accepted.join(" or ")
+            ),
         )
-        .await
-        .map_err(|e| e.into_api_error(limits.max_body_bytes, "ingest.max_body_bytes"))?;
-        if !gzip {
-            return Ok(Self(raw.to_vec()));
-        }
-        let max = limits.max_decompressed_bytes;
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        flate2::read::GzDecoder::new(&raw[..])
-            .take(max as u64 + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                ApiError::bad_request(
-                    ErrorCode::InvalidGzip,
-                    format!("body is not valid gzip: {e}"),
-                )
-            })?;
-        if out.len() > max {
-            return Err(ApiError::too_large(format!(
-                "decompressed body is larger than {max} bytes (ingest.max_decompressed_bytes)"
-            ))
+        .into());
+    }
+    let gzip = match req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("" | "identity") => false,
+        Some("gzip" | "x-gzip") => true,
+        Some(other) => {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedEncoding,
+                format!("content encoding {other} is not accepted; send gzip or none"),
+            )
             .into());
         }
-        Ok(Self(out))
+    };
+    let too_large = || {
+        ApiError::too_large(format!(
+            "request body is larger than {} bytes (ingest.max_body_bytes)",
+            limits.max_body_bytes
+        ))
+    };
+    if req
+        .header(header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > limits.max_body_bytes)
+    {
+        crate::http_metrics::HttpMetrics::count(&state.http_metrics.body_errors, "too_large");
+        return Err(too_large().into());
     }
+    let timeout = std::time::Duration::from_millis(state.config.http.body_read_timeout_ms);
+    let raw = crate::http::read_body(
+        body.take()?,
+        limits.max_body_bytes,
+        timeout,
+        &state.http_metrics,
+    )
+    .await
+    .map_err(|e| e.into_api_error(limits.max_body_bytes, "ingest.max_body_bytes"))?;
+    if !gzip {
+        return Ok((raw.to_vec(), mime));
+    }
+    Ok((gunzip(&raw, limits.max_decompressed_bytes)?, mime))
+}
+
+/// Decompresses a gzip body of at most `max` bytes once decompressed.
+///
+/// # Errors
+/// 400 `invalid_gzip`; 413 over `max` (`ingest.max_decompressed_bytes`).
+pub fn gunzip(raw: &[u8], max: usize) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::with_capacity(raw.len() * 4);
+    flate2::read::GzDecoder::new(raw)
+        .take(max as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            ApiError::bad_request(
+                ErrorCode::InvalidGzip,
+                format!("body is not valid gzip: {e}"),
+            )
+        })?;
+    if out.len() > max {
+        return Err(ApiError::too_large(format!(
+            "decompressed body is larger than {max} bytes (ingest.max_decompressed_bytes)"
+        )));
+    }
+    Ok(out)
 }
 
 /// The transparent 1x1 GIF of the pixel.
@@ -351,20 +376,10 @@ impl IngestApi {
             },
             other => vec![other],
         };
-        let ctx = request_context(req, &state, &key);
-        let response = ingest_values(&state, &key, ctx, values).await?;
-        if !is_batch
-            && let Some(r) = response.results.first()
-            && r.status == EventStatus::Rejected
-        {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidEvent,
-                format!(
-                    "field `{}` {}",
-                    r.field.as_deref().unwrap_or("$"),
-                    r.reason.as_deref().unwrap_or("is invalid")
-                ),
-            ));
+        let ctx = request_context(req, &state, key.kind == KeyKind::Secret);
+        let response = ingest_values(&state, key.project_id, ctx, values).await?;
+        if !is_batch {
+            rejected_single(&response)?;
         }
         Ok(Json(response))
     }
@@ -429,8 +444,10 @@ impl IngestApi {
                 obj.insert(name.into(), Value::from(v));
             }
         }
-        let ctx = request_context(req, &state, &key);
-        if let Err(error) = ingest_values(&state, &key, ctx, vec![Value::Object(obj)]).await {
+        let ctx = request_context(req, &state, key.kind == KeyKind::Secret);
+        if let Err(error) =
+            ingest_values(&state, key.project_id, ctx, vec![Value::Object(obj)]).await
+        {
             tracing::debug!(%error, "pixel event not recorded");
         }
         PixelResponse::gif()
@@ -441,7 +458,7 @@ impl IngestApi {
 ///
 /// # Errors
 /// 401 for an unknown, revoked or expired key; 403 for an execute key.
-async fn ingest_key(state: &AppState, key: &str) -> ApiResult<ApiKey> {
+pub async fn ingest_key(state: &AppState, key: &str) -> ApiResult<ApiKey> {
     let key = state.keys.authenticate(&state.store, key).await?;
     if key.kind == KeyKind::Execute {
         return Err(ApiError::forbidden(
@@ -477,7 +494,9 @@ pub fn client_ip(req: &Request, trusted: &[IpAddr]) -> Option<IpAddr> {
         .or(Some(peer))
 }
 
-fn request_context(req: &Request, state: &AppState, key: &ApiKey) -> Arc<RequestContext> {
+/// What the request tells of its sender; `server_side` for a secret key
+/// (its events' user agent is never the request's).
+pub fn request_context(req: &Request, state: &AppState, server_side: bool) -> Arc<RequestContext> {
     Arc::new(RequestContext {
         ip: client_ip(req, &state.config.http.trusted_proxies),
         user_agent: req.header(header::USER_AGENT).map(|ua| {
@@ -485,23 +504,23 @@ fn request_context(req: &Request, state: &AppState, key: &ApiKey) -> Arc<Request
                 .take(orrery_core::event::MAX_USER_AGENT_BYTES)
                 .collect()
         }),
-        server_side: key.kind == KeyKind::Secret,
+        server_side,
     })
 }
 
-/// Validates, enriches and commits events for the key's project, and
-/// answers one verdict per event.
+/// Validates, enriches and commits events for `project`, and answers one
+/// verdict per event.
 ///
 /// # Errors
 /// 503 when the queue is full, the server is stopping or the database
 /// failed; nothing of the request was stored then.
 pub async fn ingest_values(
     state: &AppState,
-    key: &ApiKey,
+    project: Uuid,
     ctx: Arc<RequestContext>,
     values: Vec<Value>,
 ) -> ApiResult<IngestResponse> {
-    let verdicts = ingest::ingest(state, key.project_id, ctx, values)
+    let verdicts = ingest::ingest(state, project, ctx, values)
         .await
         .map_err(|e| ingest_error(state, e))?;
     let results: Vec<EventResult> = verdicts
@@ -518,6 +537,27 @@ pub async fn ingest_values(
         dead_lettered: count(EventStatus::DeadLetter),
         results,
     })
+}
+
+/// The 400 of a request of one event, when that event was rejected
+/// (naming its field); a batch answers 200 with the verdicts instead.
+///
+/// # Errors
+/// 400 `invalid_event`.
+pub fn rejected_single(response: &IngestResponse) -> ApiResult<()> {
+    match response.results.first() {
+        Some(r) if response.results.len() == 1 && r.status == EventStatus::Rejected => {
+            Err(ApiError::bad_request(
+                ErrorCode::InvalidEvent,
+                format!(
+                    "field `{}` {}",
+                    r.field.as_deref().unwrap_or("$"),
+                    r.reason.as_deref().unwrap_or("is invalid")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The answer's form of a verdict.

@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::error::ErrorCode;
 
+pub mod compat;
+pub mod compat_shapes;
 pub mod dead_letters;
 pub mod events;
 pub mod execute;
@@ -30,6 +32,9 @@ pub mod wasm_modules;
 pub enum ApiTags {
     /// Sending events: JSON (single or batch), sendBeacon, tracking pixel.
     Ingestion,
+    /// Drop-in ingestion for other systems' clients: PostHog, Plausible,
+    /// Bilan and seed 004's SDK.
+    Compatibility,
     /// Reading stored events and sessions.
     Events,
     /// A project's enrichment pipeline (admin).
@@ -53,6 +58,7 @@ pub enum ApiTags {
     Ops,
 }
 
+use compat::CompatApi;
 use dead_letters::DeadLettersApi;
 use events::EventsApi;
 use execute::ExecuteApi;
@@ -87,7 +93,7 @@ macro_rules! resources {
 }
 
 resources!(
-    IngestApi,
+    (IngestApi, CompatApi),
     EventsApi,
     SessionsApi,
     (StatsApi, FunnelsApi, RetentionApi, UsersApi, SqlApi),
@@ -298,6 +304,19 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
             E::InvalidGzip,
             E::BatchTooLarge,
             E::UnsupportedEncoding,
+            E::QueueFull,
+            E::ShuttingDown,
+        ]),
+        "posthog_capture" | "posthog_batch" | "posthog_e" | "posthog_i_v0_e"
+        | "plausible_event" | "bilan_events" | "product_ingest" => codes.extend([
+            E::MissingKey,
+            E::InvalidJson,
+            E::InvalidEvent,
+            E::InvalidBatch,
+            E::InvalidGzip,
+            E::BatchTooLarge,
+            E::UnsupportedEncoding,
+            E::NotFound,
             E::QueueFull,
             E::ShuttingDown,
         ]),
