@@ -204,15 +204,19 @@ fn io_cause(err: &std::io::Error) -> BodyError {
     BodyError::Aborted
 }
 
-/// Paths that browsers on any site may call (ingestion).
-fn is_ingestion(path: &str) -> bool {
-    INGESTION_PATHS.contains(&path) || (path.starts_with("/array/") && path.ends_with("/config"))
+/// Paths that browsers on any site may call (ingestion, the tracker).
+fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path) || (path.starts_with("/array/") && path.ends_with("/config"))
 }
 
-/// The paths that take events from anywhere (CORS from every origin; their
-/// bodies are read under `ingest.*` limits by their handlers), with the
-/// PostHog helpers posthog-js calls from the page.
-const INGESTION_PATHS: &[&str] = &[
+/// The paths any web page may call: those that take events (their bodies
+/// are read under `ingest.*` limits by their handlers), the PostHog
+/// helpers posthog-js calls from the page, and the tracker script. CORS
+/// from every origin, and no `Cross-Origin-Resource-Policy` (a page on
+/// another site loads the tracker).
+const PUBLIC_PATHS: &[&str] = &[
+    "/sdk/tracker.js",
+    "/tracker.js",
     "/api/v1/events",
     "/t.gif",
     "/capture",
@@ -330,7 +334,7 @@ impl<E> Hygiene<E> {
     }
 
     fn origin_allowed(&self, path: &str, origin: &str) -> bool {
-        is_ingestion(path)
+        is_public(path)
             || self
                 .admin_origins
                 .iter()
@@ -396,9 +400,9 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
             if let Err(e) = self.check_head(&req) {
                 return e.into_response();
             }
-            // Body limit of everything but ingestion (which has its own).
-            if !is_ingestion(&path) && matches!(method, Method::POST | Method::PUT | Method::PATCH)
-            {
+            // Body limit of everything but the public paths (ingestion reads
+            // its own bodies under `ingest.*`).
+            if !is_public(&path) && matches!(method, Method::POST | Method::PUT | Method::PATCH) {
                 let limit = if path == "/api/v1/execute" || path.starts_with("/api/v1/wasm/") {
                     // Modules come inline (base64) or uploaded.
                     let module = self.state.config.execute.wasm_module_bytes as usize;
@@ -520,7 +524,7 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 "camera=(), microphone=(), geolocation=(), interest-cohort=()",
             ),
         );
-        if !is_ingestion(&path) {
+        if !is_public(&path) {
             headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
             headers.insert(
                 "cross-origin-resource-policy",

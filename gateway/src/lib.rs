@@ -27,6 +27,7 @@ pub mod server;
 pub mod settings;
 pub mod state;
 pub mod stats_cache;
+pub mod tracker;
 
 use state::AppState;
 
@@ -35,12 +36,20 @@ pub fn openapi_json() -> String {
     api::spec_json()
 }
 
-/// Builds the HTTP application: the API, `/openapi.json`, `/docs`, and the
-/// hygiene middleware around all of it.
+/// Builds the HTTP application: the API, `/openapi.json`, `/docs`, the
+/// browser tracker, and the hygiene middleware around all of it.
 pub fn app(state: AppState) -> impl Endpoint<Output = poem::Response> {
     let service = api::service();
     let spec_text = api::spec_json();
-    let routes = http::Routes::from_spec(&spec_text, &[("/openapi.json", "get"), ("/docs", "get")]);
+    let routes = http::Routes::from_spec(
+        &spec_text,
+        &[
+            ("/openapi.json", "get"),
+            ("/docs", "get"),
+            ("/sdk/tracker.js", "get"),
+            ("/tracker.js", "get"),
+        ],
+    );
     // Swagger UI embeds the document: the completed one, as served.
     let docs_html = service
         .swagger_ui_html()
@@ -54,6 +63,8 @@ pub fn app(state: AppState) -> impl Endpoint<Output = poem::Response> {
     let app = Route::new()
         .at("/openapi.json", spec)
         .at("/docs", docs)
+        .at("/sdk/tracker.js", tracker::endpoint())
+        .at("/tracker.js", tracker::endpoint())
         .nest("/", service)
         .data(state.clone());
     http::Hygiene::new(app, state, routes)

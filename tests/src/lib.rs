@@ -10,6 +10,8 @@
 //! - [`Api`]: what tests say to either (`call`, `get`, `post_json`,
 //!   `admin`, `post_events`, `create_key`, `create_project`,
 //!   `all_events`).
+//! - [`npm_ready`]: a Node package of the repository with its
+//!   dependencies installed (`npm ci`), for the JavaScript tests.
 //!
 //! The binary is `target/<profile>/orrery` next to the test executable
 //! (build it first: `cargo build -p orrery-gateway`), or `$ORRERY_BIN`.
@@ -24,11 +26,13 @@ use serde_json::Value;
 mod api;
 mod database;
 mod in_process;
+mod node;
 mod server;
 
 pub use api::{Answer, Api};
 pub use database::{Backend, TestDatabase, backends};
 pub use in_process::{InProcess, each_backend_in_process};
+pub use node::{node_available, npm_ready};
 pub use server::{InitKeys, Options, Server, each_backend, orrery_bin, run_cli, send_sigterm};
 
 /// An HTTP client for tests.

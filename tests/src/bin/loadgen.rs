@@ -163,6 +163,48 @@ struct Args {
     /// (time-ordered, as SDKs that send UUIDv7 do: appended at the end).
     #[arg(long, value_enum, default_value_t = IdKind::V4)]
     ids: IdKind,
+    /// The body's shape and its endpoint: Orrery's own, or one of the
+    /// drop-in compatibility endpoints with the same events in that
+    /// system's fields (plausible: one event per request; with --spawn the
+    /// domain `loadgen.example` is mapped to the project).
+    #[arg(long, value_enum, default_value_t = Format::Native)]
+    format: Format,
+}
+
+/// The wire format of the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// `POST /api/v1/events`.
+    Native,
+    /// PostHog's `POST /batch/` (`{"api_key", "batch"}`).
+    Posthog,
+    /// Plausible's `POST /api/event` (one event).
+    Plausible,
+    /// Bilan's `POST /api/events` (`{"events"}`, Bearer key).
+    Bilan,
+    /// Seed 004's `POST /api/v1/events/ingest` (`{"events"}`).
+    Product,
+}
+
+impl Format {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Native => "/api/v1/events",
+            Self::Posthog => "/batch/",
+            Self::Plausible => "/api/event",
+            Self::Bilan => "/api/events",
+            Self::Product => "/api/v1/events/ingest",
+        }
+    }
+
+    /// The header carrying the key.
+    fn key_header(self, key: &str) -> String {
+        match self {
+            Self::Bilan => format!("Authorization: Bearer {key}"),
+            Self::Posthog | Self::Plausible => String::new(),
+            Self::Native | Self::Product => format!("X-API-Key: {key}"),
+        }
+    }
 }
 
 fn main() {
@@ -181,6 +223,9 @@ fn main() {
 fn run_main(args: Args) -> Result<bool> {
     if args.concurrency == 0 || args.batch == 0 {
         bail!("--concurrency and --batch must be at least 1");
+    }
+    if args.format == Format::Plausible && args.batch != 1 {
+        bail!("--format plausible sends one event per request: --batch 1");
     }
     let runtime = if args.threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -360,44 +405,100 @@ struct Body {
 }
 
 impl Body {
-    fn new(batch: usize, worker: usize, session_ids: bool, event: &str, spread_hours: u64) -> Self {
+    fn new(args: &Args, worker: usize, key: &str) -> Self {
+        let (batch, format) = (args.batch, args.format);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let mut bytes = Vec::with_capacity(batch * 260 + 16);
         let mut id_offsets = Vec::with_capacity(batch);
-        if batch > 1 {
-            bytes.extend_from_slice(b"{\"batch\":[");
+        let (open, close) = match format {
+            Format::Native => ("{\"batch\":[".to_owned(), "]}"),
+            Format::Posthog => (format!("{{\"api_key\":\"{key}\",\"batch\":["), "]}"),
+            Format::Bilan | Format::Product => ("{\"events\":[".to_owned(), "]}"),
+            Format::Plausible => (String::new(), ""),
+        };
+        let wrapped = batch > 1 || format == Format::Posthog;
+        if wrapped {
+            bytes.extend_from_slice(open.as_bytes());
         }
         for i in 0..batch {
             if i > 0 {
                 bytes.push(b',');
             }
-            let _ = write!(bytes, "{{\"event\":\"{event}\",\"id\":\"");
-            id_offsets.push(bytes.len());
-            bytes.extend_from_slice(Uuid::nil().hyphenated().to_string().as_bytes());
-            let _ = write!(
-                bytes,
-                "\",\"url\":\"https://example.test/docs/page-{}\",\"referrer\":\"https://www.google.com/\",\
-                 \"distinct_id\":\"user-{}\",\
-                 \"properties\":{{\"plan\":\"free\",\"variant\":\"v{}\",\"n\":{i}}}",
-                i % 50,
-                (worker * 1000 + i) % 5000,
-                i % 2,
-            );
-            if session_ids {
-                let _ = write!(bytes, ",\"session_id\":\"s-{worker}-{}\"", i % 10);
+            let event = &args.event;
+            let url = format!("https://example.test/docs/page-{}", i % 50);
+            let referrer = "https://www.google.com/";
+            let user = format!("user-{}", (worker * 1000 + i) % 5000);
+            let props = format!("\"plan\":\"free\",\"variant\":\"v{}\",\"n\":{i}", i % 2);
+            let session = (!args.no_session_id).then(|| format!("s-{worker}-{}", i % 10));
+            // An hour ago or more (whole past hours), a different one per
+            // event.
+            let at = (args.spread_hours > 0).then(|| {
+                now_ms - (1 + (worker * 31 + i * 7) as u64 % args.spread_hours) * 3_600_000
+            });
+            let (name_field, id_field) = match format {
+                Format::Native => ("event", "id"),
+                Format::Posthog => ("event", "uuid"),
+                Format::Bilan => ("event_type", "event_id"),
+                Format::Product => ("event_name", "id"),
+                Format::Plausible => ("n", ""),
+            };
+            let _ = write!(bytes, "{{\"{name_field}\":\"{event}\"");
+            if !id_field.is_empty() {
+                let _ = write!(bytes, ",\"{id_field}\":\"");
+                id_offsets.push(bytes.len());
+                bytes.extend_from_slice(Uuid::nil().hyphenated().to_string().as_bytes());
+                bytes.push(b'"');
             }
-            if spread_hours > 0 {
-                // An hour ago or more (whole past hours), a different one
-                // per event.
-                let back = (1 + (worker * 31 + i * 7) as u64 % spread_hours) * 3_600_000;
-                let _ = write!(bytes, ",\"timestamp\":{}", now_ms - back);
+            match format {
+                Format::Native | Format::Product => {
+                    let url_field = if format == Format::Native {
+                        "url"
+                    } else {
+                        "page_url"
+                    };
+                    let _ = write!(
+                        bytes,
+                        ",\"{url_field}\":\"{url}\",\"referrer\":\"{referrer}\",\"distinct_id\":\"{user}\",\"properties\":{{{props}}}"
+                    );
+                    if let Some(s) = &session {
+                        let _ = write!(bytes, ",\"session_id\":\"{s}\"");
+                    }
+                }
+                Format::Posthog => {
+                    let _ = write!(
+                        bytes,
+                        ",\"distinct_id\":\"{user}\",\"properties\":{{\"$current_url\":\"{url}\",\"$referrer\":\"{referrer}\",\"$lib\":\"web\",{props}"
+                    );
+                    if let Some(s) = &session {
+                        let _ = write!(bytes, ",\"$session_id\":\"{s}\"");
+                    }
+                    bytes.push(b'}');
+                }
+                Format::Bilan => {
+                    let _ = write!(
+                        bytes,
+                        ",\"user_id\":\"{user}\",\"turn_id\":\"t-{i}\",\"properties\":{{\"url\":\"{url}\",{props}}}"
+                    );
+                    if let Some(s) = &session {
+                        let _ = write!(bytes, ",\"session_id\":\"{s}\"");
+                    }
+                }
+                Format::Plausible => {
+                    let _ = write!(
+                        bytes,
+                        ",\"u\":\"{url}\",\"d\":\"loadgen.example\",\"r\":\"{referrer}\",\"p\":{{{props}}}"
+                    );
+                }
+            }
+            if let Some(at) = at {
+                let _ = write!(bytes, ",\"timestamp\":{at}");
             }
             bytes.push(b'}');
         }
-        if batch > 1 {
-            bytes.extend_from_slice(b"]}");
+        if wrapped {
+            bytes.extend_from_slice(close.as_bytes());
         }
         Self { bytes, id_offsets }
     }
@@ -454,10 +555,11 @@ struct Target {
     key: String,
     /// Extra header lines, each ending in CRLF.
     extra: String,
+    format: Format,
 }
 
 impl Target {
-    fn new(url: &str, key: &str, forwarded_for: Option<&str>) -> Result<Self> {
+    fn new(url: &str, key: &str, forwarded_for: Option<&str>, format: Format) -> Result<Self> {
         let base = url.trim_end_matches('/').to_owned();
         let rest = base
             .strip_prefix("http://")
@@ -475,15 +577,18 @@ impl Target {
             extra: forwarded_for
                 .map(|ip| format!("X-Forwarded-For: {ip}\r\n"))
                 .unwrap_or_default(),
+            format,
         })
     }
 
     fn head(&self, content_length: usize, gzip: bool) -> String {
+        let key = self.format.key_header(&self.key);
         format!(
-            "POST /api/v1/events HTTP/1.1\r\nHost: {}\r\nX-API-Key: {}\r\n\
+            "POST {} HTTP/1.1\r\nHost: {}\r\n{key}{}\
              Content-Type: application/json\r\nUser-Agent: {UA}\r\n{}{}Content-Length: {content_length}\r\n\r\n",
+            self.format.path(),
             self.authority,
-            self.key,
+            if key.is_empty() { "" } else { "\r\n" },
             self.extra,
             if gzip {
                 "Content-Encoding: gzip\r\n"
@@ -655,13 +760,7 @@ impl Worker {
         n: usize,
         pool: Option<&reqwest::Client>,
     ) -> Self {
-        let body = Body::new(
-            args.batch,
-            n,
-            !args.no_session_id,
-            &args.event,
-            args.spread_hours,
-        );
+        let body = Body::new(args, n, &target.key);
         let sender = match pool {
             None => {
                 let mut request = target.head(body.bytes.len(), false).into_bytes();
@@ -675,7 +774,7 @@ impl Worker {
             }
             Some(client) => Sender::Reqwest {
                 client: client.clone(),
-                url: format!("{}/api/v1/events", target.base),
+                url: format!("{}{}", target.base, target.format.path()),
             },
         };
         Self {
@@ -730,6 +829,7 @@ impl Worker {
                 let mut req = client
                     .post(url.as_str())
                     .header("X-API-Key", &self.target.key)
+                    .header("Authorization", format!("Bearer {}", self.target.key))
                     .header("Content-Type", "application/json")
                     .header("User-Agent", UA);
                 req = match &mut self.gzip {
@@ -940,7 +1040,12 @@ async fn drive(args: &Args, server: Option<&Server>) -> Result<(bool, Option<u64
             args.key.clone().expect("clap requires --key"),
         ),
     };
-    let target = Arc::new(Target::new(&url, &key, args.forwarded_for.as_deref())?);
+    let target = Arc::new(Target::new(
+        &url,
+        &key,
+        args.forwarded_for.as_deref(),
+        args.format,
+    )?);
     let server_pid = server.and_then(Server::pid).or(args.server_pid);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
@@ -1353,6 +1458,15 @@ async fn spawn(bin: &Path, args: &Args) -> Result<Server> {
         echo_stdout: true,
     })
     .await?;
+    let mut server = server;
+    if args.format == Format::Plausible {
+        server.terminate();
+        server.env.push((
+            "ORRERY_COMPAT__PLAUSIBLE_DOMAINS".to_owned(),
+            format!("{{\"loadgen.example\"={}}}", server.keys.project_id),
+        ));
+        server.spawn();
+    }
     eprintln!(
         "orrery-loadgen: spawned orrery (pid {}) at {}, data dir {}{}",
         server.pid().unwrap_or_default(),
