@@ -7,6 +7,8 @@
 #   the spec and the check of real answers against it (tests/tests/contract.rs),
 #   and PostHog's Python library (tests/tests/compat.rs);
 # - the `orrery` binary, which the black-box tests in tests/ start;
+# - (by the tests themselves) the locked npm packages of sdk/js, sdk/ts and
+#   tests/browser (`npm ci`), and Debian's chromium for the browser tests;
 # - the plugin SDK (sdk/), tested natively; its example and test plugins are
 #   built for wasm32-wasip2 by the tests that load them.
 #

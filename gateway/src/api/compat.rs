@@ -529,7 +529,7 @@ async fn posthog_capture(
     let (project, server_side) = posthog_project(&state, capture.token.as_deref()).await?;
     let ctx = request_context(req, &state, server_side);
     let now = now_ms();
-    let single = capture.events.len() == 1;
+    let single = capture.single;
     let events = capture
         .events
         .into_iter()

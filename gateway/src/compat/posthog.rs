@@ -47,6 +47,9 @@ pub struct Capture {
     pub events: Vec<Value>,
     /// The batch's `sent_at` (ms), for clock-skew correction.
     pub sent_at: Option<i64>,
+    /// Whether the body was one event (not an array or a batch): its
+    /// rejection is then the request's 400, as on the native endpoint.
+    pub single: bool,
 }
 
 /// Decodes a capture body: `mime` is its media type, `compression` the
@@ -149,17 +152,20 @@ fn split(value: Value) -> Capture {
                 token,
                 events,
                 sent_at,
+                single: false,
             }
         }
         Value::Array(events) => Capture {
             token: events.first().and_then(event_token),
             events,
             sent_at: None,
+            single: false,
         },
         other => Capture {
             token: event_token(&other),
             events: vec![other],
             sent_at: None,
+            single: true,
         },
     }
 }
