@@ -226,6 +226,10 @@ pub struct CompatConfig {
     /// for server-side senders. Off: only from `http.trusted_proxies`, as on
     /// every other endpoint.
     pub plausible_forwarded_for: bool,
+    /// Where `GET /static/...` (the PostHog snippet's `array.js`) is
+    /// redirected: PostHog's asset host, so that a snippet works with only
+    /// its host changed. Empty: 404.
+    pub posthog_assets: String,
 }
 
 impl Default for CompatConfig {
@@ -234,6 +238,7 @@ impl Default for CompatConfig {
             posthog_tokens: BTreeMap::new(),
             plausible_domains: BTreeMap::new(),
             plausible_forwarded_for: true,
+            posthog_assets: "https://us-assets.i.posthog.com".to_owned(),
         }
     }
 }

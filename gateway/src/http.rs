@@ -206,7 +206,10 @@ fn io_cause(err: &std::io::Error) -> BodyError {
 
 /// Paths that browsers on any site may call (ingestion, the tracker).
 fn is_public(path: &str) -> bool {
-    PUBLIC_PATHS.contains(&path) || (path.starts_with("/array/") && path.ends_with("/config"))
+    PUBLIC_PATHS.contains(&path)
+        || path.starts_with("/static/")
+        || (path.starts_with("/array/")
+            && (path.ends_with("/config") || path.ends_with("/config.js")))
 }
 
 /// The paths any web page may call: those that take events (their bodies

@@ -48,6 +48,7 @@ pub fn app(state: AppState) -> impl Endpoint<Output = poem::Response> {
             ("/docs", "get"),
             ("/sdk/tracker.js", "get"),
             ("/tracker.js", "get"),
+            ("/static/{path}", "get"),
         ],
     );
     // Swagger UI embeds the document: the completed one, as served.

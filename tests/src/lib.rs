@@ -11,7 +11,9 @@
 //!   `admin`, `post_events`, `create_key`, `create_project`,
 //!   `all_events`).
 //! - [`npm_ready`]: a Node package of the repository with its
-//!   dependencies installed (`npm ci`), for the JavaScript tests.
+//!   dependencies installed (`npm ci`), for the JavaScript tests;
+//!   [`browser`]: headless Chromium running the scenarios of
+//!   `tests/browser/`.
 //!
 //! The binary is `target/<profile>/orrery` next to the test executable
 //! (build it first: `cargo build -p orrery-gateway`), or `$ORRERY_BIN`.
@@ -24,21 +26,25 @@ use std::time::Duration;
 use serde_json::Value;
 
 mod api;
+mod browser;
 mod database;
 mod in_process;
 mod node;
 mod server;
 
 pub use api::{Answer, Api};
+pub use browser::{Browser, browser};
 pub use database::{Backend, TestDatabase, backends};
 pub use in_process::{InProcess, each_backend_in_process};
 pub use node::{node_available, npm_ready};
 pub use server::{InitKeys, Options, Server, each_backend, orrery_bin, run_cli, send_sigterm};
 
-/// An HTTP client for tests.
+/// An HTTP client for tests. It does not follow redirects: a test sees
+/// the server's own answer.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("client")
 }

@@ -47,7 +47,17 @@ pub fn npm_ready(dir: &str) -> Option<PathBuf> {
     lock.lock().unwrap();
     if !installed_as_locked(&path) {
         let out = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            // No install scripts: none of the packages needs one
+            // (esbuild finds its binary package without its own), and
+            // Playwright's browsers are not downloaded (Debian's is used).
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--ignore-scripts",
+                "--loglevel=error",
+            ])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
             .current_dir(&path)
             .output()
             .expect("run npm ci");

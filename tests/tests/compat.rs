@@ -141,14 +141,22 @@ async fn posthog_bodies_and_the_python_library_are_stored_as_orrery_events() {
             assert!(a.text().contains(says), "{path}: {} should say {says}", a.text());
         }
 
-        // 6. Flags and remote config: nothing to load.
+        // 6. Flags and remote config: nothing to load, autocapture as the
+        // page says, and no surveys key (posthog-js loads their code for
+        // `false`).
         for (method, path) in [("POST", "/flags/?v=2&config=true"), ("POST", "/decide/?v=3"), ("GET", "/array/phc_compat/config")] {
             let a = server.send(method, path, &[("Content-Type", "application/json")], Some(b"{}".to_vec())).await;
             assert_eq!(a.status, 200, "{path}: {}", a.text());
             let v = a.json();
-            assert_eq!((v["flags"].clone(), v["featureFlags"].clone(), v["sessionRecording"].clone()),
-                       (json!({}), json!({}), json!(false)), "{path}: {v}");
+            assert_eq!((v["flags"].clone(), v["featureFlags"].clone(), v["sessionRecording"].clone(), v["autocapture_opt_out"].clone()),
+                       (json!({}), json!({}), json!(false), json!(false)), "{path}: {v}");
+            assert!(v.get("surveys").is_none(), "{path}: {v}");
         }
+        let a = server.send("GET", "/array/phc_\"x/config.js", &[], None).await;
+        assert_eq!((a.status, a.header("content-type")), (200, Some("text/javascript; charset=utf-8")));
+        assert!(a.text().contains(r#"c["phc_\"x"]={config:{"autocapture_opt_out":false"#), "{}", a.text());
+        let a = server.send("GET", "/static/array.js?v=1", &[], None).await;
+        assert_eq!((a.status, a.header("location")), (302, Some("https://us-assets.i.posthog.com/static/array.js?v=1")));
 
         // 7. The real posthog Python library, plain and gzip, with the
         // PostHog token of the settings.
@@ -357,6 +365,7 @@ async fn compatibility_paths_take_any_origin_and_admin_paths_do_not() {
         "/api/events",
         "/api/v1/events/ingest",
         "/array/phc_x/config",
+        "/array/phc_x/config.js",
     ] {
         let a = server
             .send(

@@ -16,7 +16,7 @@ use orrery_core::store::KeyKind;
 use poem::http::header;
 use poem::{Request, RequestBody};
 use poem_openapi::param::{Path, Query};
-use poem_openapi::payload::Json;
+use poem_openapi::payload::{Json, PlainText};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
 use poem_openapi::types::{ParseFromJSON, ToJSON, Type};
 use poem_openapi::{
@@ -184,8 +184,11 @@ pub struct PosthogCaptureResponse {
 }
 
 /// What `/flags`, `/decide` and `/array/{token}/config` answer: no
-/// feature flags, and every remote feature (session recording, surveys,
-/// heatmaps, site apps) off, so that PostHog clients only capture events.
+/// feature flags, and the remote features that would load more code or
+/// send other data (session recording, heatmaps, performance, site apps)
+/// off, so that PostHog clients capture events, autocapture included.
+/// Surveys are left out rather than `false`: posthog-js loads their
+/// script for `false` (and stays quiet without the key).
 #[derive(Debug, Object)]
 #[oai(rename_all = "camelCase")]
 pub struct PosthogConfig {
@@ -204,9 +207,11 @@ pub struct PosthogConfig {
     /// Off.
     pub session_recording: bool,
     /// Off.
-    pub surveys: bool,
-    /// Off.
     pub heatmaps: bool,
+    /// False: autocapture runs as the page configured it (posthog-js
+    /// starts it only when the remote config says so).
+    #[oai(rename = "autocapture_opt_out")]
+    pub autocapture_opt_out: bool,
     /// Off.
     pub capture_performance: bool,
     /// None.
@@ -227,8 +232,8 @@ impl PosthogConfig {
             has_feature_flags: false,
             supported_compression: vec!["gzip-js".into(), "base64".into()],
             session_recording: false,
-            surveys: false,
             heatmaps: false,
+            autocapture_opt_out: false,
             capture_performance: false,
             site_apps: Vec::new(),
             quota_limited: Vec::new(),
@@ -248,6 +253,22 @@ pub struct BilanResponse {
     #[oai(flatten)]
     #[allow(missing_docs)] // the flattened fields document themselves
     pub verdicts: IngestResponse,
+}
+
+/// The remote config as a script.
+#[derive(ApiResponse)]
+pub enum ConfigScript {
+    /// A script setting `window._POSTHOG_REMOTE_CONFIG[token]`.
+    #[oai(status = 200, content_type = "text/javascript; charset=utf-8")]
+    Script(PlainText<String>),
+}
+
+/// A redirect to PostHog's assets.
+#[derive(ApiResponse)]
+pub enum Redirect {
+    /// To `compat.posthog_assets` + the path.
+    #[oai(status = 302)]
+    Found(#[oai(header = "Location")] String),
 }
 
 /// Accepted, after the commit.
@@ -354,6 +375,63 @@ impl CompatApi {
     ) -> Json<PosthogConfig> {
         let _ = token;
         Json(PosthogConfig::off())
+    }
+
+    /// PostHog remote config script
+    ///
+    /// The remote config as the script posthog-js loads first (it sets
+    /// `window._POSTHOG_REMOTE_CONFIG[token]`); the same config as
+    /// `/array/{token}/config`.
+    #[oai(
+        path = "/array/:token/config.js",
+        method = "get",
+        operation_id = "posthog_remote_config_script"
+    )]
+    async fn remote_config_script(
+        &self,
+        /// The project token, as the page gave it.
+        token: Path<String>,
+    ) -> ConfigScript {
+        let config = PosthogConfig::off().to_json_string();
+        // A JSON string is a valid JavaScript string literal.
+        let token = Value::from(token.0).to_string();
+        ConfigScript::Script(PlainText(format!(
+            "(function(){{var c=window._POSTHOG_REMOTE_CONFIG=window._POSTHOG_REMOTE_CONFIG||{{}};\
+             c[{token}]={{config:{config},siteApps:[]}};}})();"
+        )))
+    }
+
+    /// PostHog static assets
+    ///
+    /// The PostHog snippet loads the library from `<api_host>/static/`
+    /// (`array.js`): redirected to `compat.posthog_assets`, so that a
+    /// snippet works with only its host changed. 404 when that setting is
+    /// empty. Not in the document: a path of any depth has no OpenAPI form
+    /// (README lists it).
+    #[oai(
+        path = "/static/*path",
+        method = "get",
+        operation_id = "posthog_static",
+        hidden
+    )]
+    async fn posthog_static(&self, req: &Request) -> ApiResult<Redirect> {
+        let base = app_state(req)
+            .config
+            .compat
+            .posthog_assets
+            .trim_end_matches('/');
+        if base.is_empty() {
+            return Err(ApiError::not_found(
+                "PostHog asset (compat.posthog_assets is empty)",
+            ));
+        }
+        // The path and query as sent (already valid in a URL).
+        let rest = req
+            .uri()
+            .path_and_query()
+            .map_or("", |p| p.as_str())
+            .trim_start_matches("/static/");
+        Ok(Redirect::Found(format!("{base}/static/{rest}")))
     }
 
     /// Plausible event

@@ -757,6 +757,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/array/{token}/config.js": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * PostHog remote config script
+         * @description The remote config as the script posthog-js loads first (it sets
+         *     `window._POSTHOG_REMOTE_CONFIG[token]`); the same config as
+         *     `/array/{token}/config`.
+         */
+        get: operations["posthog_remote_config_script"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/batch": {
         parameters: {
             query?: never;
@@ -2113,10 +2135,18 @@ export interface components {
         /**
          * PosthogConfig
          * @description What `/flags`, `/decide` and `/array/{token}/config` answer: no
-         *     feature flags, and every remote feature (session recording, surveys,
-         *     heatmaps, site apps) off, so that PostHog clients only capture events.
+         *     feature flags, and the remote features that would load more code or
+         *     send other data (session recording, heatmaps, performance, site apps)
+         *     off, so that PostHog clients capture events, autocapture included.
+         *     Surveys are left out rather than `false`: posthog-js loads their
+         *     script for `false` (and stays quiet without the key).
          */
         PosthogConfig: {
+            /**
+             * @description False: autocapture runs as the page configured it (posthog-js
+             *     starts it only when the remote config says so).
+             */
+            autocapture_opt_out: boolean;
             /** @description Off. */
             capturePerformance: boolean;
             /** @description Always false. */
@@ -2150,8 +2180,6 @@ export interface components {
             siteApps: unknown[];
             /** @description The body compressions taken: gzip-js, base64. */
             supportedCompression: string[];
-            /** @description Off. */
-            surveys: boolean;
         };
         /**
          * PosthogEvent
@@ -7213,6 +7241,29 @@ export interface operations {
                 };
                 content: {
                     "application/json; charset=utf-8": components["schemas"]["PosthogConfig"];
+                };
+            };
+        };
+    };
+    posthog_remote_config_script: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The project token, as the page gave it. */
+                token: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A script setting `window._POSTHOG_REMOTE_CONFIG[token]`. */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/javascript; charset=utf-8": string;
                 };
             };
         };
