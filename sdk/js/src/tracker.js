@@ -17,26 +17,46 @@ const FILES =
 
 // A time-ordered UUIDv7: 48 bits of milliseconds, then random bits, so a
 // retried event keeps its id and ids stay append-friendly in the index.
+// Random bytes are drawn 64 ids at a time (a getRandomValues call costs
+// more than the rest of an event).
+const HEX = [...Array(256)].map((_, i) => (i + 256).toString(16).slice(1));
+let pool;
+let used = 1024;
 const uuid7 = () => {
-  const b = crypto.getRandomValues(new Uint8Array(16));
+  if (used > 1008) {
+    pool = crypto.getRandomValues(new Uint8Array(1024));
+    used = 0;
+  }
+  const b = pool.subarray(used, (used += 16));
   for (let i = 5, t = Date.now(); i >= 0; i--, t = Math.floor(t / 256)) b[i] = t % 256;
   b[6] = (b[6] & 15) | 112;
   b[8] = (b[8] & 63) | 128;
-  const h = [...b].map((x) => (x + 256).toString(16).slice(1)).join('');
-  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  let h = '';
+  for (let i = 0; i < 16; i++) h += HEX[b[i]] + (i > 2 && i < 10 && i % 2 ? '-' : '');
+  return h;
 };
 
-// sessionStorage when it works (and was not declined), else memory.
+// sessionStorage when it works (and was not declined), else memory only.
+// Reads come from memory (sessionStorage calls cost microseconds each);
+// writes go to both.
 const storage = (kind) => {
   const mem = {};
+  let s;
   try {
-    const s = W.sessionStorage;
-    if (kind != 'memory' && s) {
-      s.setItem(P, 1);
-      return [(k) => s.getItem(P + k), (k, v) => (v == null ? s.removeItem(P + k) : s.setItem(P + k, v))];
-    }
-  } catch (e) {}
-  return [(k) => mem[k], (k, v) => (mem[k] = v)];
+    s = kind != 'memory' && W.sessionStorage;
+    if (s) s.setItem(P, 1);
+  } catch (e) {
+    s = 0;
+  }
+  return [
+    (k) => (k in mem ? mem[k] : (mem[k] = s ? s.getItem(P + k) : null)),
+    (k, v) => {
+      mem[k] = v;
+      try {
+        if (s) v == null ? s.removeItem(P + k) : s.setItem(P + k, v);
+      } catch (e) {}
+    },
+  ];
 };
 
 // The opt-out is a preference, not an identifier: kept in localStorage.
@@ -60,10 +80,13 @@ export function init(o) {
   let last;
 
   const id = (k) => get(k) || (set(k, uuid7()), get(k));
+  // The time of the last event is written at most every 10 s (a session
+  // ends 30 minutes, give or take 10 s, after it).
   const session = () => {
     const now = Date.now();
-    if (now - (+get('seen') || 0) > IDLE) set('sid', null);
-    set('seen', now);
+    const seen = +get('seen') || 0;
+    if (now - seen > IDLE) set('sid', null);
+    if (now - seen > 1e4) set('seen', now);
     return id('sid');
   };
   const body = (events) => JSON.stringify({ api_key: o.key, batch: events });
