@@ -8,20 +8,17 @@
 //! `POST /api/v1/events`, and get the same per-event verdicts, with the
 //! fields named as the client spelt them.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use orrery_core::event::{RequestContext, now_ms};
 use orrery_core::store::KeyKind;
+use poem::Request;
 use poem::http::header;
-use poem::{Request, RequestBody};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Json, PlainText};
-use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
-use poem_openapi::types::{ParseFromJSON, ToJSON, Type};
-use poem_openapi::{
-    ApiExtractor, ApiExtractorType, ApiResponse, ExtractParamOptions, Object, OpenApi,
-};
+use poem_openapi::registry::{MetaMediaType, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -30,7 +27,7 @@ use crate::api::compat_shapes::{
     BilanRequest, PlausibleInput, PosthogForm, PosthogRequest, ProductRequest,
 };
 use crate::api::ingest::{
-    IngestResponse, client_ip, ingest_key, ingest_values, read_ingest_body, rejected_single,
+    BodyShape, IngestResponse, RawBody, client_ip, ingest_key, ingest_values, rejected_single,
     request_context,
 };
 use crate::auth::BilanKey;
@@ -38,42 +35,9 @@ use crate::compat::{Mapping, bilan, plausible, posthog, product};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::{AppState, app_state};
 
-/// A foreign request body: its documented shapes and the media types it
-/// comes in.
-pub trait Shape: Send + Sync {
-    /// The documented schema of its JSON forms (never built: bodies are
-    /// read as JSON values).
-    type Doc: Type + ParseFromJSON + ToJSON;
-    /// The media types of JSON bodies.
-    const TYPES: &'static [&'static str] = &["application/json", "text/plain"];
-    /// What the spec says of the body.
-    const DESCRIPTION: &'static str;
-
-    /// Registers the schemas.
-    fn register(registry: &mut Registry) {
-        Self::Doc::register(registry);
-    }
-
-    /// The media types taken, with their schemas.
-    fn content() -> Vec<MetaMediaType> {
-        Self::TYPES
-            .iter()
-            .map(|t| MetaMediaType {
-                content_type: t,
-                schema: Self::Doc::schema_ref(),
-            })
-            .collect()
-    }
-
-    /// Every media type taken (the JSON ones and any other).
-    fn accepted() -> &'static [&'static str] {
-        Self::TYPES
-    }
-}
-
 /// PostHog capture bodies.
 pub struct PosthogShape;
-impl Shape for PosthogShape {
+impl BodyShape for PosthogShape {
     type Doc = PosthogRequest;
     const DESCRIPTION: &'static str = "One event, an array, or `{\"api_key\", \"batch\": [...], \
          \"sent_at\"}`: JSON, gzip (`Content-Encoding: gzip` or `?compression=gzip-js`), or a form \
@@ -85,21 +49,17 @@ impl Shape for PosthogShape {
     }
 
     fn content() -> Vec<MetaMediaType> {
-        let json = PosthogRequest::schema_ref();
-        vec![
-            MetaMediaType {
-                content_type: "application/json",
-                schema: json.clone(),
-            },
-            MetaMediaType {
-                content_type: "text/plain",
-                schema: json,
-            },
-            MetaMediaType {
-                content_type: "application/x-www-form-urlencoded",
-                schema: PosthogForm::schema_ref(),
-            },
-        ]
+        Self::accepted()
+            .iter()
+            .map(|t| MetaMediaType {
+                content_type: t,
+                schema: if t.starts_with("application/x-www-form") {
+                    PosthogForm::schema_ref()
+                } else {
+                    PosthogRequest::schema_ref()
+                },
+            })
+            .collect()
     }
 
     fn accepted() -> &'static [&'static str] {
@@ -113,64 +73,23 @@ impl Shape for PosthogShape {
 
 /// Plausible's event body.
 pub struct PlausibleShape;
-impl Shape for PlausibleShape {
+impl BodyShape for PlausibleShape {
     type Doc = PlausibleInput;
     const DESCRIPTION: &'static str = "One event, as Plausible's script sends it (`text/plain` JSON) or its events API documents.";
 }
 
 /// Bilan's events body.
 pub struct BilanShape;
-impl Shape for BilanShape {
+impl BodyShape for BilanShape {
     type Doc = BilanRequest;
     const DESCRIPTION: &'static str = "One event, an array, or `{\"events\": [...]}`.";
 }
 
 /// Seed 004's ingest body.
 pub struct ProductShape;
-impl Shape for ProductShape {
+impl BodyShape for ProductShape {
     type Doc = ProductRequest;
     const DESCRIPTION: &'static str = "`{\"events\": [...]}`, an array, or one event.";
-}
-
-/// A foreign body, read under the ingestion limits (gzip allowed), with
-/// its media type.
-pub struct ForeignBody<S> {
-    /// The bytes, decompressed.
-    pub bytes: Vec<u8>,
-    /// The media type, lower case (empty when none was sent).
-    pub mime: String,
-    shape: PhantomData<S>,
-}
-
-impl<'a, S: Shape> ApiExtractor<'a> for ForeignBody<S> {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        S::register(registry);
-    }
-
-    fn request_meta() -> Option<MetaRequest> {
-        Some(MetaRequest {
-            description: Some(S::DESCRIPTION),
-            content: S::content(),
-            required: true,
-        })
-    }
-
-    async fn from_request(
-        req: &'a Request,
-        body: &mut RequestBody,
-        _opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let (bytes, mime) = read_ingest_body(req, body, S::accepted()).await?;
-        Ok(Self {
-            bytes,
-            mime,
-            shape: PhantomData,
-        })
-    }
 }
 
 /// PostHog's answer to a capture: `status: 1`, with Orrery's verdicts.
@@ -296,7 +215,7 @@ impl CompatApi {
         req: &Request,
         /// `gzip-js` for a gzip body without `Content-Encoding`; `base64`.
         compression: Query<Option<String>>,
-        body: ForeignBody<PosthogShape>,
+        body: RawBody<PosthogShape>,
     ) -> ApiResult<Json<PosthogCaptureResponse>> {
         posthog_capture(req, compression.0, body).await
     }
@@ -310,7 +229,7 @@ impl CompatApi {
         req: &Request,
         /// `gzip-js` for a gzip body without `Content-Encoding`; `base64`.
         compression: Query<Option<String>>,
-        body: ForeignBody<PosthogShape>,
+        body: RawBody<PosthogShape>,
     ) -> ApiResult<Json<PosthogCaptureResponse>> {
         posthog_capture(req, compression.0, body).await
     }
@@ -324,7 +243,7 @@ impl CompatApi {
         req: &Request,
         /// `gzip-js` for a gzip body without `Content-Encoding`; `base64`.
         compression: Query<Option<String>>,
-        body: ForeignBody<PosthogShape>,
+        body: RawBody<PosthogShape>,
     ) -> ApiResult<Json<PosthogCaptureResponse>> {
         posthog_capture(req, compression.0, body).await
     }
@@ -338,7 +257,7 @@ impl CompatApi {
         req: &Request,
         /// `gzip-js` for a gzip body without `Content-Encoding`; `base64`.
         compression: Query<Option<String>>,
-        body: ForeignBody<PosthogShape>,
+        body: RawBody<PosthogShape>,
     ) -> ApiResult<Json<PosthogCaptureResponse>> {
         posthog_capture(req, compression.0, body).await
     }
@@ -443,11 +362,7 @@ impl CompatApi {
     /// the client IP is the first address of `X-Forwarded-For` when
     /// `compat.plausible_forwarded_for` (as Plausible documents).
     #[oai(path = "/api/event", method = "post", operation_id = "plausible_event")]
-    async fn plausible(
-        &self,
-        req: &Request,
-        body: ForeignBody<PlausibleShape>,
-    ) -> ApiResult<Accepted> {
+    async fn plausible(&self, req: &Request, body: RawBody<PlausibleShape>) -> ApiResult<Accepted> {
         let state = app_state(req).clone();
         let event = plausible::decode(&body.bytes)?;
         let Some(ua) = req
@@ -516,7 +431,7 @@ impl CompatApi {
         &self,
         req: &Request,
         auth: BilanKey,
-        body: ForeignBody<BilanShape>,
+        body: RawBody<BilanShape>,
     ) -> ApiResult<Json<BilanResponse>> {
         let state = app_state(req).clone();
         let value = json(&body.bytes)?;
@@ -560,7 +475,7 @@ impl CompatApi {
         &self,
         req: &Request,
         auth: crate::auth::IngestKey,
-        body: ForeignBody<ProductShape>,
+        body: RawBody<ProductShape>,
     ) -> ApiResult<Accepted> {
         let state = app_state(req).clone();
         let value = json(&body.bytes)?;
@@ -599,7 +514,7 @@ impl CompatApi {
 async fn posthog_capture(
     req: &Request,
     compression: Option<String>,
-    body: ForeignBody<PosthogShape>,
+    body: RawBody<PosthogShape>,
 ) -> ApiResult<Json<PosthogCaptureResponse>> {
     let state = app_state(req).clone();
     let max = state.config.ingest.max_decompressed_bytes;

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use poem::{Request, RequestBody};
 use poem_openapi::param::Query;
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::registry::{MetaMediaType, MetaRequest, Registry};
-use poem_openapi::types::Type;
+use poem_openapi::types::{ParseFromJSON, ToJSON, Type};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ApiResponse, Enum, ExtractParamOptions, Object, OpenApi, Union,
 };
@@ -134,36 +135,71 @@ pub struct IngestResponse {
     pub results: Vec<EventResult>,
 }
 
-/// The raw body of an ingestion request: JSON or `text/plain` JSON,
-/// optionally gzip-compressed, read under the configured limits.
-pub struct IngestBody(pub Vec<u8>);
+/// What an ingestion body looks like: its documented schema and the
+/// media types it comes in. The native shape is [`IngestShape`]; other
+/// systems' are in `api/compat.rs`.
+pub trait BodyShape: Send + Sync {
+    /// The documented schema of its JSON forms (never built: bodies are
+    /// read as JSON values, so that one bad event never refuses the rest).
+    type Doc: Type + ParseFromJSON + ToJSON;
+    /// What the document says of the body.
+    const DESCRIPTION: &'static str;
 
-impl<'a> ApiExtractor<'a> for IngestBody {
+    /// Registers the schemas.
+    fn register(registry: &mut Registry) {
+        Self::Doc::register(registry);
+    }
+
+    /// Every media type taken.
+    fn accepted() -> &'static [&'static str] {
+        &["application/json", "text/plain"]
+    }
+
+    /// The media types taken, with their schemas: by default each of
+    /// [`BodyShape::accepted`] with the JSON schema.
+    fn content() -> Vec<MetaMediaType> {
+        Self::accepted()
+            .iter()
+            .map(|t| MetaMediaType {
+                content_type: t,
+                schema: Self::Doc::schema_ref(),
+            })
+            .collect()
+    }
+}
+
+/// `POST /api/v1/events`'s body.
+pub struct IngestShape;
+
+impl BodyShape for IngestShape {
+    type Doc = IngestRequest;
+    const DESCRIPTION: &'static str = "One event, or `{\"batch\": [...]}`. `text/plain` is accepted for \
+         navigator.sendBeacon; `Content-Encoding: gzip` is accepted.";
+}
+
+/// The raw body of an ingestion request of shape `S`, read under the
+/// ingestion limits (gzip allowed), with its media type.
+pub struct RawBody<S> {
+    /// The bytes, decompressed.
+    pub bytes: Vec<u8>,
+    /// The media type, lower case (empty when none was sent).
+    pub mime: String,
+    shape: PhantomData<S>,
+}
+
+impl<'a, S: BodyShape> ApiExtractor<'a> for RawBody<S> {
     const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::RequestObject];
     type ParamType = ();
     type ParamRawType = ();
 
     fn register(registry: &mut Registry) {
-        IngestRequest::register(registry);
+        S::register(registry);
     }
 
     fn request_meta() -> Option<MetaRequest> {
-        let schema = IngestRequest::schema_ref();
         Some(MetaRequest {
-            description: Some(
-                "One event, or `{\"batch\": [...]}`. `text/plain` is accepted for \
-                 navigator.sendBeacon; `Content-Encoding: gzip` is accepted.",
-            ),
-            content: vec![
-                MetaMediaType {
-                    content_type: "application/json",
-                    schema: schema.clone(),
-                },
-                MetaMediaType {
-                    content_type: "text/plain",
-                    schema,
-                },
-            ],
+            description: Some(S::DESCRIPTION),
+            content: S::content(),
             required: true,
         })
     }
@@ -173,8 +209,12 @@ impl<'a> ApiExtractor<'a> for IngestBody {
         body: &mut RequestBody,
         _opts: ExtractParamOptions<Self::ParamType>,
     ) -> poem::Result<Self> {
-        let (raw, _) = read_ingest_body(req, body, &["application/json", "text/plain"]).await?;
-        Ok(Self(raw))
+        let (bytes, mime) = read_ingest_body(req, body, S::accepted()).await?;
+        Ok(Self {
+            bytes,
+            mime,
+            shape: PhantomData,
+        })
     }
 }
 
@@ -334,10 +374,10 @@ impl IngestApi {
         &self,
         req: &Request,
         auth: IngestKey,
-        body: IngestBody,
+        body: RawBody<IngestShape>,
     ) -> ApiResult<Json<IngestResponse>> {
         let state = app_state(req).clone();
-        let value: Value = serde_json::from_slice(&body.0).map_err(|e| {
+        let value: Value = serde_json::from_slice(&body.bytes).map_err(|e| {
             ApiError::bad_request(
                 ErrorCode::InvalidJson,
                 format!("body is not valid JSON: {e}"),

@@ -296,30 +296,25 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         E::ShuttingDown,
     ];
     match id {
-        "ingest_events" => codes.extend([
-            E::MissingKey,
-            E::InvalidJson,
-            E::InvalidEvent,
-            E::InvalidBatch,
-            E::InvalidGzip,
-            E::BatchTooLarge,
-            E::UnsupportedEncoding,
-            E::QueueFull,
-            E::ShuttingDown,
-        ]),
-        "posthog_capture" | "posthog_batch" | "posthog_e" | "posthog_i_v0_e"
-        | "plausible_event" | "bilan_events" | "product_ingest" => codes.extend([
-            E::MissingKey,
-            E::InvalidJson,
-            E::InvalidEvent,
-            E::InvalidBatch,
-            E::InvalidGzip,
-            E::BatchTooLarge,
-            E::UnsupportedEncoding,
-            E::NotFound,
-            E::QueueFull,
-            E::ShuttingDown,
-        ]),
+        "ingest_events" | "posthog_capture" | "posthog_batch" | "posthog_e" | "posthog_i_v0_e"
+        | "plausible_event" | "bilan_events" | "product_ingest" => {
+            codes.extend([
+                E::MissingKey,
+                E::InvalidJson,
+                E::InvalidEvent,
+                E::InvalidBatch,
+                E::InvalidGzip,
+                E::BatchTooLarge,
+                E::UnsupportedEncoding,
+                E::QueueFull,
+                E::ShuttingDown,
+            ]);
+            // Other systems' clients name a project by a setting
+            // (`compat.*`), which may name none.
+            if id != "ingest_events" {
+                codes.push(E::NotFound);
+            }
+        }
         "replay_dead_letters" => codes.extend([E::QueueFull, E::ShuttingDown]),
         "put_pipeline" => codes.push(E::InvalidPipeline),
         "run_sql" => codes.extend([E::InvalidQuery, E::QueryTimeout]),

@@ -107,6 +107,16 @@ impl Native {
         self.properties.entry(name.to_owned()).or_insert(value);
     }
 
+    /// Keeps every non-null field of `rest` in `properties` (see
+    /// [`Native::keep`]).
+    pub fn keep_all(&mut self, rest: Map<String, Value>) {
+        for (k, v) in rest {
+            if !v.is_null() {
+                self.keep(&k, v);
+            }
+        }
+    }
+
     /// Takes the client's properties object (a non-object is left for
     /// validation to refuse, under the field `properties`).
     pub fn properties(&mut self, value: Option<Value>) -> Result<(), Value> {
@@ -182,11 +192,7 @@ pub fn map_flat(event: Value, renames: &[(&str, &str)], native: &[&str]) -> Valu
             out.fields.insert(name.to_owned(), v);
         }
     }
-    for (k, v) in obj {
-        if !v.is_null() {
-            out.keep(&k, v);
-        }
-    }
+    out.keep_all(obj);
     out.build(bad_properties)
 }
 

@@ -251,11 +251,7 @@ pub fn to_native(event: Value, batch_sent_at: Option<i64>, now: i64) -> Value {
     for k in ["api_key", "token"] {
         obj.remove(k);
     }
-    for (k, v) in obj {
-        if !v.is_null() {
-            out.keep(&k, v);
-        }
-    }
+    out.keep_all(obj);
     out.build(bad_properties)
 }
 
