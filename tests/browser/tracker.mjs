@@ -151,6 +151,10 @@ await runScenario(async (cleanup) => {
     init: () => Object.defineProperty(Navigator.prototype, 'globalPrivacyControl', { get: () => true }),
   });
   await gpc.page.waitForFunction(() => window.orrery);
+  // Its page view first: opting out drops what is still queued.
+  await tap.until(() => eventsOf(tap).some((e) => e.event === 'pageview' && e.url.includes('/gpc/') && e.status === 200), {
+    what: 'the GPC page view',
+  });
   await gpc.evaluate(() => window.orrery.optOut());
   await gpc.evaluate(() => window.orrery.track('while_opted_out'));
   await gpc.page.waitForTimeout(500);

@@ -471,6 +471,20 @@ async fn concurrent_revocations_leave_one(server: &impl Api, admin: &str, projec
 const KEY_SCOPED: &[&str] = &[
     "ingest_events",
     "tracking_pixel",
+    // Other systems' ingestion: the project is the key's, or the one the
+    // `compat` settings give the token or domain (tests/tests/compat.rs);
+    // flags and remote config read nothing of any project.
+    "posthog_capture",
+    "posthog_batch",
+    "posthog_e",
+    "posthog_i_v0_e",
+    "posthog_flags",
+    "posthog_decide",
+    "posthog_remote_config",
+    "posthog_remote_config_script",
+    "plausible_event",
+    "bilan_events",
+    "product_ingest",
     "create_project",
     "list_projects",
     "execute",
