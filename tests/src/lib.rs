@@ -37,7 +37,9 @@ pub use browser::{Browser, browser};
 pub use database::{Backend, TestDatabase, backends};
 pub use in_process::{InProcess, each_backend_in_process};
 pub use node::{node_available, npm_ready};
-pub use server::{InitKeys, Options, Server, each_backend, orrery_bin, run_cli, send_sigterm};
+pub use server::{
+    InitKeys, Options, Server, each_backend, env_map, orrery_bin, run_cli, send_sigterm,
+};
 
 /// An HTTP client for tests. It does not follow redirects: a test sees
 /// the server's own answer.

@@ -93,6 +93,16 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// A map setting as an environment value: figment's `{"key"=value, ...}`,
+/// keys quoted (a domain's dots would otherwise split it), values bare.
+pub fn env_map(entries: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("\"{k}\"={v}"))
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
 fn owned_env(env: &[(&str, &str)]) -> Vec<(String, String)> {
     env.iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -267,6 +277,16 @@ impl Server {
                 bail!("orrery did not start listening within 60 s")
             }
         }
+    }
+
+    /// Stops the server gently and starts it again on the same data with
+    /// `env` added to its environment: settings that name something made
+    /// after `init`, e.g. `ORRERY_COMPAT__PLAUSIBLE_DOMAINS` (see
+    /// [`env_map`]).
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.terminate();
+        self.env.extend(owned_env(env));
+        self.spawn();
     }
 
     /// `kill -9`: no chance to flush anything.

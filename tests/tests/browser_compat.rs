@@ -26,7 +26,7 @@
 
 use std::collections::BTreeSet;
 
-use orrery_tests::{Api, Server, browser};
+use orrery_tests::{Api, Server, browser, env_map};
 use serde_json::{Value, json};
 
 /// The one event of `events` named `name`.
@@ -55,12 +55,8 @@ async fn posthog_js_in_chromium_delivers_its_events_to_orrery() {
         return;
     };
     let mut server = Server::sqlite(&[]).await;
-    server.terminate();
-    server.env.push((
-        "ORRERY_COMPAT__POSTHOG_TOKENS".into(),
-        format!("{{\"phc_test\"={}}}", server.keys.project_id),
-    ));
-    server.spawn();
+    let tokens = env_map(&[("phc_test", &server.keys.project_id)]);
+    server.restart_with_env(&[("ORRERY_COMPAT__POSTHOG_TOKENS", &tokens)]);
 
     let summary = browser.run(
         "posthog.mjs",
@@ -250,12 +246,8 @@ async fn plausible_tracker_in_chromium_delivers_its_events_to_orrery() {
         return;
     };
     let mut server = Server::sqlite(&[]).await;
-    server.terminate();
-    server.env.push((
-        "ORRERY_COMPAT__PLAUSIBLE_DOMAINS".into(),
-        format!("{{\"site.example\"={}}}", server.keys.project_id),
-    ));
-    server.spawn();
+    let domains = env_map(&[("site.example", &server.keys.project_id)]);
+    server.restart_with_env(&[("ORRERY_COMPAT__PLAUSIBLE_DOMAINS", &domains)]);
 
     let summary = browser.run(
         "plausible.mjs",

@@ -12,7 +12,7 @@ use std::io::Write;
 use std::process::Command;
 
 use base64::Engine;
-use orrery_tests::{Api, Server, each_backend, python_venv};
+use orrery_tests::{Api, Server, each_backend, env_map, python_venv};
 use serde_json::{Value, json};
 
 /// Restarts `server` with its first project reachable as the PostHog token
@@ -21,19 +21,20 @@ use serde_json::{Value, json};
 async fn with_compat_settings(server: &mut Server) -> orrery_tests::InitKeys {
     let keys = server.keys.clone();
     let other = server.create_project(&keys.secret_key, "other").await;
-    server.terminate();
-    server.env.push((
-        "ORRERY_COMPAT__POSTHOG_TOKENS".into(),
-        format!("{{\"phc_compat\"={}}}", keys.project_id),
-    ));
-    server.env.push((
-        "ORRERY_COMPAT__PLAUSIBLE_DOMAINS".into(),
-        format!(
-            "{{\"site.example\"={},\"other.example\"={},\"gone.example\"=0192b3a4-0000-7000-8000-000000000009}}",
-            keys.project_id, other.project_id
+    server.restart_with_env(&[
+        (
+            "ORRERY_COMPAT__POSTHOG_TOKENS",
+            &env_map(&[("phc_compat", &keys.project_id)]),
         ),
-    ));
-    server.spawn();
+        (
+            "ORRERY_COMPAT__PLAUSIBLE_DOMAINS",
+            &env_map(&[
+                ("site.example", &keys.project_id),
+                ("other.example", &other.project_id),
+                ("gone.example", "0192b3a4-0000-7000-8000-000000000009"),
+            ]),
+        ),
+    ]);
     other
 }
 

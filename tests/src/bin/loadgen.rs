@@ -29,7 +29,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, ValueEnum};
 use flate2::Compression;
 use flate2::write::DeflateEncoder;
-use orrery_tests::{Options, Server};
+use orrery_tests::{Options, Server, env_map};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use uuid::Uuid;
@@ -1460,12 +1460,8 @@ async fn spawn(bin: &Path, args: &Args) -> Result<Server> {
     .await?;
     let mut server = server;
     if args.format == Format::Plausible {
-        server.terminate();
-        server.env.push((
-            "ORRERY_COMPAT__PLAUSIBLE_DOMAINS".to_owned(),
-            format!("{{\"loadgen.example\"={}}}", server.keys.project_id),
-        ));
-        server.spawn();
+        let domains = env_map(&[("loadgen.example", &server.keys.project_id)]);
+        server.restart_with_env(&[("ORRERY_COMPAT__PLAUSIBLE_DOMAINS", &domains)]);
     }
     eprintln!(
         "orrery-loadgen: spawned orrery (pid {}) at {}, data dir {}{}",
