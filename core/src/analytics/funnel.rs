@@ -18,7 +18,7 @@ use std::collections::HashMap;
 
 use super::aggregate::Filter;
 use super::dims::Dimension;
-use super::query::{Query, data_range};
+use super::query::{Query, Reads, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
 
@@ -236,9 +236,8 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
     let mut values: Vec<Option<String>> = vec![None];
     let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
     let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();
-    let mut a = from;
-    while a < to {
-        let b = a.saturating_add(READ_MS).min(to);
+    let mut reads = Reads::new(f.query.project, (from, to), READ_MS, false);
+    while let Some((a, b)) = reads.next(store).await? {
         for e in store.event_facts(f.query.project, a, b, &cols).await? {
             let Some(person) = e.visitor else { continue };
             let passes = |filters: &[Filter]| {
@@ -275,7 +274,6 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
                 value,
             });
         }
-        a = b;
     }
     let mut groups: HashMap<u32, Vec<StepCount>> = HashMap::new();
     for hits in people.values_mut() {

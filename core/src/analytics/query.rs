@@ -255,6 +255,57 @@ pub async fn data_range(
     Ok((from < to).then_some((from, to)))
 }
 
+/// Reads of `[from, to)` of at most `len` ms each that skip stretches
+/// with no data: each read starts at the hour of the next event (or
+/// session start, with `sessions`) found by an index seek, so a range of
+/// decades with a few busy days costs a few reads, not one per window.
+/// The reads partition the data: every event and session start in the
+/// range falls in exactly one.
+#[derive(Debug)]
+pub struct Reads {
+    project: Uuid,
+    cursor: i64,
+    to: i64,
+    len: i64,
+    sessions: bool,
+}
+
+impl Reads {
+    /// Reads of `[from, to)` of `project`, at most `len` ms each; session
+    /// starts count as data when `sessions`.
+    #[must_use]
+    pub fn new(project: Uuid, (from, to): (i64, i64), len: i64, sessions: bool) -> Self {
+        Self {
+            project,
+            cursor: from,
+            to,
+            len,
+            sessions,
+        }
+    }
+
+    /// The next read `[a, b)`, `None` when no data is left.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn next(&mut self, store: &Store) -> Result<Option<(i64, i64)>, StoreError> {
+        if self.cursor >= self.to {
+            return Ok(None);
+        }
+        let next = store
+            .next_data_at(self.project, self.cursor, self.to, self.sessions)
+            .await?;
+        let Some(t) = next else {
+            self.cursor = self.to;
+            return Ok(None);
+        };
+        let a = self.cursor.max(t - t.rem_euclid(HOUR_MS));
+        let b = a.saturating_add(self.len).min(self.to);
+        self.cursor = b;
+        Ok(Some((a, b)))
+    }
+}
+
 /// Numbers per (bucket start, group value).
 pub type Grid = HashMap<(i64, Option<String>), Metrics>;
 
@@ -318,35 +369,38 @@ pub async fn run(
     }
     let properties = needs_properties(q, group);
     let groups = [group.cloned()];
-    for (a, b) in merge_pieces(raw) {
-        let (events, sessions) = store.raw_facts(q.project, a, b, properties).await?;
-        let cells = aggregate(
-            &events,
-            &sessions,
-            &Scan {
-                filters: &q.filters,
-                groups: &groups,
-                bucket,
-                exact_limit: MERGE_EXACT_LIMIT,
-            },
-        );
-        for ((_, b, key), m) in cells {
-            grid.entry((b, key))
-                .or_default()
-                .merge(&m, MERGE_EXACT_LIMIT);
+    for piece in merge_pieces(raw) {
+        let mut reads = Reads::new(q.project, piece, RAW_HOURS_PER_READ * HOUR_MS, true);
+        while let Some((a, b)) = reads.next(store).await? {
+            let (events, sessions) = store.raw_facts(q.project, a, b, properties).await?;
+            let cells = aggregate(
+                &events,
+                &sessions,
+                &Scan {
+                    filters: &q.filters,
+                    groups: &groups,
+                    bucket,
+                    exact_limit: MERGE_EXACT_LIMIT,
+                },
+            );
+            for ((_, b, key), m) in cells {
+                grid.entry((b, key))
+                    .or_default()
+                    .merge(&m, MERGE_EXACT_LIMIT);
+            }
         }
     }
     Ok(grid)
 }
 
-/// Joins adjacent raw pieces, cut into reads of at most
-/// [`RAW_HOURS_PER_READ`] hours at hour boundaries (a session's first
-/// event is in the hour it started, so no read splits a session from it).
+/// Joins adjacent raw pieces into runs, each read in [`Reads`] of at
+/// most [`RAW_HOURS_PER_READ`] hours (a session is read with its first
+/// event, whose time is its start, whatever the cut).
 fn merge_pieces(pieces: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
     let mut out: Vec<(i64, i64)> = Vec::new();
     for (a, b) in pieces {
         match out.last_mut() {
-            Some(last) if last.1 == a && (b - last.0) <= RAW_HOURS_PER_READ * HOUR_MS => last.1 = b,
+            Some(last) if last.1 == a => last.1 = b,
             _ => out.push((a, b)),
         }
     }

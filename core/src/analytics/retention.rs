@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono_tz::Tz;
 
-use super::query::{Interval, Query, data_range};
+use super::query::{Interval, Query, Reads, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
 
@@ -102,9 +102,8 @@ pub async fn run(
         let Some(earliest) = store.first_event_at(r.query.project).await? else {
             return Ok(cohorts);
         };
-        let mut a = earliest;
-        while a < to {
-            let b = a.saturating_add(READ_MS).min(to);
+        let mut reads = Reads::new(r.query.project, (earliest, to), READ_MS, false);
+        while let Some((a, b)) = reads.next(store).await? {
             for e in store.event_facts(r.query.project, a, b, &cols).await? {
                 let Some(person) = e.visitor else { continue };
                 if !r
@@ -126,7 +125,6 @@ pub async fn run(
                     active.insert((person, i));
                 }
             }
-            a = b;
         }
     }
     let mut cohort_of: HashMap<u64, usize> = HashMap::new();

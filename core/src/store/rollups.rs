@@ -450,6 +450,40 @@ impl Store {
         Ok(r.try_get_by_index(0)?)
     }
 
+    /// The earliest time in `[from, to)` of an event of `project`, or of
+    /// a session's start too when `sessions`: one index seek each, so a
+    /// reader can jump over stretches with no data.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn next_data_at(
+        &self,
+        project: Uuid,
+        from: i64,
+        to: i64,
+        sessions: bool,
+    ) -> Result<Option<i64>, StoreError> {
+        let events = "SELECT MIN(\"timestamp\") AS t FROM events \
+                      WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ?";
+        let mut values: Vec<DbValue> = vec![project.into(), from.into(), to.into()];
+        let sql = if sessions {
+            values.extend([project.into(), from.into(), to.into()]);
+            format!(
+                "SELECT MIN(t) FROM ({events} UNION ALL \
+                 SELECT MIN(started_at) AS t FROM sessions \
+                 WHERE project_id = ? AND started_at >= ? AND started_at < ?) AS firsts"
+            )
+        } else {
+            events.to_owned()
+        };
+        let rows = self.rows(&sql, values).await?;
+        Ok(rows
+            .first()
+            .map(|r| r.try_get_by_index::<Option<i64>>(0))
+            .transpose()?
+            .flatten())
+    }
+
     /// The time of `project`'s earliest event, ms.
     ///
     /// # Errors
