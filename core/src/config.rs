@@ -66,6 +66,12 @@ pub struct Config {
     /// Ingestion in other systems' formats: which PostHog tokens and
     /// Plausible domains are which project.
     pub compat: CompatConfig,
+    /// The live event stream (`GET /api/v1/projects/{id}/live`).
+    pub live: LiveConfig,
+    /// Accounts: logins, tokens, cookies, lockout.
+    pub auth: AuthConfig,
+    /// Token-bucket rate limits per client IP and per key.
+    pub rate_limit: RateLimitConfig,
     /// Secrets. Generated on first start and kept in `<data_dir>/secrets.toml`
     /// (mode 0600) when not given here.
     pub secrets: SecretsConfig,
@@ -86,6 +92,9 @@ impl Default for Config {
             insights: InsightsConfig::default(),
             analytics: AnalyticsConfig::default(),
             compat: CompatConfig::default(),
+            auth: AuthConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            live: LiveConfig::default(),
             secrets: SecretsConfig::default(),
         }
     }
@@ -243,6 +252,119 @@ impl Default for CompatConfig {
     }
 }
 
+/// Token-bucket rate limits of one instance: a bucket of `*_burst`
+/// requests refilled at the rate, per client IP for the public endpoints
+/// and for logging in, per key or token for the rest of the API. A rate of
+/// 0 switches a limit off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Requests per second per client IP to the ingestion endpoints (the
+    /// events API, the pixel, the drop-in clients' paths).
+    pub ingest_per_sec: f64,
+    /// Their bucket.
+    pub ingest_burst: u32,
+    /// Requests per minute per client IP to login, register and refresh.
+    pub auth_per_minute: f64,
+    /// Their bucket.
+    pub auth_burst: u32,
+    /// Requests per second per key or token to the rest of `/api/v1`.
+    pub api_per_sec: f64,
+    /// Their bucket.
+    pub api_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            ingest_per_sec: 1000.0,
+            ingest_burst: 2000,
+            auth_per_minute: 30.0,
+            auth_burst: 10,
+            api_per_sec: 500.0,
+            api_burst: 1000,
+        }
+    }
+}
+
+/// Accounts: people who log in with an e-mail and a password and get
+/// JWT access tokens (HS256) and rotating refresh tokens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Lifetime of an access token, seconds.
+    pub access_token_secs: u64,
+    /// Lifetime of a refresh token, seconds; each refresh starts it again.
+    pub refresh_token_secs: u64,
+    /// Whether anyone may register (`POST /api/v1/auth/register`) once
+    /// the first administrator exists. Off: administrators create
+    /// accounts.
+    pub open_registration: bool,
+    /// Whether the login cookies carry `Secure` (sent over HTTPS only).
+    /// Turn off only to use the cookies over plain HTTP on localhost.
+    pub secure_cookies: bool,
+    /// Failed logins, per account and per client IP, that lock further
+    /// attempts.
+    pub lockout_attempts: u32,
+    /// How long a lock lasts, and the window failures are counted in,
+    /// seconds.
+    pub lockout_secs: u64,
+    /// How long a WebSocket ticket stays valid, seconds.
+    pub ticket_secs: u64,
+    /// How long, ms, an instance trusts what it last read about a login
+    /// (revoked or not, the account active or not, its roles) before
+    /// asking the database again: the most a revocation on another
+    /// instance takes to be seen. When the database cannot answer after
+    /// that, requests are refused (503), never let through.
+    pub revocation_check_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            access_token_secs: 15 * 60,
+            refresh_token_secs: 7 * 24 * 3600,
+            open_registration: false,
+            secure_cookies: true,
+            lockout_attempts: 5,
+            lockout_secs: 15 * 60,
+            ticket_secs: 30,
+            revocation_check_ms: 1000,
+        }
+    }
+}
+
+/// The live event stream: subscribers' WebSockets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LiveConfig {
+    /// Seconds between two `{"type": "heartbeat"}` messages; 0 sends
+    /// none.
+    pub heartbeat_secs: u64,
+    /// Events waiting to be sent to one subscriber. A subscriber that lets
+    /// more pile up is disconnected (close code 1008, reason `slow
+    /// consumer`) rather than slowing ingestion or growing memory. Keep it
+    /// above `ingest.max_batch_events`: one request's events are queued
+    /// at once.
+    pub queue_events: usize,
+    /// Largest `replay` a subscriber may ask for.
+    pub max_replay: usize,
+    /// Subscribers connected to this instance at once; beyond, 503
+    /// `unavailable`.
+    pub max_subscribers: usize,
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_secs: 15,
+            queue_events: 1000,
+            max_replay: 1000,
+            max_subscribers: 1000,
+        }
+    }
+}
+
 /// How strongly SQLite syncs a commit to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -363,6 +485,10 @@ pub struct HttpConfig {
     pub http2_stream_window_bytes: u32,
     /// HTTP/2 flow-control window of one connection, in bytes.
     pub http2_connection_window_bytes: u32,
+    /// `Strict-Transport-Security: max-age=` of answers to requests that
+    /// came over HTTPS (a trusted proxy's `X-Forwarded-Proto: https`);
+    /// 0 sends none.
+    pub hsts_max_age_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -384,6 +510,7 @@ impl Default for HttpConfig {
             http2_max_concurrent_streams: 100,
             http2_stream_window_bytes: 256 * 1024,
             http2_connection_window_bytes: 1024 * 1024,
+            hsts_max_age_secs: 365 * 24 * 3600,
         }
     }
 }
@@ -486,6 +613,10 @@ pub struct SecretsConfig {
     /// Key of the daily-rotating IP hash (HMAC-SHA256). Several instances
     /// sharing one database must be given the same value.
     pub ip_hash_key: Option<Secret>,
+    /// Key signing access tokens (HS256). Not given: derived from
+    /// `ip_hash_key`, so instances sharing that key accept each other's
+    /// tokens. Changing it logs everyone out.
+    pub jwt_key: Option<Secret>,
 }
 
 impl SecretsConfig {

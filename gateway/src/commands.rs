@@ -183,6 +183,51 @@ pub async fn vacuum(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `orrery user create --email E [--admin]`: the password from the first
+/// line of standard input, or generated and printed when there is none.
+///
+/// # Errors
+/// A bad e-mail or password, a taken e-mail, the database error.
+pub async fn user_create(config: Config, email: &str, admin: bool) -> anyhow::Result<()> {
+    use std::io::{BufRead, IsTerminal};
+    let email = crate::accounts::normalize_email(email).map_err(|e| anyhow::anyhow!(e.message))?;
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    if !stdin.is_terminal() {
+        stdin.lock().read_line(&mut line)?;
+    }
+    let given = line.trim_end_matches(['\r', '\n']).to_owned();
+    let generated = given.is_empty();
+    let password = if generated {
+        let mut bytes = [0u8; 18];
+        rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut bytes);
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+    } else {
+        given
+    };
+    crate::accounts::check_password("password", &password)
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let mut config = config;
+    crate::settings::ensure_secrets(&mut config)?;
+    let store = open(&config).await?;
+    let accounts = std::sync::Arc::new(crate::accounts::Accounts::new(&config));
+    let hash = accounts
+        .hash_password(&password)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.message))?;
+    let account = store.create_account(&email, &hash, admin, false).await?;
+    println!(
+        "created {} account {} ({})",
+        if admin { "administrator" } else { "the" },
+        account.email,
+        account.id
+    );
+    if generated {
+        println!("password (shown once): {password}");
+    }
+    Ok(())
+}
+
 /// `orrery rollups rebuild [--project ID] [--from T] [--to T]`.
 ///
 /// # Errors

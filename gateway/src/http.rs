@@ -7,11 +7,13 @@ use std::time::Instant;
 use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
+use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info_span};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ErrorCode, normalize};
-use crate::http_metrics::{HttpMetrics, RequestLabels, RouteLabel};
+use crate::http_metrics::{HttpMetrics, ReasonLabel, RequestLabels, RouteLabel};
+use crate::rate_limit::{self, Class, Verdict};
 use crate::state::AppState;
 
 /// Why a request body could not be read.
@@ -212,6 +214,27 @@ fn is_public(path: &str) -> bool {
             && (path.ends_with("/config") || path.ends_with("/config.js")))
 }
 
+/// The rate-limit class of a request, if any: the public ingestion paths
+/// and the login paths per client IP, the rest of the API per credential.
+fn rate_class(path: &str) -> Option<rate_limit::Class> {
+    use rate_limit::Class;
+    if matches!(
+        path,
+        "/api/v1/auth/login" | "/api/v1/auth/register" | "/api/v1/auth/refresh"
+    ) {
+        Some(Class::Auth)
+    } else if is_public(path)
+        && !matches!(path, "/sdk/tracker.js" | "/tracker.js")
+        && !path.starts_with("/static/")
+    {
+        Some(Class::Ingest)
+    } else if path.starts_with("/api/v1/") {
+        Some(Class::Api)
+    } else {
+        None
+    }
+}
+
 /// The paths any web page may call: those that take events (their bodies
 /// are read under `ingest.*` limits by their handlers), the PostHog
 /// helpers posthog-js calls from the page, and the tracker script. CORS
@@ -336,6 +359,46 @@ impl<E> Hygiene<E> {
         Ok(())
     }
 
+    /// Takes a token of the request's bucket (none for preflights and
+    /// paths without a limit), counting refusals.
+    fn rate_limit(&self, req: &Request, path: &str, method: &Method) -> Option<Verdict> {
+        if *method == Method::OPTIONS {
+            return None;
+        }
+        let class = rate_class(path)?;
+        let ip = || {
+            crate::api::ingest::client_ip(req, &self.state.config.http.trusted_proxies)
+                .map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+        };
+        let subject = match class {
+            Class::Ingest | Class::Auth => ip(),
+            Class::Api => {
+                let credential = req
+                    .headers()
+                    .get("x-api-key")
+                    .or_else(|| req.headers().get(header::AUTHORIZATION))
+                    .and_then(|v| v.to_str().ok())
+                    .or_else(|| crate::accounts::cookie_value(req, crate::accounts::ACCESS_COOKIE));
+                match credential {
+                    // Kept as a digest: the map outlives the request.
+                    Some(c) => hex::encode(&Sha256::digest(c.as_bytes())[..16]),
+                    None => ip(),
+                }
+            }
+        };
+        let verdict = self.state.rate_limiter.take(class, &subject)?;
+        if !verdict.allowed {
+            self.state
+                .http_metrics
+                .rate_limited
+                .get_or_create(&ReasonLabel {
+                    reason: class.name().to_owned(),
+                })
+                .inc();
+        }
+        Some(verdict)
+    }
+
     fn origin_allowed(&self, path: &str, origin: &str) -> bool {
         is_public(path)
             || self
@@ -346,8 +409,9 @@ impl<E> Hygiene<E> {
 }
 
 const ALLOW_HEADERS: &str =
-    "content-type, content-encoding, authorization, x-api-key, x-request-id";
-const EXPOSE_HEADERS: &str = "x-request-id, retry-after";
+    "content-type, content-encoding, authorization, x-api-key, x-request-id, x-csrf-token";
+const EXPOSE_HEADERS: &str =
+    "x-request-id, retry-after, ratelimit-limit, ratelimit-remaining, ratelimit-reset";
 
 impl<E: Endpoint> Endpoint for Hygiene<E> {
     type Output = Response;
@@ -377,6 +441,19 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        // Came over TLS: a trusted proxy says so.
+        let https = req.remote_addr().as_socket_addr().is_some_and(|a| {
+            self.state
+                .config
+                .http
+                .trusted_proxies
+                .contains(&a.ip().to_canonical())
+        }) && req
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+        let limit_verdict = self.rate_limit(&req, &path, &method);
         let span = info_span!("request", id = %request_id, %method, %path);
 
         let mut resp = async {
@@ -401,6 +478,16 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 };
             }
             if let Err(e) = self.check_head(&req) {
+                return e.into_response();
+            }
+            if let Some(v) = limit_verdict
+                && !v.allowed
+            {
+                let mut e = ApiError::new(
+                    crate::error::ErrorCode::RateLimited,
+                    "too many requests; `Retry-After` says when to retry",
+                );
+                e.retry_after = Some(v.retry_after_secs);
                 return e.into_response();
             }
             // Body limit of everything but the public paths (ingestion reads
@@ -527,22 +614,48 @@ impl<E: Endpoint> Endpoint for Hygiene<E> {
                 "camera=(), microphone=(), geolocation=(), interest-cohort=()",
             ),
         );
+        if let Some(v) = limit_verdict {
+            for (name, value) in [
+                ("ratelimit-limit", v.limit),
+                ("ratelimit-remaining", v.remaining),
+                ("ratelimit-reset", v.reset_secs),
+            ] {
+                headers.insert(name, HeaderValue::from(value));
+            }
+        }
+        let hsts = self.state.config.http.hsts_max_age_secs;
+        if https
+            && hsts > 0
+            && let Ok(v) = HeaderValue::from_str(&format!("max-age={hsts}; includeSubDomains"))
+        {
+            headers.insert(header::STRICT_TRANSPORT_SECURITY, v);
+        }
         if !is_public(&path) {
             headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
             headers.insert(
                 "cross-origin-resource-policy",
                 HeaderValue::from_static("same-origin"),
             );
-            if !path.starts_with("/docs") {
-                headers.insert(
-                    "content-security-policy",
-                    HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
-                );
-            }
+            // The API answers data: nothing in it may run or load. The
+            // docs page (Swagger UI, inline script and style) may run its
+            // own code and call this origin only.
+            headers.insert(
+                "content-security-policy",
+                HeaderValue::from_static(if path.starts_with("/docs") {
+                    DOCS_CSP
+                } else {
+                    "default-src 'none'; frame-ancestors 'none'"
+                }),
+            );
         }
         Ok(resp)
     }
 }
+
+/// The Content-Security-Policy of `/docs`.
+const DOCS_CSP: &str = "default-src 'none'; script-src 'self' 'unsafe-inline'; \
+     style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 #[cfg(test)]
 mod tests {

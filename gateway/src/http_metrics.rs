@@ -56,6 +56,8 @@ pub struct HttpMetrics {
     pub protocol_errors: Family<ReasonLabel, Counter>,
     /// Failed body reads (`too_large`, `malformed`, `aborted`, `timeout`).
     pub body_errors: Family<ReasonLabel, Counter>,
+    /// Requests refused by a rate limit, by class (`ingest`, `auth`, `api`).
+    pub rate_limited: Family<ReasonLabel, Counter>,
 }
 
 impl Default for HttpMetrics {
@@ -71,6 +73,7 @@ impl Default for HttpMetrics {
             connections_closed: Family::default(),
             protocol_errors: Family::default(),
             body_errors: Family::default(),
+            rate_limited: Family::default(),
         }
     }
 }
@@ -112,6 +115,11 @@ impl HttpMetrics {
             "orrery_http_protocol_errors",
             "Requests refused before reaching the API, by reason",
             self.protocol_errors.clone(),
+        );
+        registry.register(
+            "orrery_http_rate_limited",
+            "Requests refused by a rate limit, by class (reason: ingest, auth, api)",
+            self.rate_limited.clone(),
         );
         registry.register(
             "orrery_http_body_errors",

@@ -207,9 +207,16 @@ pub async fn enrich_and_store(
         }
     }
     let ids: Vec<Uuid> = to_store.iter().map(|e| e.id).collect();
+    // The live stream needs the events as stored only when someone here
+    // follows the project; otherwise publishing is a map lookup.
+    let live_copy = state.live.listening(project).then(|| to_store.clone());
     let outcomes = state.writer.write(to_store, dead).await?;
     if outcomes.contains(&WriteOutcome::Inserted) {
         state.stats_cache.invalidate(project);
+        state
+            .live
+            .committed(&state.store, project, &outcomes, &ids, live_copy)
+            .await;
     }
     for ((outcome, pos), id) in outcomes.into_iter().zip(store_positions).zip(ids) {
         let outcome = match outcome {

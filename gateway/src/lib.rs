@@ -8,6 +8,7 @@
 
 use poem::{Endpoint, EndpointExt, Route};
 
+pub mod accounts;
 pub mod api;
 pub mod auth;
 pub mod commands;
@@ -21,8 +22,10 @@ pub mod http_metrics;
 pub mod ingest;
 pub mod jobs;
 pub mod keys;
+pub mod live;
 pub mod pipelines;
 pub mod plugin_dir;
+pub mod rate_limit;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -81,6 +81,26 @@ enum Command {
         #[command(subcommand)]
         command: RollupsCommand,
     },
+    /// Accounts that log in.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from the first line of
+    /// standard input (`echo "$PASSWORD" | orrery user create ...`); with
+    /// none, one is generated and printed once.
+    Create {
+        /// Its e-mail address.
+        #[arg(long, value_name = "EMAIL")]
+        email: String,
+        /// Make it an instance administrator.
+        #[arg(long)]
+        admin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +257,9 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Command::User {
+                command: UserCommand::Create { email, admin },
+            } => orrery_gateway::commands::user_create(config, &email, admin).await,
             Command::Config => {
                 print!("{}", settings::render(&config)?);
                 Ok(())

@@ -44,6 +44,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::jobs::spawn_insights(state.clone());
     crate::jobs::spawn_rollups(state.clone());
 
+    // Live streams never end by themselves: close them when stopping, so
+    // that the graceful shutdown does not wait for their subscribers.
+    let live = state.live.clone();
+    let shutdown = async move {
+        shutdown.await;
+        live.close_all();
+    };
     crate::connections::serve(
         listener,
         crate::app(state.clone()),

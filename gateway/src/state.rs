@@ -46,6 +46,12 @@ pub struct State {
     pub stats_cache: crate::stats_cache::StatsCache,
     /// Projects named in `compat` settings, known to exist.
     pub compat_projects: crate::compat::KnownProjects,
+    /// Accounts: passwords, tokens, the revocation check.
+    pub accounts: Arc<crate::accounts::Accounts>,
+    /// Token buckets per client IP and per key.
+    pub rate_limiter: crate::rate_limit::RateLimiter,
+    /// The live event stream's subscribers.
+    pub live: Arc<crate::live::Hub>,
 }
 
 /// Cheap-to-clone handle to [`State`].
@@ -118,6 +124,9 @@ impl State {
         if let Some(ex) = &exec {
             ex.metrics.register(&mut registry);
         }
+        let live = Arc::new(crate::live::Hub::new(config.live.clone()));
+        live.metrics.register(&mut registry);
+        crate::live::bridge::start(&store, &live);
         let writer = Writer::start(
             store.clone(),
             WriterConfig {
@@ -133,7 +142,11 @@ impl State {
             std::time::Duration::from_secs(config.analytics.cache_ttl_secs),
             config.analytics.cache_entries,
         );
+        let accounts = Arc::new(crate::accounts::Accounts::new(&config));
         Arc::new(Self {
+            accounts,
+            rate_limiter: crate::rate_limit::RateLimiter::new(&config.rate_limit),
+            live,
             cursors: Cursors::new(&secret),
             config,
             store,

@@ -59,6 +59,9 @@ impl InProcess {
             ..Config::default()
         };
         config.execute.enabled = false;
+        // One client for the per-IP limits, as in `Server::launch`.
+        config.rate_limit.ingest_per_sec = 0.0;
+        config.rate_limit.auth_per_minute = 0.0;
         configure(&mut config);
         std::fs::create_dir_all(&config.data_dir).expect("data directory");
         let state = State::open(config).await.expect("open the gateway state");

@@ -156,11 +156,24 @@ impl Server {
             Some(_) => Backend::Postgres,
             None => Backend::Sqlite,
         };
+        // Every request of a test comes from 127.0.0.1: one client as far
+        // as the per-IP limits go, which load tests and benchmarks exceed on
+        // purpose. They are off unless a test sets them (tests/tests/
+        // rate_limits.rs); the per-key limit keeps its default.
+        let mut env = options.env;
+        for (k, v) in [
+            ("ORRERY_RATE_LIMIT__INGEST_PER_SEC", "0"),
+            ("ORRERY_RATE_LIMIT__AUTH_PER_MINUTE", "0"),
+        ] {
+            if !env.iter().any(|(key, _)| key == k) {
+                env.insert(0, (k.to_owned(), v.to_owned()));
+            }
+        }
         let mut server = Self {
             data_dir,
             database_url: options.database_url,
             backend,
-            env: options.env,
+            env,
             base: String::new(),
             keys: InitKeys {
                 project_id: String::new(),
@@ -287,6 +300,48 @@ impl Server {
         self.terminate();
         self.env.extend(owned_env(env));
         self.spawn();
+    }
+
+    /// Another instance on this server's PostgreSQL database, as a second
+    /// machine behind a load balancer would run: its own data directory
+    /// (with this one's secrets), the same keys, plus `env`. Declare it
+    /// after this server, so that it stops first.
+    ///
+    /// # Panics
+    /// On SQLite (one instance per file), or when it does not start.
+    pub fn another_instance(&self, env: &[(&str, &str)]) -> Self {
+        assert!(
+            self.database_url.is_some(),
+            "instances share a PostgreSQL database, not a SQLite file"
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("orrery-test-")
+            .tempdir()
+            .expect("temporary directory");
+        let data_dir = tmp.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("data directory");
+        let secrets = self.data_dir.join("secrets.toml");
+        if secrets.exists() {
+            std::fs::copy(&secrets, data_dir.join("secrets.toml")).expect("copy the secrets");
+        }
+        let mut env_all = self.env.clone();
+        env_all.extend(owned_env(env));
+        let mut other = Self {
+            data_dir,
+            database_url: self.database_url.clone(),
+            backend: self.backend,
+            env: env_all,
+            base: String::new(),
+            keys: self.keys.clone(),
+            bin: self.bin.clone(),
+            inherit_orrery_env: self.inherit_orrery_env,
+            echo_stdout: self.echo_stdout,
+            child: None,
+            _database: None,
+            _tmp: Some(tmp),
+        };
+        other.spawn();
+        other
     }
 
     /// `kill -9`: no chance to flush anything.

@@ -498,11 +498,66 @@ const KEY_SCOPED: &[&str] = &[
     "get_plugin",
     "replace_plugin",
     "delete_plugin",
+    // Accounts: login needs none; who-am-I, password and tickets act on
+    // the caller's own account; the rest are administrators' (checked
+    // below).
+    "register",
+    "login",
+    "refresh",
+    "logout",
+    "me",
+    "change_password",
+    "ws_ticket",
+    "list_accounts",
+    "create_account",
+    "get_account",
+    "update_account",
+    "delete_account",
+    "reset_password",
     "health",
     "health_ready",
     "health_db",
     "metrics",
 ];
+
+/// Logs in a new account made owner of `project` (with its secret key);
+/// answers its access token. The instance's first account (an
+/// administrator) is registered first when there is none.
+async fn owner_token(server: &Server, project: &str, secret: &str) -> String {
+    let password = "correct horse battery";
+    let register = json!({"email": "root@x.io", "password": password});
+    let (status, _) = server
+        .call("POST", "/api/v1/auth/register", "", Some(register))
+        .await;
+    assert!(matches!(status, 201 | 403), "{status}");
+    let (status, body) = server
+        .post_json(
+            "/api/v1/users",
+            &server.keys.secret_key,
+            json!({"email": "owner@x.io", "password": password}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = server
+        .call(
+            "PUT",
+            &format!("/api/v1/projects/{project}/members"),
+            secret,
+            Some(json!({"email": "owner@x.io", "role": "owner"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server
+        .call(
+            "POST",
+            "/api/v1/auth/login",
+            "",
+            Some(json!({"email": "owner@x.io", "password": password})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().unwrap().to_owned()
+}
 
 #[tokio::test]
 async fn no_key_acts_on_another_project_through_any_endpoint() {
@@ -537,6 +592,8 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
         .await;
     assert_eq!(status, 200);
     let victim_keys_before = key_count(&server, &victim).await;
+    // And a person: the owner of the attacker's project, logged in.
+    let attacker_token = owner_token(&server, &attacker, &attacker_secret).await;
 
     let spec: Value = client()
         .get(server.url("/openapi.json"))
@@ -563,10 +620,27 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
                     .replace("{project_id}", &victim)
                     .replace("{key_id}", &uuid::Uuid::now_v7().to_string())
                     .replace("{module_id}", &"0".repeat(64))
-                    .replace("{distinct_id}", "someone"),
+                    .replace("{distinct_id}", "someone")
+                    .replace("{account_id}", &uuid::Uuid::now_v7().to_string()),
             );
             assert!(!url.contains('{'), "path parameter not filled in {path}");
             let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            // The owner of another project: the victim's is not there.
+            let resp = client()
+                .request(method.clone(), &url)
+                .header("Authorization", format!("Bearer {attacker_token}"))
+                .header("content-type", "application/json")
+                .body(r#"{"name": "pwned", "email": "x@x.io", "role": "owner"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let answer: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(
+                (status, answer["code"].as_str()),
+                (404, Some("not_found")),
+                "{method} {url} ({id}) by the owner of another project: {answer}"
+            );
             for key in [&attacker_secret, &attacker_public, &attacker_execute] {
                 // A body that would pass for most operations, and one that
                 // would not: the refusal comes before either is read.
@@ -644,6 +718,59 @@ async fn no_key_acts_on_another_project_through_any_endpoint() {
         )
         .await;
     assert_eq!(status, 403);
+    // Accounts: administrators only, for a non-admin key and for a user,
+    // who cannot make themselves one either.
+    let bearer = format!("Bearer {attacker_token}");
+    let me = server
+        .send(
+            "GET",
+            "/api/v1/auth/me",
+            &[("Authorization", &bearer)],
+            None,
+        )
+        .await
+        .json();
+    let own = me["account"]["id"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        ("GET", "/api/v1/users".to_owned(), None),
+        (
+            "POST",
+            "/api/v1/users".to_owned(),
+            Some(json!({"email": "new@x.io", "password": "long enough"})),
+        ),
+        (
+            "PATCH",
+            format!("/api/v1/users/{own}"),
+            Some(json!({"admin": true})),
+        ),
+        (
+            "POST",
+            format!("/api/v1/users/{own}/password"),
+            Some(json!({"password": "long enough"})),
+        ),
+        ("DELETE", format!("/api/v1/users/{own}"), None),
+    ] {
+        let (status, answer) = server
+            .call(method, &path, &attacker_secret, body.clone())
+            .await;
+        assert_eq!(
+            status, 403,
+            "{method} {path} with a non-admin key: {answer}"
+        );
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+        let a = server
+            .send(
+                method,
+                &path,
+                &[
+                    ("Authorization", &bearer),
+                    ("Content-Type", "application/json"),
+                ],
+                bytes,
+            )
+            .await;
+        assert_eq!(a.status, 403, "{method} {path} by a user: {}", a.text());
+    }
     // ingest_events / tracking_pixel: stored in the key's project, whatever
     // the body says.
     let (status, _) = server

@@ -15,11 +15,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::config::{Config, SqliteSynchronous as SyncSetting, redact_url};
 
+pub mod accounts;
 pub mod dead_letters;
 pub mod entities;
 pub mod events;
 pub mod insights;
 pub mod keys;
+pub mod live;
 pub mod maintenance;
 pub mod migrations;
 pub mod people;
@@ -32,6 +34,7 @@ pub mod sql;
 pub mod users;
 pub mod writer_db;
 
+pub use accounts::{Account, AuthSession, Role, Rotation};
 pub use dead_letters::{DeadLetter, DeadLetterFilter, NewDeadLetter};
 pub use events::{EventFilter, EventPage, InsertOutcome};
 pub use insights::{Insight, NewInsight, PeriodTotals};
@@ -92,6 +95,10 @@ pub enum StoreError {
     /// (active, not revoked, not expiring after a rotation).
     #[error("the change would leave the instance without an admin key")]
     LastAdminKey,
+    /// The change conflicts with what is stored (a taken e-mail, a first
+    /// administrator who already exists); the message says which.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// Rewrites `?` placeholders as `$1, $2...` for PostgreSQL.
@@ -113,6 +120,40 @@ pub(crate) fn sql_for(backend: DatabaseBackend, sql: &str) -> String {
 }
 
 impl Store {
+    /// Runs the statement `sql` (with `?` placeholders) on the readers'
+    /// connection and returns how many rows it changed.
+    pub(crate) async fn exec(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<u64, StoreError> {
+        let backend = self.db().get_database_backend();
+        Ok(self
+            .db()
+            .execute(Statement::from_sql_and_values(
+                backend,
+                sql_for(backend, sql),
+                values,
+            ))
+            .await?
+            .rows_affected())
+    }
+
+    /// The first column of the first row of `sql`, if there is a row and
+    /// it is not NULL.
+    pub(crate) async fn scalar<T: sea_orm::TryGetable>(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+    ) -> Result<Option<T>, StoreError> {
+        let rows = self.rows(sql, values).await?;
+        Ok(rows
+            .first()
+            .map(|r| r.try_get_by_index::<Option<T>>(0))
+            .transpose()?
+            .flatten())
+    }
+
     /// Runs `sql` (with `?` placeholders) on the readers' connection and
     /// returns its rows.
     pub(crate) async fn rows(

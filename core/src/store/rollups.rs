@@ -476,12 +476,7 @@ impl Store {
         } else {
             events.to_owned()
         };
-        let rows = self.rows(&sql, values).await?;
-        Ok(rows
-            .first()
-            .map(|r| r.try_get_by_index::<Option<i64>>(0))
-            .transpose()?
-            .flatten())
+        self.scalar(&sql, values).await
     }
 
     /// The time of `project`'s earliest event, ms.
@@ -489,16 +484,10 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn first_event_at(&self, project: Uuid) -> Result<Option<i64>, StoreError> {
-        let rows = self
-            .rows(
-                "SELECT MIN(\"timestamp\") FROM events WHERE project_id = ?",
-                vec![project.into()],
-            )
-            .await?;
-        Ok(rows
-            .first()
-            .map(|r| r.try_get_by_index::<Option<i64>>(0))
-            .transpose()?
-            .flatten())
+        self.scalar(
+            "SELECT MIN(\"timestamp\") FROM events WHERE project_id = ?",
+            vec![project.into()],
+        )
+        .await
     }
 }

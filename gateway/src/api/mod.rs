@@ -5,6 +5,8 @@ use serde_json::Value;
 
 use crate::error::ErrorCode;
 
+pub mod accounts;
+pub mod auth;
 pub mod compat;
 pub mod compat_shapes;
 pub mod dead_letters;
@@ -15,6 +17,7 @@ pub mod funnels;
 pub mod ingest;
 pub mod insights;
 pub mod keys;
+pub mod live;
 pub mod ops;
 pub mod params;
 pub mod pipelines;
@@ -52,12 +55,18 @@ pub enum ApiTags {
     Projects,
     /// API keys of a project (admin).
     Keys,
+    /// Logging in: tokens, cookies, WebSocket tickets.
+    Auth,
+    /// Accounts (administrators) and the members of a project.
+    Accounts,
     /// Running untrusted Python and WebAssembly in the sandbox.
     Execute,
     /// Health and readiness.
     Ops,
 }
 
+use accounts::AccountsApi;
+use auth::AuthApi;
 use compat::CompatApi;
 use dead_letters::DeadLettersApi;
 use events::EventsApi;
@@ -67,6 +76,7 @@ use funnels::FunnelsApi;
 use ingest::IngestApi;
 use insights::InsightsApi;
 use keys::KeysApi;
+use live::LiveApi;
 use ops::OpsApi;
 use pipelines::PipelinesApi;
 use plugins::PluginsApi;
@@ -94,7 +104,7 @@ macro_rules! resources {
 
 resources!(
     (IngestApi, CompatApi),
-    EventsApi,
+    (EventsApi, LiveApi),
     SessionsApi,
     (StatsApi, FunnelsApi, RetentionApi, UsersApi, SqlApi),
     PipelinesApi,
@@ -103,6 +113,7 @@ resources!(
     InsightsApi,
     ProjectsApi,
     KeysApi,
+    (AuthApi, AccountsApi),
     ExecuteApi,
     ExecuteWsApi,
     WasmModulesApi,
@@ -256,7 +267,12 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         E::InvalidKey,
         E::KeyRevoked,
         E::KeyExpired,
+        E::InvalidToken,
+        E::TokenRevoked,
         E::Forbidden,
+        E::CsrfFailed,
+        E::AuthUnavailable,
+        E::RateLimited,
         E::Internal,
         E::TooManyConnections,
         E::Unavailable,
@@ -322,6 +338,14 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         "replace_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
         "delete_plugin" => codes.extend([E::PluginExists, E::PluginInUse]),
         "create_key" => codes.push(E::InvalidKeyKind),
+        "register" => codes.extend([E::RegistrationClosed, E::Conflict]),
+        "login" => codes.extend([E::InvalidCredentials, E::AccountDeactivated, E::LoginLocked]),
+        "refresh" => codes.push(E::RefreshTokenReused),
+        "live_events" => codes.push(E::InvalidTicket),
+        "change_password" => codes.push(E::InvalidCredentials),
+        "create_account" => codes.push(E::Conflict),
+        "update_account" => codes.extend([E::Conflict, E::LastAdmin]),
+        "delete_account" => codes.push(E::LastAdmin),
         "revoke_key" | "rotate_key" => codes.push(E::LastAdminKey),
         "delete_project" => codes.extend([E::LastAdminKey, E::ProjectInUse]),
         "execute" | "execute_ws" => codes.extend(execution),

@@ -1,6 +1,8 @@
 //! Projects: create, list, get, rename, delete.
 
-use orrery_core::store::{KeyKind, Project};
+use std::collections::HashSet;
+
+use orrery_core::store::{KeyKind, Project, Role};
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
@@ -10,7 +12,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::keys::CreatedKeyOut;
 use crate::api::params::{Name, rfc3339_ms};
-use crate::auth::SecretKey;
+use crate::auth::{Caller, SecretKey};
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state as state;
 
@@ -91,7 +93,8 @@ pub struct ProjectsApi;
 impl ProjectsApi {
     /// Create a project
     ///
-    /// Needs an admin secret key. Answers the project with a new public and
+    /// Needs an admin secret key, or a logged-in account (which becomes
+    /// the project's owner). Answers the project with a new public and
     /// secret key, shown only in this answer.
     #[oai(path = "/projects", method = "post", operation_id = "create_project")]
     async fn create(
@@ -100,10 +103,20 @@ impl ProjectsApi {
         auth: SecretKey,
         body: Json<ProjectIn>,
     ) -> ApiResult<CreatedProject> {
-        auth.0.require_admin()?;
+        let account = auth.0.account().map(|a| a.id);
+        if account.is_none() {
+            auth.0.require_admin()?;
+        }
         let state = state(req);
         let name = body.0.name.into_inner();
         let project = state.store.create_project(&name).await?;
+        if let Some(account) = account {
+            state
+                .store
+                .set_member(project.id, account, Role::Owner)
+                .await?;
+            state.accounts.forget_all();
+        }
         let public = state
             .store
             .create_key(project.id, "default public key", KeyKind::Public, false)
@@ -122,11 +135,27 @@ impl ProjectsApi {
 
     /// List projects
     ///
-    /// An admin key sees every project; another secret key sees its own.
+    /// An admin key or administrator sees every project; another secret
+    /// key sees its own, an account those it is a member of.
     #[oai(path = "/projects", method = "get", operation_id = "list_projects")]
     async fn list(&self, req: &Request, auth: SecretKey) -> ApiResult<Json<ProjectListOut>> {
-        let only = (!auth.0.is_admin()).then(|| auth.0.project_id());
-        let projects = state(req).store.list_projects(only).await?;
+        let state = state(req);
+        let projects = match &auth.0 {
+            _ if auth.0.is_admin() => state.store.list_projects(None).await?,
+            Caller::Key(p) => state.store.list_projects(Some(p.project_id())).await?,
+            Caller::User(u) => {
+                let mine: HashSet<Uuid> = state
+                    .store
+                    .memberships(u.user.account.id)
+                    .await?
+                    .into_iter()
+                    .map(|(p, _)| p)
+                    .collect();
+                let mut all = state.store.list_projects(None).await?;
+                all.retain(|p| mine.contains(&p.id));
+                all
+            }
+        };
         Ok(Json(ProjectListOut {
             projects: projects.into_iter().map(Into::into).collect(),
         }))
@@ -178,8 +207,9 @@ impl ProjectsApi {
 
     /// Delete a project
     ///
-    /// Needs an admin secret key. Deletes the project's keys, events and
-    /// dead letters. The project holding the key in use cannot be deleted.
+    /// Needs an admin secret key, an administrator or the project's owner.
+    /// Deletes the project's keys, events and dead letters. The project
+    /// holding the key in use cannot be deleted.
     #[oai(
         path = "/projects/:project_id",
         method = "delete",
@@ -192,12 +222,17 @@ impl ProjectsApi {
         /// Project id.
         project_id: Path<Uuid>,
     ) -> ApiResult<Deleted> {
-        auth.0.require_admin()?;
-        if auth.0.project_id() == project_id.0 {
-            return Err(ApiError::new(
-                ErrorCode::ProjectInUse,
-                "this project holds the key of this request; use an admin key of another project",
-            ));
+        match &auth.0 {
+            Caller::Key(p) => {
+                p.require_admin()?;
+                if p.project_id() == project_id.0 {
+                    return Err(ApiError::new(
+                        ErrorCode::ProjectInUse,
+                        "this project holds the key of this request; use an admin key of another project",
+                    ));
+                }
+            }
+            Caller::User(_) => auth.0.require_project(project_id.0)?,
         }
         let state = state(req);
         state.store.delete_project(project_id.0).await?;

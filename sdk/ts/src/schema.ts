@@ -51,6 +51,163 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/v1/auth/login": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Log in
+         * @description Answers an access token (`Authorization: Bearer`, 15 minutes by
+         *     default) and a refresh token (7 days), or sets them as cookies with
+         *     `"cookie": true`. Wrong e-mail and wrong password get the same 401
+         *     in the same time. After `auth.lockout_attempts` failures (5) within
+         *     `auth.lockout_secs` (15 minutes), the account and the client address
+         *     are locked for that long: 429 `login_locked` with `Retry-After`.
+         */
+        post: operations["login"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/logout": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Log out
+         * @description Ends the login of the access token: its access and refresh tokens
+         *     stop working on every instance (within
+         *     `auth.revocation_check_ms`), and the cookies are cleared.
+         */
+        post: operations["logout"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/me": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Who am I
+         * @description The account (or key) of the credentials and the projects it sees
+         *     with its role in each.
+         */
+        get: operations["me"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change my password
+         * @description Needs the current password. Ends every other login of the account.
+         */
+        post: operations["change_password"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/refresh": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Refresh
+         * @description Spends the refresh token (from the body or the cookie) and answers
+         *     a new access and refresh token. A refresh token used twice revokes
+         *     its whole login (someone else holds a copy): 401
+         *     `refresh_token_reused`.
+         */
+        post: operations["refresh"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/register": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Register
+         * @description With no account yet, creates the first administrator (no
+         *     credentials needed: do it right after installing, or use `orrery
+         *     user create`). Afterwards only with `auth.open_registration = true`
+         *     (a plain account); administrators create accounts with `POST
+         *     /api/v1/users`.
+         */
+        post: operations["register"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/auth/ws-ticket": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * WebSocket ticket
+         * @description A single-use ticket, valid 30 seconds (`auth.ticket_secs`), that opens the live stream of
+         *     one project (`GET /api/v1/projects/{id}/live?ticket=...`), so that
+         *     no token travels in a WebSocket URL. Any role in the project will do.
+         */
+        post: operations["ws_ticket"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/v1/events": {
         parameters: {
             query?: never;
@@ -208,13 +365,15 @@ export interface paths {
         };
         /**
          * List projects
-         * @description An admin key sees every project; another secret key sees its own.
+         * @description An admin key or administrator sees every project; another secret
+         *     key sees its own, an account those it is a member of.
          */
         get: operations["list_projects"];
         put?: never;
         /**
          * Create a project
-         * @description Needs an admin secret key. Answers the project with a new public and
+         * @description Needs an admin secret key, or a logged-in account (which becomes
+         *     the project's owner). Answers the project with a new public and
          *     secret key, shown only in this answer.
          */
         post: operations["create_project"];
@@ -237,8 +396,9 @@ export interface paths {
         post?: never;
         /**
          * Delete a project
-         * @description Needs an admin secret key. Deletes the project's keys, events and
-         *     dead letters. The project holding the key in use cannot be deleted.
+         * @description Needs an admin secret key, an administrator or the project's owner.
+         *     Deletes the project's keys, events and dead letters. The project
+         *     holding the key in use cannot be deleted.
          */
         delete: operations["delete_project"];
         options?: never;
@@ -420,6 +580,80 @@ export interface paths {
          */
         post: operations["rotate_key"];
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/live": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Stream events live
+         * @description A WebSocket of the project's events as they are committed, after
+         *     enrichment, each as `{"type": "event", "event": {...}}` (the event
+         *     as `list_events` shows it); `{"type": "heartbeat"}` every
+         *     `live.heartbeat_secs`. With `replay`, the last stored events that
+         *     pass the filters come first, oldest first, with no gap or duplicate
+         *     before the live ones. A subscriber that falls `live.queue_events`
+         *     events behind is closed with code 1008 and the reason
+         *     `slow consumer`. The protocol is described in the README.
+         *
+         *     Credentials: the project's secret key, an access token (header or
+         *     cookie), or, from a browser, `?ticket=` from `POST
+         *     /api/v1/auth/ws-ticket` (single use, 30 s), so that no token
+         *     travels in the URL.
+         */
+        get: operations["live_events"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/members": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List members
+         * @description The accounts of a project with their roles (members and owners).
+         */
+        get: operations["list_members"];
+        /**
+         * Add or change a member
+         * @description Gives the account with that e-mail a role in the project (owners,
+         *     administrators, the project's secret key).
+         */
+        put: operations["put_member"];
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/projects/{project_id}/members/{account_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        /** Remove a member */
+        delete: operations["delete_member"];
         options?: never;
         head?: never;
         patch?: never;
@@ -690,6 +924,81 @@ export interface paths {
         get: operations["get_user"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List accounts
+         * @description Administrators (or an admin secret key) only.
+         */
+        get: operations["list_accounts"];
+        put?: never;
+        /**
+         * Create an account
+         * @description Administrators only.
+         */
+        post: operations["create_account"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/v1/users/{account_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get an account
+         * @description Administrators, or the account itself.
+         */
+        get: operations["get_account"];
+        put?: never;
+        post?: never;
+        /**
+         * Delete an account
+         * @description Administrators only; ends its logins and memberships. The last
+         *     active administrator cannot be deleted (409).
+         */
+        delete: operations["delete_account"];
+        options?: never;
+        head?: never;
+        /**
+         * Change an account
+         * @description An account may change its own e-mail; administrators change any
+         *     account's e-mail, admin flag and active flag. Deactivating ends the
+         *     account's logins. The last active administrator stays one (409).
+         */
+        patch: operations["update_account"];
+        trace?: never;
+    };
+    "/api/v1/users/{account_id}/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Reset a password
+         * @description Administrators only. Ends every login of the account.
+         */
+        post: operations["reset_password"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1014,6 +1323,64 @@ export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
         /**
+         * AccountIn
+         * @description A new account.
+         */
+        AccountIn: {
+            /**
+             * @description Administers the instance.
+             * @default false
+             */
+            admin?: boolean | null;
+            /** @description E-mail address (stored in lower case). */
+            email: string;
+            /** @description At least 8 characters. */
+            password: string;
+        };
+        /**
+         * AccountListOut
+         * @description Accounts.
+         */
+        AccountListOut: {
+            /** @description Oldest first. */
+            accounts: components["schemas"]["AccountOut"][];
+        };
+        /**
+         * AccountOut
+         * @description An account.
+         */
+        AccountOut: {
+            /** @description May log in. */
+            active: boolean;
+            /** @description Administers the instance. */
+            admin: boolean;
+            /** @description Created, RFC 3339. */
+            created_at: string;
+            /** @description E-mail (lower case). */
+            email: string;
+            /**
+             * Format: uuid
+             * @description Account id.
+             */
+            id: string;
+            /** @description Last login, RFC 3339. */
+            last_login_at?: string;
+            /** @description Last changed, RFC 3339. */
+            updated_at: string;
+        };
+        /**
+         * AccountPatch
+         * @description Changes to an account; what is left out stays.
+         */
+        AccountPatch: {
+            /** @description May log in; `false` also ends its logins (administrators only). */
+            active?: boolean | null;
+            /** @description Administers the instance (administrators only). */
+            admin?: boolean | null;
+            /** @description New e-mail. */
+            email?: string | null;
+        };
+        /**
          * BatchInput
          * @description A batch of events.
          */
@@ -1262,7 +1629,7 @@ export interface components {
              * @description Stable machine-readable code, e.g. `invalid_key`, `queue_full`.
              * @enum {string}
              */
-            code: "bad_request" | "invalid_json" | "invalid_event" | "invalid_batch" | "invalid_gzip" | "invalid_cursor" | "invalid_parameter" | "invalid_body" | "duplicate_key" | "invalid_key_kind" | "invalid_pipeline" | "invalid_request" | "invalid_module" | "invalid_plugin" | "invalid_query" | "query_timeout" | "malformed_request" | "malformed_body" | "invalid_header" | "missing_key" | "invalid_key" | "key_revoked" | "key_expired" | "unauthorized" | "forbidden" | "not_found" | "execution_disabled" | "method_not_allowed" | "body_timeout" | "last_admin_key" | "project_in_use" | "plugin_exists" | "plugin_in_use" | "payload_too_large" | "batch_too_large" | "uri_too_long" | "unsupported_media_type" | "unsupported_encoding" | "rate_limited" | "headers_too_large" | "client_aborted" | "internal" | "queue_full" | "shutting_down" | "database_unavailable" | "too_many_connections" | "unavailable" | "python_unavailable" | "busy" | "module_store_full";
+            code: "bad_request" | "invalid_json" | "invalid_event" | "invalid_batch" | "invalid_gzip" | "invalid_cursor" | "invalid_parameter" | "invalid_body" | "duplicate_key" | "invalid_key_kind" | "invalid_pipeline" | "invalid_request" | "invalid_module" | "invalid_plugin" | "invalid_query" | "query_timeout" | "malformed_request" | "malformed_body" | "invalid_header" | "missing_key" | "invalid_key" | "key_revoked" | "key_expired" | "unauthorized" | "invalid_credentials" | "invalid_token" | "token_revoked" | "refresh_token_reused" | "invalid_ticket" | "csrf_failed" | "account_deactivated" | "registration_closed" | "forbidden" | "not_found" | "execution_disabled" | "method_not_allowed" | "body_timeout" | "last_admin_key" | "last_admin" | "conflict" | "project_in_use" | "plugin_exists" | "plugin_in_use" | "payload_too_large" | "batch_too_large" | "uri_too_long" | "unsupported_media_type" | "unsupported_encoding" | "rate_limited" | "login_locked" | "headers_too_large" | "client_aborted" | "internal" | "queue_full" | "shutting_down" | "database_unavailable" | "too_many_connections" | "unavailable" | "auth_unavailable" | "python_unavailable" | "busy" | "module_store_full";
             /** @description What went wrong, for humans. */
             message: string;
         };
@@ -1737,6 +2104,78 @@ export interface components {
             wall_time_ms?: number | null;
         };
         /**
+         * LoginIn
+         * @description A login.
+         */
+        LoginIn: {
+            /**
+             * @description Set the tokens as HTTP-only cookies (and answer the CSRF token)
+             *     instead of answering them.
+             * @default false
+             */
+            cookie?: boolean | null;
+            /** @description E-mail address. */
+            email: string;
+            /** @description Password. */
+            password: string;
+        };
+        /**
+         * MeOut
+         * @description Who is calling.
+         */
+        MeOut: {
+            /** @description The account, when a user calls. */
+            account?: components["schemas"]["AccountOut"] & unknown;
+            /** @description Administers the instance. */
+            admin: boolean;
+            /**
+             * Format: uuid
+             * @description The key's id, when a secret key calls.
+             */
+            key_id?: string;
+            /** @description The projects and roles (a key: its project, as `owner`). */
+            projects: components["schemas"]["MembershipOut"][];
+        };
+        /**
+         * MemberIn
+         * @description A member to add, or whose role to change.
+         */
+        MemberIn: {
+            /** @description The account's e-mail. */
+            email: string;
+            role: components["schemas"]["RoleDto"];
+        };
+        /**
+         * MemberListOut
+         * @description Members of a project.
+         */
+        MemberListOut: {
+            /** @description By e-mail. */
+            members: components["schemas"]["MemberOut"][];
+        };
+        /**
+         * MemberOut
+         * @description A member of a project.
+         */
+        MemberOut: {
+            /** @description The account. */
+            account: components["schemas"]["AccountOut"] & unknown;
+            role: components["schemas"]["RoleDto"];
+        };
+        /**
+         * MembershipOut
+         * @description A project the caller belongs to.
+         */
+        MembershipOut: {
+            /**
+             * Format: uuid
+             * @description Project id.
+             */
+            project_id: string;
+            /** @description `owner`, `member` or `viewer`. */
+            role: string;
+        };
+        /**
          * @description Core module or component.
          * @enum {string}
          */
@@ -1788,6 +2227,24 @@ export interface components {
             previous_from: string;
             /** @description End of the period, RFC 3339 (exclusive). */
             to: string;
+        };
+        /**
+         * PasswordIn
+         * @description A password change.
+         */
+        PasswordIn: {
+            /** @description The current password. */
+            current_password: string;
+            /** @description The new one, at least 8 characters. */
+            new_password: string;
+        };
+        /**
+         * PasswordResetIn
+         * @description A new password set by an administrator.
+         */
+        PasswordResetIn: {
+            /** @description At least 8 characters. */
+            password: string;
         };
         /**
          * PipelineIn
@@ -2314,6 +2771,29 @@ export interface components {
             version: string;
         };
         /**
+         * RefreshIn
+         * @description A refresh.
+         */
+        RefreshIn: {
+            /**
+             * @description Answer with cookies (as at login).
+             * @default false
+             */
+            cookie?: boolean | null;
+            /** @description The refresh token; omitted when it is in the cookie. */
+            refresh_token?: string | null;
+        };
+        /**
+         * RegisterIn
+         * @description E-mail and password.
+         */
+        RegisterIn: {
+            /** @description E-mail address (stored in lower case). */
+            email: string;
+            /** @description At least 8 characters. */
+            password: string;
+        };
+        /**
          * ReplayIn
          * @description What to replay.
          */
@@ -2387,6 +2867,12 @@ export interface components {
             /** @description The IANA time zone of the period boundaries. */
             tz: string;
         };
+        /**
+         * @description A role in a project: `owner` reads and administers it, `member` reads
+         *     everything in it, `viewer` reads its statistics and live stream.
+         * @enum {string}
+         */
+        RoleDto: "owner" | "member" | "viewer";
         /**
          * RotateIn
          * @description Body of rotation.
@@ -2552,6 +3038,30 @@ export interface components {
             visitors_exact: boolean;
         };
         /**
+         * TicketIn
+         * @description A ticket request.
+         */
+        TicketIn: {
+            /**
+             * Format: uuid
+             * @description The project whose live stream the ticket opens.
+             */
+            project_id: string;
+        };
+        /**
+         * TicketOut
+         * @description A WebSocket ticket.
+         */
+        TicketOut: {
+            /**
+             * Format: uint64
+             * @description Seconds it stays valid.
+             */
+            expires_in: number;
+            /** @description Pass as `?ticket=` when opening the WebSocket; works once. */
+            ticket: string;
+        };
+        /**
          * Timeseries
          * @description A time series.
          */
@@ -2566,6 +3076,35 @@ export interface components {
             to: string;
             /** @description The IANA time zone of the bucket boundaries. */
             tz: string;
+        };
+        /**
+         * TokensOut
+         * @description Tokens of a login.
+         */
+        TokensOut: {
+            /** @description The access token (JWT), unless in the cookie. */
+            access_token?: string;
+            /** @description Who logged in. */
+            account: components["schemas"]["AccountOut"] & unknown;
+            /**
+             * @description With cookies: the value to send in `X-CSRF-Token` on writes (also
+             *     in the `orrery_csrf` cookie).
+             */
+            csrf_token?: string;
+            /**
+             * Format: uint64
+             * @description Seconds the access token lasts.
+             */
+            expires_in: number;
+            /**
+             * Format: uint64
+             * @description Seconds the refresh token lasts.
+             */
+            refresh_expires_in: number;
+            /** @description The refresh token, unless in the cookie; each one works once. */
+            refresh_token?: string;
+            /** @description `Bearer`. */
+            token_type: string;
         };
         /**
          * UserOut
@@ -2653,7 +3192,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2662,7 +3201,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2716,6 +3255,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -2734,7 +3284,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2779,7 +3329,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2788,7 +3338,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2842,6 +3392,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -2860,7 +3421,853 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    login: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["LoginIn"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["TokensOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_credentials`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `account_deactivated`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`, `login_locked`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    logout: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    me: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["MeOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    change_password: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["PasswordIn"];
+            };
+        };
+        responses: {
+            /** @description Done. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_credentials`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    refresh: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["RefreshIn"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["TokensOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`, `refresh_token_reused`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    register: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["RegisterIn"];
+            };
+        };
+        responses: {
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AccountOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `registration_closed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `conflict`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    ws_ticket: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["TicketIn"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["TicketOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -2905,7 +4312,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -2914,7 +4321,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -2959,6 +4366,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -2977,7 +4395,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3023,7 +4441,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3032,7 +4450,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3086,6 +4504,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -3104,7 +4533,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3147,7 +4576,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3156,7 +4585,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3239,7 +4668,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `python_unavailable`, `busy`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`, `python_unavailable`, `busy`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3277,7 +4706,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3286,7 +4715,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3342,7 +4771,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `python_unavailable`, `busy`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`, `python_unavailable`, `busy`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3381,7 +4810,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3390,7 +4819,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3402,6 +4831,17 @@ export interface operations {
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3426,7 +4866,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3470,7 +4910,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3479,7 +4919,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3533,6 +4973,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -3551,7 +5002,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3593,7 +5044,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3602,7 +5053,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3629,6 +5080,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -3647,7 +5109,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3693,7 +5155,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3702,7 +5164,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3765,6 +5227,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -3783,7 +5256,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3824,7 +5297,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3833,7 +5306,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3869,6 +5342,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -3887,7 +5371,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -3926,7 +5410,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -3935,7 +5419,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -3947,6 +5431,17 @@ export interface operations {
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
                     [name: string]: unknown;
                 };
                 content: {
@@ -3971,7 +5466,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4015,7 +5510,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4024,7 +5519,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4069,6 +5564,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4087,7 +5593,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4129,7 +5635,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4138,7 +5644,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4165,6 +5671,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4183,7 +5700,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4224,7 +5741,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4233,7 +5750,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4269,6 +5786,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4287,7 +5815,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4333,7 +5861,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4342,7 +5870,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4396,6 +5924,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4414,7 +5953,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4463,7 +6002,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4472,7 +6011,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4499,6 +6038,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4517,7 +6067,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4563,7 +6113,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4572,7 +6122,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4626,6 +6176,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4644,7 +6205,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4701,7 +6262,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4710,7 +6271,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4737,6 +6298,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4755,7 +6327,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4802,7 +6374,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4811,7 +6383,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4838,6 +6410,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4856,7 +6439,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -4904,7 +6487,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -4913,7 +6496,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -4958,6 +6541,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -4976,7 +6570,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5018,7 +6612,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5027,7 +6621,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5054,6 +6648,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5072,7 +6677,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5119,7 +6724,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5128,7 +6733,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5182,6 +6787,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5200,7 +6816,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5244,7 +6860,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5253,7 +6869,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5307,6 +6923,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5325,7 +6952,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5374,7 +7001,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5383,7 +7010,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5446,6 +7073,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5464,7 +7102,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5477,9 +7115,24 @@ export interface operations {
             };
         };
     };
-    get_pipeline: {
+    live_events: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description Only events of this name; repeat for several (any of them). */
+                event?: string[];
+                /**
+                 * @description Only events whose property equals a value: `name=value`, where
+                 *     `name` is a key of `properties` (dots go into nested objects:
+                 *     `plan.tier=gold`); a number or boolean property equals its JSON
+                 *     text (`seats=3`, `beta=true`). Repeat for several (all of them).
+                 */
+                property?: string[];
+                /**
+                 * @description Send the last N stored events that pass the filters first,
+                 *     0 to `live.max_replay` (default 0).
+                 */
+                replay?: number;
+            };
             header?: never;
             path: {
                 /** @description Project id. */
@@ -5489,13 +7142,12 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            200: {
+            /** @description A websocket response */
+            101: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json; charset=utf-8": components["schemas"]["PipelineOut"];
-                };
+                content?: never;
             };
             /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
             400: {
@@ -5506,7 +7158,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`, `invalid_ticket`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5515,7 +7167,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5542,6 +7194,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5560,7 +7223,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5573,7 +7236,114 @@ export interface operations {
             };
         };
     };
-    put_pipeline: {
+    list_members: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Project id. */
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["MemberListOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_member: {
         parameters: {
             query?: never;
             header?: never;
@@ -5585,7 +7355,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json; charset=utf-8": components["schemas"]["PipelineIn"];
+                "application/json; charset=utf-8": components["schemas"]["MemberIn"];
             };
         };
         responses: {
@@ -5594,10 +7364,10 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "application/json; charset=utf-8": components["schemas"]["PipelineOut"];
+                    "application/json; charset=utf-8": components["schemas"]["MemberOut"];
                 };
             };
-            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `invalid_body`, `duplicate_key`, `invalid_pipeline`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -5606,7 +7376,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5615,7 +7385,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5669,6 +7439,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5687,7 +7468,360 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_member: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Project id. */
+                project_id: string;
+                /** @description Account id. */
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_pipeline: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Project id. */
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["PipelineOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_pipeline: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Project id. */
+                project_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["PipelineIn"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["PipelineOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `invalid_body`, `duplicate_key`, `invalid_pipeline`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5728,7 +7862,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5737,7 +7871,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5764,6 +7898,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5782,7 +7927,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5833,7 +7978,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5842,7 +7987,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5869,6 +8014,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -5887,7 +8043,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -5933,7 +8089,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -5942,7 +8098,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -5996,6 +8152,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6014,7 +8181,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6071,7 +8238,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6080,7 +8247,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6107,6 +8274,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6125,7 +8303,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6192,7 +8370,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6201,7 +8379,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6228,6 +8406,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6246,7 +8435,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6297,7 +8486,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6306,7 +8495,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6333,6 +8522,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6351,7 +8551,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6418,7 +8618,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6427,7 +8627,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6454,6 +8654,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6472,7 +8683,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6527,7 +8738,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6536,7 +8747,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6563,6 +8774,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6581,7 +8803,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6634,7 +8856,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6643,7 +8865,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6670,6 +8892,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6688,7 +8921,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6732,7 +8965,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6741,7 +8974,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6768,6 +9001,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6786,7 +9030,744 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list_accounts: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AccountListOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    create_account: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["AccountIn"];
+            };
+        };
+        responses: {
+            /** @description Created. */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AccountOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `conflict`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_account: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Account id. */
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AccountOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_account: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Account id. */
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Done. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `malformed_request`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `last_admin`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    update_account: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Account id. */
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["AccountPatch"];
+            };
+        };
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["AccountOut"];
+                };
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `last_admin`, `conflict`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
+            503: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    reset_password: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description Account id. */
+                account_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json; charset=utf-8": components["schemas"]["PasswordResetIn"];
+            };
+        };
+        responses: {
+            /** @description Done. */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Bad request: the `code` and `message` name what is wrong. Codes: `bad_request`, `invalid_parameter`, `invalid_body`, `duplicate_key`, `malformed_request`, `malformed_body`, `invalid_header`. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Not found. Codes: `not_found`. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description The request body did not arrive in time. Codes: `body_timeout`. */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Body, batch or module too large. Codes: `payload_too_large`. */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request target too long. Codes: `uri_too_long`. */
+            414: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unsupported content type or encoding. Codes: `unsupported_media_type`. */
+            415: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Request headers too large. Codes: `headers_too_large`. */
+            431: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description A fault of the server; the log has the detail, under the request id. Codes: `internal`. */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6825,7 +9806,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6834,7 +9815,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6861,6 +9842,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -6879,7 +9871,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -6929,7 +9921,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -6938,7 +9930,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -6992,6 +9984,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7010,7 +10013,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7061,7 +10064,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7070,7 +10073,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7097,6 +10100,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7115,7 +10129,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7156,7 +10170,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7165,7 +10179,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7192,6 +10206,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7210,7 +10235,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7304,7 +10329,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7313,7 +10338,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7367,6 +10392,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7385,7 +10421,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7434,7 +10470,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7443,7 +10479,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7497,6 +10533,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7515,7 +10562,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7583,7 +10630,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7592,7 +10639,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7646,6 +10693,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7664,7 +10722,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */
@@ -7809,7 +10867,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`. */
+            /** @description Missing, unknown, revoked or expired key. Codes: `missing_key`, `invalid_key`, `key_revoked`, `key_expired`, `unauthorized`, `invalid_token`, `token_revoked`. */
             401: {
                 headers: {
                     [name: string]: unknown;
@@ -7818,7 +10876,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The key does not allow this operation. Codes: `forbidden`. */
+            /** @description The key does not allow this operation. Codes: `csrf_failed`, `forbidden`. */
             403: {
                 headers: {
                     [name: string]: unknown;
@@ -7872,6 +10930,17 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Too many requests; retry after `Retry-After` seconds. Codes: `rate_limited`. */
+            429: {
+                headers: {
+                    /** @description Seconds to wait before retrying */
+                    "Retry-After"?: number;
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request headers too large. Codes: `headers_too_large`. */
             431: {
                 headers: {
@@ -7890,7 +10959,7 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`. */
+            /** @description Unavailable; retry after `Retry-After` seconds. Codes: `queue_full`, `shutting_down`, `database_unavailable`, `too_many_connections`, `unavailable`, `auth_unavailable`. */
             503: {
                 headers: {
                     /** @description Seconds to wait before retrying */

@@ -13,6 +13,7 @@ mod m20261123_000008_create_session_marks;
 mod m20261203_000009_create_plugins;
 mod m20261203_000010_add_query_stages;
 mod m20261203_000011_create_rollups;
+mod m20261203_000012_create_accounts;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000009_create_plugins::Migration),
             Box::new(m20261203_000010_add_query_stages::Migration),
             Box::new(m20261203_000011_create_rollups::Migration),
+            Box::new(m20261203_000012_create_accounts::Migration),
         ]
     }
 }
