@@ -482,3 +482,52 @@ async fn reads_jump_over_empty_stretches_and_miss_nothing() {
         );
     }
 }
+
+/// What can no longer be used goes; what can stays.
+#[tokio::test]
+async fn expired_logins_tickets_and_failure_counts_are_purged() {
+    for backend in backends("expired_logins_tickets_and_failure_counts_are_purged") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let account = store
+            .create_account("a@x.io", "hash", false, false)
+            .await
+            .unwrap()
+            .id;
+        let now = now_ms();
+        let live = store
+            .create_auth_session(account, "live-token", now + 60_000)
+            .await
+            .unwrap();
+        let ended = store
+            .create_auth_session(account, "ended-token", now - 1)
+            .await
+            .unwrap();
+        store
+            .create_ws_ticket("old-ticket", account, project, now + 1)
+            .await
+            .unwrap();
+        store
+            .record_login_failure("ip:203.0.113.1", now - 20_000, 10_000, 5)
+            .await
+            .unwrap();
+        store
+            .record_login_failure("ip:203.0.113.2", now, 10_000, 5)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purged = store.purge_auth(now_ms(), 10_000).await.unwrap();
+        // The ended login and its token, the ticket, the old count.
+        assert_eq!(purged, 4, "{backend:?}");
+        assert!(store.auth_session(live).await.unwrap().is_some());
+        assert!(store.auth_session(ended).await.unwrap().is_none());
+        assert_eq!(store.take_ws_ticket("old-ticket").await.unwrap(), None);
+        // The recent count still counts.
+        let again = store
+            .record_login_failure("ip:203.0.113.2", now_ms(), 10_000, 2)
+            .await
+            .unwrap();
+        assert!(again.is_some(), "{backend:?}: the second failure locks");
+    }
+}

@@ -63,6 +63,30 @@ async fn run_insights(state: &AppState, now: i64, threshold: f64) {
     info!(insights = total, "insights generated");
 }
 
+/// Starts the accounts' clean-up: every 10 minutes, each instance deletes
+/// expired refresh tokens, logins past their end, expired WebSocket
+/// tickets and stale failed-login counts (idempotent, so no lease).
+pub fn spawn_auth_cleanup(state: AppState) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let window = i64::try_from(state.config.auth.lockout_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX / 4);
+        loop {
+            tick.tick().await;
+            match state
+                .store
+                .purge_auth(orrery_core::event::now_ms(), window)
+                .await
+            {
+                Ok(n) if n > 0 => tracing::debug!(rows = n, "expired logins and tickets deleted"),
+                Ok(_) => {}
+                Err(error) => warn!(%error, "accounts clean-up failed; will retry"),
+            }
+        }
+    });
+}
+
 /// Starts the rollup job when `analytics.rollup_interval_secs` is not 0:
 /// every interval, under the `rollups` lease, it redoes the marked hours
 /// that are over, `rollup_hours_per_round` at a time, until none is left.

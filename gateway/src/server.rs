@@ -43,6 +43,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     info!(%local, "listening");
     crate::jobs::spawn_insights(state.clone());
     crate::jobs::spawn_rollups(state.clone());
+    crate::jobs::spawn_auth_cleanup(state.clone());
 
     // Live streams never end by themselves: close them when stopping, so
     // that the graceful shutdown does not wait for their subscribers.

@@ -767,6 +767,44 @@ impl Store {
         Ok(Some(until))
     }
 
+    /// Deletes what can no longer be used at `now`: expired refresh
+    /// tokens, logins past their end, expired tickets, and failed-login
+    /// counts older than `window` ms with no lock on. Answers how many rows
+    /// went. Idempotent; any instance may run it.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn purge_auth(&self, now: i64, window: i64) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for (sql, values) in [
+            (
+                "DELETE FROM refresh_tokens WHERE expires_at < ?",
+                vec![now.into()],
+            ),
+            (
+                "DELETE FROM refresh_tokens WHERE session_id IN \
+                 (SELECT id FROM auth_sessions WHERE expires_at < ?)",
+                vec![now.into()],
+            ),
+            (
+                "DELETE FROM auth_sessions WHERE expires_at < ?",
+                vec![now.into()],
+            ),
+            (
+                "DELETE FROM ws_tickets WHERE expires_at < ?",
+                vec![now.into()],
+            ),
+            (
+                "DELETE FROM login_failures WHERE first_at < ? \
+                 AND (locked_until IS NULL OR locked_until < ?)",
+                vec![(now - window).into(), now.into()],
+            ),
+        ] {
+            n += self.exec(sql, values).await?;
+        }
+        Ok(n)
+    }
+
     /// Forgets the failed logins of `subject` (after a success).
     ///
     /// # Errors
