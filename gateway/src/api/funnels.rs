@@ -221,7 +221,7 @@ impl FunnelsApi {
         /// `STEP:DIMENSION:OP:VALUE`, a condition on one step (STEP from 1),
         /// repeatable (at most 50).
         #[oai(validator(max_items = 50))]
-        step_filter: Query<Vec<StepFilterParam>>,
+        step_filter: Query<Option<Vec<StepFilterParam>>>,
         /// Seconds from the first step to the last, 1 to 31,536,000
         /// (default 1,209,600: 14 days).
         window_secs: Query<Option<WindowParam>>,
@@ -233,7 +233,7 @@ impl FunnelsApi {
         to: Query<Option<Time>>,
         /// `DIMENSION:OP:VALUE` on every step, repeatable (at most 20).
         #[oai(validator(max_items = 20))]
-        filter: Query<Vec<FilterParam>>,
+        filter: Query<Option<Vec<FilterParam>>>,
         /// Break the people down by this dimension on their first step.
         by: Query<Option<DimensionParam>>,
         /// With `by`: values to list, 1 to 1000 (default 10).
@@ -249,7 +249,7 @@ impl FunnelsApi {
                     filters: Vec::new(),
                 })
                 .collect();
-            for StepFilterParam((n, f)) in step_filter.0 {
+            for StepFilterParam((n, f)) in step_filter.0.unwrap_or_default() {
                 let Some(s) = steps.get_mut(n - 1) else {
                     return Err(bad(
                         "step_filter",
@@ -259,7 +259,15 @@ impl FunnelsApi {
                 s.filters.push(f);
             }
             let window_secs = window_secs.0.map_or(DEFAULT_WINDOW_SECS, |w| w.0);
-            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let q = query_of(
+                state,
+                project_id.0,
+                range.0,
+                from.0,
+                to.0,
+                filter.0.unwrap_or_default(),
+            )
+            .await?;
             let f = CoreFunnel {
                 query: q,
                 steps,

@@ -142,7 +142,7 @@ impl RetentionApi {
         to: Query<Option<Time>>,
         /// `DIMENSION:OP:VALUE`, repeatable (at most 20).
         #[oai(validator(max_items = 20))]
-        filter: Query<Vec<FilterParam>>,
+        filter: Query<Option<Vec<FilterParam>>>,
     ) -> ApiResult<Json<Retention>> {
         cached(req, project_id.0, async {
             let state = app_state(req);
@@ -152,7 +152,15 @@ impl RetentionApi {
                 (None, None, None) => Some(RangeParam("90d".to_owned())),
                 _ => range.0,
             };
-            let mut q = query_of(state, project_id.0, range, from.0, to.0, filter.0).await?;
+            let mut q = query_of(
+                state,
+                project_id.0,
+                range,
+                from.0,
+                to.0,
+                filter.0.unwrap_or_default(),
+            )
+            .await?;
             let starts = every
                 .buckets(zone, q.from, q.to)
                 .map_err(|m| bad("period", m))?;

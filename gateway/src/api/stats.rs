@@ -407,11 +407,19 @@ impl StatsApi {
         to: Query<Option<Time>>,
         /// `DIMENSION:OP:VALUE`, repeatable (at most 20).
         #[oai(validator(max_items = 20))]
-        filter: Query<Vec<FilterParam>>,
+        filter: Query<Option<Vec<FilterParam>>>,
     ) -> ApiResult<Json<Overview>> {
         cached(req, project_id.0, async {
             let state = app_state(req);
-            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let q = query_of(
+                state,
+                project_id.0,
+                range.0,
+                from.0,
+                to.0,
+                filter.0.unwrap_or_default(),
+            )
+            .await?;
             let now = now_ms();
             let prev = q.previous();
             let current = query::totals(&state.store, &q, now).await?;
@@ -454,7 +462,7 @@ impl StatsApi {
         to: Query<Option<Time>>,
         /// `DIMENSION:OP:VALUE`, repeatable (at most 20).
         #[oai(validator(max_items = 20))]
-        filter: Query<Vec<FilterParam>>,
+        filter: Query<Option<Vec<FilterParam>>>,
         /// `hour`, `day` (default), `week` or `month`.
         interval: Query<Option<IntervalParam>>,
         /// IANA time zone, e.g. `Europe/Berlin` (default `UTC`).
@@ -464,7 +472,15 @@ impl StatsApi {
             let state = app_state(req);
             let every = interval.0.map_or(Interval::Day, |i| i.0);
             let zone = tz.0.map_or(Tz::UTC, |t| t.0);
-            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let q = query_of(
+                state,
+                project_id.0,
+                range.0,
+                from.0,
+                to.0,
+                filter.0.unwrap_or_default(),
+            )
+            .await?;
             let buckets = every
                 .buckets(zone, q.from, q.to)
                 .map_err(|m| bad("interval", m))?;
@@ -519,7 +535,7 @@ impl StatsApi {
         to: Query<Option<Time>>,
         /// `DIMENSION:OP:VALUE`, repeatable (at most 20).
         #[oai(validator(max_items = 20))]
-        filter: Query<Vec<FilterParam>>,
+        filter: Query<Option<Vec<FilterParam>>>,
         /// Values per page, 1 to 1000 (default 10).
         limit: Query<Option<TopLimit>>,
         /// Values to skip (the `next_offset` of the previous page).
@@ -530,7 +546,15 @@ impl StatsApi {
             let dimension = by.0.0;
             let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);
             let offset = offset.0.unwrap_or(0);
-            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
+            let q = query_of(
+                state,
+                project_id.0,
+                range.0,
+                from.0,
+                to.0,
+                filter.0.unwrap_or_default(),
+            )
+            .await?;
             let mut values = query::breakdown(&state.store, &q, &dimension, now_ms()).await?;
             let mut rows: Vec<(Option<String>, Summary)> = values
                 .drain(..)

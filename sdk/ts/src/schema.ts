@@ -8206,7 +8206,7 @@ export interface operations {
                 /** @description End, exclusive (RFC 3339 or ms), with `from`. */
                 to?: string;
                 /** @description `DIMENSION:OP:VALUE`, repeatable (at most 20). */
-                filter: string[];
+                filter?: string[];
                 /** @description Values per page, 1 to 1000 (default 10). */
                 limit?: number;
                 /** @description Values to skip (the `next_offset` of the previous page). */
@@ -8325,7 +8325,7 @@ export interface operations {
                  * @description `STEP:DIMENSION:OP:VALUE`, a condition on one step (STEP from 1),
                  *     repeatable (at most 50).
                  */
-                step_filter: string[];
+                step_filter?: string[];
                 /**
                  * @description Seconds from the first step to the last, 1 to 31,536,000
                  *     (default 1,209,600: 14 days).
@@ -8338,7 +8338,7 @@ export interface operations {
                 /** @description End, exclusive (RFC 3339 or ms), with `from`. */
                 to?: string;
                 /** @description `DIMENSION:OP:VALUE` on every step, repeatable (at most 20). */
-                filter: string[];
+                filter?: string[];
                 /** @description Break the people down by this dimension on their first step. */
                 by?: string;
                 /** @description With `by`: values to list, 1 to 1000 (default 10). */
@@ -8450,7 +8450,7 @@ export interface operations {
     };
     stats_overview: {
         parameters: {
-            query: {
+            query?: {
                 /** @description `24h`, `7d`, `30d`, `90d`, `12mo` or `all` (not with `from`/`to`). */
                 range?: "24h" | "7d" | "30d" | "90d" | "12mo" | "all";
                 /** @description Start (RFC 3339 or ms), with `to`. */
@@ -8458,7 +8458,7 @@ export interface operations {
                 /** @description End, exclusive (RFC 3339 or ms), with `from`. */
                 to?: string;
                 /** @description `DIMENSION:OP:VALUE`, repeatable (at most 20). */
-                filter: string[];
+                filter?: string[];
             };
             header?: never;
             path: {
@@ -8566,7 +8566,7 @@ export interface operations {
     };
     stats_retention: {
         parameters: {
-            query: {
+            query?: {
                 /** @description `day`, `week` (default) or `month`. */
                 period?: "day" | "week" | "month";
                 /** @description IANA time zone, e.g. `Europe/Berlin` (default `UTC`). */
@@ -8590,7 +8590,7 @@ export interface operations {
                 /** @description End, exclusive (RFC 3339 or ms), with `from`. */
                 to?: string;
                 /** @description `DIMENSION:OP:VALUE`, repeatable (at most 20). */
-                filter: string[];
+                filter?: string[];
             };
             header?: never;
             path: {
@@ -8698,7 +8698,7 @@ export interface operations {
     };
     stats_timeseries: {
         parameters: {
-            query: {
+            query?: {
                 /** @description `24h`, `7d`, `30d`, `90d`, `12mo` or `all` (not with `from`/`to`). */
                 range?: "24h" | "7d" | "30d" | "90d" | "12mo" | "all";
                 /** @description Start (RFC 3339 or ms), with `to`. */
@@ -8706,7 +8706,7 @@ export interface operations {
                 /** @description End, exclusive (RFC 3339 or ms), with `from`. */
                 to?: string;
                 /** @description `DIMENSION:OP:VALUE`, repeatable (at most 20). */
-                filter: string[];
+                filter?: string[];
                 /** @description `hour`, `day` (default), `week` or `month`. */
                 interval?: "hour" | "day" | "week" | "month";
                 /** @description IANA time zone, e.g. `Europe/Berlin` (default `UTC`). */
