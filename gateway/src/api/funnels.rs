@@ -259,15 +259,7 @@ impl FunnelsApi {
                 s.filters.push(f);
             }
             let window_secs = window_secs.0.map_or(DEFAULT_WINDOW_SECS, |w| w.0);
-            let q = query_of(
-                state,
-                project_id.0,
-                range.0,
-                from.0,
-                to.0,
-                filter.0.unwrap_or_default(),
-            )
-            .await?;
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
             let f = CoreFunnel {
                 query: q,
                 steps,

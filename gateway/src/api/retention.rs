@@ -152,15 +152,7 @@ impl RetentionApi {
                 (None, None, None) => Some(RangeParam("90d".to_owned())),
                 _ => range.0,
             };
-            let mut q = query_of(
-                state,
-                project_id.0,
-                range,
-                from.0,
-                to.0,
-                filter.0.unwrap_or_default(),
-            )
-            .await?;
+            let mut q = query_of(state, project_id.0, range, from.0, to.0, filter.0).await?;
             let starts = every
                 .buckets(zone, q.from, q.to)
                 .map_err(|m| bad("period", m))?;

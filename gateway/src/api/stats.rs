@@ -364,14 +364,14 @@ pub(crate) async fn query_of(
     range: Option<RangeParam>,
     from: Option<Time>,
     to: Option<Time>,
-    filters: Vec<FilterParam>,
+    filters: Option<Vec<FilterParam>>,
 ) -> Result<StatsQuery, ApiError> {
     let (from, to) = range_of(state, project, range, from, to).await?;
     Ok(StatsQuery {
         project,
         from,
         to,
-        filters: filters.into_iter().map(|f| f.0).collect(),
+        filters: filters.into_iter().flatten().map(|f| f.0).collect(),
     })
 }
 
@@ -411,15 +411,7 @@ impl StatsApi {
     ) -> ApiResult<Json<Overview>> {
         cached(req, project_id.0, async {
             let state = app_state(req);
-            let q = query_of(
-                state,
-                project_id.0,
-                range.0,
-                from.0,
-                to.0,
-                filter.0.unwrap_or_default(),
-            )
-            .await?;
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
             let now = now_ms();
             let prev = q.previous();
             let current = query::totals(&state.store, &q, now).await?;
@@ -472,15 +464,7 @@ impl StatsApi {
             let state = app_state(req);
             let every = interval.0.map_or(Interval::Day, |i| i.0);
             let zone = tz.0.map_or(Tz::UTC, |t| t.0);
-            let q = query_of(
-                state,
-                project_id.0,
-                range.0,
-                from.0,
-                to.0,
-                filter.0.unwrap_or_default(),
-            )
-            .await?;
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
             let buckets = every
                 .buckets(zone, q.from, q.to)
                 .map_err(|m| bad("interval", m))?;
@@ -546,15 +530,7 @@ impl StatsApi {
             let dimension = by.0.0;
             let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);
             let offset = offset.0.unwrap_or(0);
-            let q = query_of(
-                state,
-                project_id.0,
-                range.0,
-                from.0,
-                to.0,
-                filter.0.unwrap_or_default(),
-            )
-            .await?;
+            let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
             let mut values = query::breakdown(&state.store, &q, &dimension, now_ms()).await?;
             let mut rows: Vec<(Option<String>, Summary)> = values
                 .drain(..)
