@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use super::aggregate::Filter;
 use super::dims::Dimension;
+use super::persons;
 use super::query::{Query, Reads, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
@@ -156,61 +157,126 @@ struct Hit {
     value: u32,
 }
 
-/// An attempt: the times of its steps so far, its first step's arrival
-/// and value.
-#[derive(Debug, Clone, Copy)]
-struct Attempt {
-    times: [i64; MAX_STEPS],
-    seq: i64,
-    value: u32,
+/// No attempt has reached the step.
+const NONE: i64 = i64::MIN;
+
+/// The progress of many people through a funnel of `n` steps, in one
+/// array of slots, one slot per person. For each step k a slot holds the
+/// attempt with the latest start that has reached k: the times of its
+/// steps so far (each at the earliest event that could be it), its first
+/// step's tie-breaker (arrival) and its breakdown value. Slot 0 is unused,
+/// so that 0 can mean "no slot".
+#[derive(Debug, Clone)]
+pub struct Progress {
+    n: usize,
+    cells: Vec<i64>,
 }
 
-impl Attempt {
-    /// When it started: time, then arrival.
-    fn start(&self) -> (i64, i64) {
-        (self.times[0], self.seq)
+impl Progress {
+    /// No slots yet, for a funnel of `n` steps (at most [`MAX_STEPS`]).
+    #[must_use]
+    pub fn arena(n: usize) -> Self {
+        let n = n.min(MAX_STEPS);
+        Self {
+            n,
+            cells: vec![NONE; n * (n + 2)],
+        }
     }
-}
 
-/// The furthest attempt of one person's step events (in order): its last
-/// step's index and the attempt.
-fn furthest(hits: &[Hit], steps: usize, window_ms: i64) -> Option<(usize, Attempt)> {
-    // at[k]: the attempt with the latest start that has reached step k,
-    // each of its steps at the earliest event that could be it.
-    let mut at: [Option<Attempt>; MAX_STEPS] = [None; MAX_STEPS];
-    for h in hits {
+    fn width(&self) -> usize {
+        self.n + 2
+    }
+
+    /// Adds a slot with no progress; returns its number.
+    pub fn add(&mut self) -> u32 {
+        let slot = self.len();
+        self.cells
+            .resize(self.cells.len() + self.n * self.width(), NONE);
+        u32::try_from(slot).unwrap_or(u32::MAX)
+    }
+
+    /// Slots, the unused slot 0 included.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.cells.len() / (self.n * self.width()).max(1)
+    }
+
+    /// Whether there are no slots beside slot 0.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+
+    fn slot(&self, slot: u32) -> std::ops::Range<usize> {
+        let size = self.n * self.width();
+        slot as usize * size..(slot as usize + 1) * size
+    }
+
+    /// Forgets `slot`'s progress.
+    fn reset(&mut self, slot: u32) {
+        let range = self.slot(slot);
+        self.cells[range].fill(NONE);
+    }
+
+    /// Takes the next event of `slot`'s person (events come in order of
+    /// time, then tie-breaker): at `(t, tie)`, matching the steps in
+    /// `mask`, with breakdown `value`. A later start replaces an earlier
+    /// one at a step as soon as it reaches it (ClickHouse's `windowFunnel`
+    /// rule); one event is one step only.
+    pub fn advance(
+        &mut self,
+        slot: u32,
+        window_ms: i64,
+        (t, tie): (i64, i64),
+        mask: u32,
+        value: i64,
+    ) {
+        let (n, w) = (self.n, self.width());
+        let range = self.slot(slot);
+        let cells = &mut self.cells[range];
         // From the last step down, so that one event is one step only.
-        for k in (0..steps).rev() {
-            if h.mask & (1 << k) == 0 {
+        for k in (0..n).rev() {
+            if mask & (1 << k) == 0 {
                 continue;
             }
             if k == 0 {
-                let mut times = [0; MAX_STEPS];
-                times[0] = h.t;
-                at[0] = Some(Attempt {
-                    times,
-                    seq: h.seq,
-                    value: h.value,
-                });
-            } else if let Some(prev) = at[k - 1]
-                && h.t - prev.times[0] <= window_ms
-                && at[k].is_none_or(|a| a.start() < prev.start())
-            {
-                let mut next = prev;
-                next.times[k] = h.t;
-                at[k] = Some(next);
+                cells[0] = t;
+                cells[n] = tie;
+                cells[n + 1] = value;
+                continue;
             }
+            let (prev, cur) = ((k - 1) * w, k * w);
+            let prev_start = (cells[prev], cells[prev + n]);
+            if prev_start.0 == NONE || t - prev_start.0 > window_ms {
+                continue;
+            }
+            if cells[cur] != NONE && (cells[cur], cells[cur + n]) >= prev_start {
+                continue;
+            }
+            cells.copy_within(prev..prev + w, cur);
+            cells[cur + k] = t;
         }
     }
-    (0..steps).rev().find_map(|k| at[k].map(|a| (k, a)))
+
+    /// `slot`'s furthest attempt: its last step, its step times and its
+    /// breakdown value.
+    #[must_use]
+    pub fn furthest(&self, slot: u32) -> Option<(usize, &[i64], i64)> {
+        let (n, w) = (self.n, self.width());
+        let cells = &self.cells[self.slot(slot)];
+        (0..n)
+            .rev()
+            .find(|k| cells[k * w] != NONE)
+            .map(|k| (k, &cells[k * w..k * w + n], cells[k * w + n + 1]))
+    }
 }
 
-/// Counts the attempt in `steps`.
-fn count(steps: &mut [StepCount], last: usize, a: &Attempt) {
+/// Counts an attempt that reached step `last` with step times `times`.
+pub fn count(steps: &mut [StepCount], last: usize, times: &[i64]) {
     for (k, s) in steps.iter_mut().enumerate().take(last + 1) {
         s.people += 1;
         if k > 0 {
-            s.times_ms.push(a.times[k] - a.times[k - 1]);
+            s.times_ms.push(times[k] - times[k - 1]);
         }
     }
 }
@@ -229,6 +295,9 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
     let Some((from, to)) = data_range(store, &f.query, now).await? else {
         return Ok(answer);
     };
+    if persons::answers_funnel(f) {
+        return persons::funnel(store, f, (from, to), now).await;
+    }
     let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
     names.sort();
     names.dedup();
@@ -275,23 +344,37 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
             });
         }
     }
-    let mut groups: HashMap<u32, Vec<StepCount>> = HashMap::new();
+    let mut groups: HashMap<i64, Vec<StepCount>> = HashMap::new();
+    let mut progress = Progress::arena(n);
+    let slot = progress.add();
     for hits in people.values_mut() {
         hits.sort_unstable_by_key(|h| (h.t, h.seq));
-        let Some((last, attempt)) = furthest(hits, n, f.window_ms) else {
+        progress.reset(slot);
+        for h in hits.iter() {
+            progress.advance(slot, f.window_ms, (h.t, h.seq), h.mask, i64::from(h.value));
+        }
+        let Some((last, times, value)) = progress.furthest(slot) else {
             continue;
         };
-        count(&mut answer.steps, last, &attempt);
+        count(&mut answer.steps, last, times);
         if f.breakdown.is_some() {
             let g = groups
-                .entry(attempt.value)
+                .entry(value)
                 .or_insert_with(|| vec![StepCount::default(); n]);
-            count(g, last, &attempt);
+            count(g, last, times);
         }
     }
     answer.groups = groups
         .into_iter()
-        .map(|(v, s)| (values[v as usize].clone(), s))
+        .map(|(v, s)| {
+            (
+                usize::try_from(v)
+                    .ok()
+                    .and_then(|v| values.get(v).cloned())
+                    .flatten(),
+                s,
+            )
+        })
         .collect();
     answer.groups.sort_by(|x, y| {
         y.1[0]
@@ -306,31 +389,36 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
 mod tests {
     use super::*;
 
-    fn hit(t: i64, mask: u32) -> Hit {
-        Hit {
-            t,
-            seq: t,
-            mask,
-            value: 0,
+    fn hit(t: i64, mask: u32) -> (i64, u32) {
+        (t, mask)
+    }
+
+    /// The furthest attempt of one person's events: last step, times.
+    fn furthest(hits: &[(i64, u32)], steps: usize, window_ms: i64) -> Option<(usize, Vec<i64>)> {
+        let mut p = Progress::arena(steps);
+        let slot = p.add();
+        for &(t, mask) in hits {
+            p.advance(slot, window_ms, (t, t), mask, 0);
         }
+        p.furthest(slot).map(|(k, times, _)| (k, times.to_vec()))
     }
 
     #[test]
     fn furthest_attempt_within_the_window() {
         // A B C in order within 10: all three steps.
         let (last, a) = furthest(&[hit(0, 1), hit(3, 2), hit(5, 4)], 3, 10).unwrap();
-        assert_eq!((last, &a.times[..3]), (2, &[0, 3, 5][..]));
+        assert_eq!((last, &a[..3]), (2, &[0, 3, 5][..]));
         // C before B: two steps.
         let (last, _) = furthest(&[hit(0, 1), hit(3, 4), hit(5, 2)], 3, 10).unwrap();
         assert_eq!(last, 1);
         // Out of the window from the first A, inside it from the second.
         let (last, a) = furthest(&[hit(0, 1), hit(20, 1), hit(25, 2), hit(28, 4)], 3, 10).unwrap();
-        assert_eq!((last, a.times[0]), (2, 20));
+        assert_eq!((last, a[0]), (2, 20));
         // B without A: nothing.
         assert!(furthest(&[hit(0, 2)], 2, 10).is_none());
         // A B B: the time to B is that of the first B.
         let (_, a) = furthest(&[hit(0, 1), hit(3, 2), hit(7, 2)], 2, 10).unwrap();
-        assert_eq!(a.times[1], 3);
+        assert_eq!(a[1], 3);
     }
 
     #[test]

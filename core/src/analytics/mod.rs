@@ -9,6 +9,8 @@
 //! - [`rollup`]: redoing an hour; the job and `orrery rollups rebuild`.
 //! - [`funnel`]: ordered steps within a conversion window, per person.
 //! - [`retention`]: cohorts by first-seen period and their later activity.
+//! - [`persons`]: the person index (dense person numbers, per-hour event
+//!   and activity blobs) that answers funnels and retention.
 //! - [`sql`]: the SQL endpoint's parser gate and rewrite to the views.
 //! - [`query`]: overview, time series and breakdowns over a time range,
 //!   reading completed, unchanged hours from rollups and everything else
@@ -18,6 +20,7 @@
 pub mod aggregate;
 pub mod dims;
 pub mod funnel;
+pub mod persons;
 pub mod query;
 pub mod retention;
 pub mod rollup;

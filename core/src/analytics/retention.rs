@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono_tz::Tz;
 
+use super::persons;
 use super::query::{Interval, Query, Reads, data_range};
 use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
@@ -76,6 +77,9 @@ pub async fn run(
     let Some((from, to)) = data_range(store, &r.query, now).await? else {
         return Ok(cohorts);
     };
+    if persons::retention(store, r, starts, (from, to), now, &mut cohorts).await? {
+        return Ok(cohorts);
+    }
     let index = |t: i64| {
         let b = r.period.bucket(r.tz, t);
         starts.binary_search(&b).ok()

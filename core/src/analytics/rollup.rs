@@ -1,4 +1,5 @@
-//! Redoing the rollup of one hour from its raw events and sessions.
+//! Redoing the rollup of one hour from its raw events and sessions, with
+//! the hour's row of the person index.
 
 use std::collections::HashMap;
 
@@ -7,10 +8,12 @@ use uuid::Uuid;
 
 use super::HOUR_MS;
 use super::aggregate::{Scan, aggregate, rollup_groups};
+use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
 use crate::store::{Store, StoreError};
 
-/// Recomputes and stores the rollup of `project`'s `hour`, clearing its
+/// Recomputes and stores the rollup of `project`'s `hour` and its row of
+/// the person index (numbering its new people first), clearing its
 /// mark when its version is still `version` (always when `None`).
 /// Returns the number of cells written.
 ///
@@ -48,7 +51,15 @@ pub async fn redo_hour(
             (code, value, m)
         })
         .collect();
-    store.write_rollup(project, hour, version, &rows).await?;
+    let mut people: Vec<u64> = events.iter().filter_map(|e| e.visitor).collect();
+    people.sort_unstable();
+    people.dedup();
+    let ids = store.person_ids(project, &people, true).await?;
+    let index = HourIndex::build(&events, &ids, from);
+    let blobs = (!events.is_empty()).then(|| (index.events_blob(), index.people_blob()));
+    store
+        .write_rollup(project, hour, version, &rows, blobs.as_ref())
+        .await?;
     debug!(%project, hour, cells = rows.len(), events = events.len(), "rollup redone");
     Ok(rows.len())
 }

@@ -5,6 +5,8 @@
 //! A person is who the statistics count as a visitor: the event's
 //! `distinct_id`, else its `visitor_id`, else its IP hash.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -190,5 +192,160 @@ fn json_map(text: &str) -> Map<String, Value> {
     match serde_json::from_str(text) {
         Ok(Value::Object(m)) => m,
         _ => Map::new(),
+    }
+}
+
+/// A column of the person index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PersonColumn {
+    /// (person, time, name) per event.
+    Events,
+    /// The people active, in all and per name.
+    People,
+}
+
+/// Person hashes per lookup statement.
+const HASHES_PER_STATEMENT: usize = 500;
+
+/// The database's form of a person hash (the same 64 bits).
+#[allow(clippy::cast_possible_wrap)]
+fn db_hash(h: u64) -> i64 {
+    h as i64
+}
+
+impl Store {
+    /// The highest person number of `project` (0 when none).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn max_person_id(&self, project: Uuid) -> Result<u32, StoreError> {
+        let max: Option<i32> = self
+            .scalar(
+                "SELECT MAX(id) FROM persons WHERE project_id = ?",
+                vec![project.into()],
+            )
+            .await?;
+        Ok(u32::try_from(max.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// The numbers of the people `hashes` of `project`; with `assign`,
+    /// people without one get the next free numbers first.
+    ///
+    /// Numbers are assigned by the rollup job (under its lease) and by
+    /// `orrery rollups rebuild`, which may run at once: see below.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn person_ids(
+        &self,
+        project: Uuid,
+        hashes: &[u64],
+        assign: bool,
+    ) -> Result<HashMap<u64, u32>, StoreError> {
+        let mut ids = self.find_person_ids(project, hashes).await?;
+        // Two numbering at once (the job and a rebuild) may pick the same
+        // numbers: the loser's statement fails on the unique number, and
+        // it tries again from the new highest.
+        for attempt in 0.. {
+            let missing: Vec<u64> = hashes
+                .iter()
+                .filter(|h| !ids.contains_key(h))
+                .copied()
+                .collect();
+            if !assign || missing.is_empty() {
+                break;
+            }
+            match self.number_people(project, &missing).await {
+                Err(e) if attempt >= 3 => return Err(e),
+                _ => ids.extend(self.find_person_ids(project, &missing).await?),
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Gives each of `hashes` (people without a number) the next free
+    /// number.
+    async fn number_people(&self, project: Uuid, hashes: &[u64]) -> Result<(), StoreError> {
+        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
+            // New numbers after the highest, in one statement (the MAX
+            // subquery is evaluated once). Placeholders: the project, the
+            // project of the subquery, then the hashes.
+            let rows = (1..=chunk.len())
+                .map(|n| format!("(?, {n})"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut values: Vec<sea_orm::Value> = vec![project.into(), project.into()];
+            values.extend(chunk.iter().map(|h| db_hash(*h).into()));
+            self.exec(
+                &format!(
+                    "INSERT INTO persons (project_id, hash, id) \
+                     SELECT ?, v.column1, (SELECT COALESCE(MAX(id), 0) FROM persons \
+                     WHERE project_id = ?) + v.column2 FROM (VALUES {rows}) AS v WHERE true \
+                     ON CONFLICT (project_id, hash) DO NOTHING"
+                ),
+                values,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn find_person_ids(
+        &self,
+        project: Uuid,
+        hashes: &[u64],
+    ) -> Result<HashMap<u64, u32>, StoreError> {
+        let mut ids = HashMap::with_capacity(hashes.len());
+        for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
+            let mut values: Vec<sea_orm::Value> = vec![project.into()];
+            values.extend(chunk.iter().map(|h| db_hash(*h).into()));
+            let rows = self
+                .rows(
+                    &format!(
+                        "SELECT hash, id FROM persons WHERE project_id = ? AND hash IN ({})",
+                        vec!["?"; chunk.len()].join(", ")
+                    ),
+                    values,
+                )
+                .await?;
+            for r in &rows {
+                let hash: i64 = r.try_get_by_index(0)?;
+                let id: i32 = r.try_get_by_index(1)?;
+                #[allow(clippy::cast_sign_loss)]
+                ids.insert(hash as u64, u32::try_from(id).unwrap_or(0));
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The person index rows of `project` for the hours in `[from_hour,
+    /// to_hour)`, in order: hour and the blob of `column`.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn person_hours(
+        &self,
+        project: Uuid,
+        from_hour: i64,
+        to_hour: i64,
+        column: PersonColumn,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let col = match column {
+            PersonColumn::Events => "events",
+            PersonColumn::People => "people",
+        };
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT hour, {col} FROM person_hours \
+                     WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour"
+                ),
+                vec![project.into(), from_hour.into(), to_hour.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect::<Result<_, sea_orm::DbErr>>()
+            .map_err(Into::into)
     }
 }

@@ -1,7 +1,8 @@
 //! Projects: create, list, rename, delete.
 
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, Set, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, Set,
+    Statement, TransactionTrait,
 };
 use uuid::Uuid;
 
@@ -120,6 +121,18 @@ impl Store {
             .filter(insight::Column::ProjectId.eq(id))
             .exec(&txn)
             .await?;
+        // Statistics: rollups, their marks and the person index.
+        for table in ["rollups", "rollup_dirty", "person_hours", "persons"] {
+            txn.execute(Statement::from_sql_and_values(
+                txn.get_database_backend(),
+                super::sql_for(
+                    txn.get_database_backend(),
+                    &format!("DELETE FROM {table} WHERE project_id = ?"),
+                ),
+                vec![id.into()],
+            ))
+            .await?;
+        }
         project_pipeline::Entity::delete_by_id(id)
             .exec(&txn)
             .await?;

@@ -343,8 +343,10 @@ impl Store {
     }
 
     /// Replaces the rollup of `project`'s `hour` with `cells` (dimension
-    /// code, value, numbers) and clears its mark if its version is still
-    /// `version` (always when `None`), in one transaction.
+    /// code, value, numbers) and its person index row with `index` (the
+    /// `events` and `people` blobs; none for an hour without events), and
+    /// clears its mark if its version is still `version` (always when
+    /// `None`), in one transaction.
     ///
     /// # Errors
     /// The database error; nothing changed then.
@@ -354,6 +356,7 @@ impl Store {
         hour: i64,
         version: Option<i64>,
         cells: &[(i16, Option<String>, Metrics)],
+        index: Option<&(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         let backend = self.backend();
         let stmt = |sql: &str, values: Vec<DbValue>| {
@@ -365,6 +368,23 @@ impl Store {
             vec![project.into(), hour.into()],
         ))
         .await?;
+        tx.execute(stmt(
+            "DELETE FROM person_hours WHERE project_id = ? AND hour = ?",
+            vec![project.into(), hour.into()],
+        ))
+        .await?;
+        if let Some((events, people)) = index {
+            tx.execute(stmt(
+                "INSERT INTO person_hours (project_id, hour, events, people) VALUES (?, ?, ?, ?)",
+                vec![
+                    project.into(),
+                    hour.into(),
+                    events.clone().into(),
+                    people.clone().into(),
+                ],
+            ))
+            .await?;
+        }
         for chunk in cells.chunks(CELLS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, visitors, \
@@ -429,6 +449,33 @@ impl Store {
             )
             .await?;
         let r = rows.first().ok_or(StoreError::NotFound("rollup size"))?;
+        Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))
+    }
+
+    /// The person index: people numbered, and the size of its rows in
+    /// bytes (for `orrery stats`).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn person_index_size(&self) -> Result<(i64, i64), StoreError> {
+        let length = if self.backend() == sea_orm::DatabaseBackend::Postgres {
+            "octet_length"
+        } else {
+            "length"
+        };
+        let rows = self
+            .rows(
+                &format!(
+                    "SELECT (SELECT COUNT(*) FROM persons), CAST(COALESCE((SELECT \
+                     SUM({length}(events) + {length}(people) + 32) FROM person_hours), 0) \
+                     AS BIGINT)"
+                ),
+                vec![],
+            )
+            .await?;
+        let r = rows
+            .first()
+            .ok_or(StoreError::NotFound("person index size"))?;
         Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))
     }
 

@@ -14,6 +14,7 @@ mod m20261203_000009_create_plugins;
 mod m20261203_000010_add_query_stages;
 mod m20261203_000011_create_rollups;
 mod m20261203_000012_create_accounts;
+mod m20261203_000013_create_person_index;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000010_add_query_stages::Migration),
             Box::new(m20261203_000011_create_rollups::Migration),
             Box::new(m20261203_000012_create_accounts::Migration),
+            Box::new(m20261203_000013_create_person_index::Migration),
         ]
     }
 }

@@ -1,0 +1,620 @@
+//! The person index, which answers funnels and retention without reading
+//! event rows.
+//!
+//! For each project and rolled-up hour the rollup job also writes one
+//! `person_hours` row, in the rollup's transaction:
+//! - `events`: the hour's events as (person, ms into the hour, event name),
+//!   sorted by person, time and arrival;
+//! - `people`: the people active in the hour, in all and per event name.
+//!
+//! People are dense per-project numbers (table `persons`, assigned by the
+//! job), so a query keeps its per-person state in plain arrays. Both blobs
+//! are varint-encoded (person numbers as deltas), about 4 to 6 bytes per
+//! event and 2 per active person and name.
+//!
+//! A query reads an hour from the index when it lies wholly in the range,
+//! is over, has no mark (nothing changed since its rollup) and has a row;
+//! every other piece (the current hour, marked hours, the partial hours at
+//! the edges, hours rolled up before the index existed) is read from raw
+//! events, which get their person numbers from the same table (people the
+//! job has not numbered yet get numbers for the query alone). The answers
+//! are the same either way; tests compare them.
+
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::HOUR_MS;
+use super::dims::EventFacts;
+use super::funnel::{Funnel, FunnelAnswer, Progress, StepCount, count};
+use super::query::Reads;
+use super::retention::{Cohort, Retention};
+use crate::store::people::{EventColumns, PersonColumn};
+use crate::store::{Store, StoreError};
+
+/// Raw pieces are read a day at a time.
+const READ_MS: i64 = 24 * HOUR_MS;
+/// Retention keeps one bit per person and period; beyond this many bytes
+/// it reads raw events instead.
+const MAX_ACTIVITY_BYTES: usize = 256 << 20;
+
+fn put(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(u8::try_from(v & 0x7f).unwrap_or(0) | 0x80);
+        v >>= 7;
+    }
+    out.push(u8::try_from(v).unwrap_or(0));
+}
+
+/// Reads varints and byte strings from a blob.
+struct Cursor<'a> {
+    b: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Self { b, at: 0 }
+    }
+
+    fn get(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.b.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn get32(&mut self) -> Option<u32> {
+        u32::try_from(self.get()?).ok()
+    }
+
+    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.b.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+
+    fn names(&mut self) -> Option<Vec<&'a str>> {
+        let n = self.get32()? as usize;
+        let mut names = Vec::with_capacity(n.min(4096));
+        for _ in 0..n {
+            let len = self.get32()? as usize;
+            names.push(std::str::from_utf8(self.bytes(len)?).ok()?);
+        }
+        Some(names)
+    }
+}
+
+fn put_names(out: &mut Vec<u8>, names: &[String]) {
+    put(out, names.len() as u64);
+    for n in names {
+        put(out, n.len() as u64);
+        out.extend_from_slice(n.as_bytes());
+    }
+}
+
+/// One hour of one project: its event names and its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HourIndex {
+    names: Vec<String>,
+    /// (person, ms into the hour, name index), sorted by person, time and
+    /// arrival.
+    entries: Vec<(u32, u32, u32)>,
+}
+
+impl HourIndex {
+    /// The index of the events of the hour starting at `start` (ms), their
+    /// people numbered by `ids`; events without a person, or whose person
+    /// has no number, are left out.
+    #[must_use]
+    pub fn build(events: &[EventFacts], ids: &HashMap<u64, u32>, start: i64) -> Self {
+        let mut names: Vec<String> = Vec::new();
+        let mut name_ids: HashMap<&str, u32> = HashMap::new();
+        let mut rows: Vec<(u32, i64, i64, u32)> = Vec::with_capacity(events.len());
+        for e in events {
+            let Some(&person) = e.visitor.and_then(|v| ids.get(&v)) else {
+                continue;
+            };
+            let name = *name_ids.entry(e.name.as_str()).or_insert_with(|| {
+                names.push(e.name.clone());
+                u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+            });
+            rows.push((person, e.timestamp, e.seq, name));
+        }
+        rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+        let entries = rows
+            .into_iter()
+            .map(|(p, t, _, n)| (p, u32::try_from(t - start).unwrap_or(0), n))
+            .collect();
+        Self { names, entries }
+    }
+
+    /// The `events` blob: names, then (person delta, ms, name) per event.
+    #[must_use]
+    pub fn events_blob(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 + self.entries.len() * 5);
+        put_names(&mut out, &self.names);
+        put(&mut out, self.entries.len() as u64);
+        let mut last = 0u32;
+        for &(p, ms, n) in &self.entries {
+            put(&mut out, u64::from(p - last));
+            put(&mut out, u64::from(ms));
+            put(&mut out, u64::from(n));
+            last = p;
+        }
+        out
+    }
+
+    /// The `people` blob: names, then for all events and for each name in
+    /// turn a section (its length in bytes, a count, then the people in
+    /// ascending order as deltas).
+    #[must_use]
+    pub fn people_blob(&self) -> Vec<u8> {
+        let mut lists: Vec<Vec<u32>> = vec![Vec::new(); self.names.len() + 1];
+        for &(p, _, n) in &self.entries {
+            for list in [0, n as usize + 1] {
+                if lists[list].last() != Some(&p) {
+                    lists[list].push(p);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        put_names(&mut out, &self.names);
+        let mut section = Vec::new();
+        for list in &lists {
+            section.clear();
+            put(&mut section, list.len() as u64);
+            let mut last = 0u32;
+            for &p in list {
+                put(&mut section, u64::from(p - last));
+                last = p;
+            }
+            put(&mut out, section.len() as u64);
+            out.extend_from_slice(&section);
+        }
+        out
+    }
+}
+
+/// Calls `visit(person, ms into the hour, ordinal)` for each event of an
+/// `events` blob whose name has a nonzero `mask_of(name)`, with the mask.
+fn each_event(
+    blob: &[u8],
+    mask_of: impl Fn(&str) -> u32,
+    mut visit: impl FnMut(u32, i64, i64, u32),
+) -> Option<()> {
+    let mut c = Cursor::new(blob);
+    let masks: Vec<u32> = c.names()?.into_iter().map(mask_of).collect();
+    let n = c.get()?;
+    let mut person = 0u32;
+    for i in 0..n {
+        person = person.checked_add(c.get32()?)?;
+        let ms = c.get()?;
+        let mask = *masks.get(c.get()? as usize)?;
+        if mask != 0 {
+            visit(
+                person,
+                i64::try_from(ms).ok()?,
+                i64::try_from(i).ok()?,
+                mask,
+            );
+        }
+    }
+    Some(())
+}
+
+/// Calls `visit` for each person of a `people` blob active in all (`name`
+/// `None`) or with events named `name`.
+fn each_person(blob: &[u8], name: Option<&str>, mut visit: impl FnMut(u32)) -> Option<()> {
+    let mut c = Cursor::new(blob);
+    let names = c.names()?;
+    let section = match name {
+        None => 0,
+        Some(n) => match names.iter().position(|x| *x == n) {
+            Some(i) => i + 1,
+            None => return Some(()),
+        },
+    };
+    for _ in 0..section {
+        let len = c.get()? as usize;
+        c.bytes(len)?;
+    }
+    c.get()?;
+    let count = c.get()?;
+    let mut person = 0u32;
+    for _ in 0..count {
+        person = person.checked_add(c.get32()?)?;
+        visit(person);
+    }
+    Some(())
+}
+
+fn unreadable(project: Uuid, hour: i64) -> StoreError {
+    StoreError::Db(sea_orm::DbErr::Custom(format!(
+        "the person index of project {project}, hour {hour}, cannot be read"
+    )))
+}
+
+/// A piece of a range, in time order: an hour from the index (its blob),
+/// or `[from, to)` from raw events.
+enum Piece {
+    Index(i64, Vec<u8>),
+    Raw(i64, i64),
+}
+
+/// Cuts `[from, to)` into pieces: the hours wholly inside it that are
+/// over (before `now`'s hour), unmarked, indexed and `usable` from the
+/// index, the rest raw.
+async fn plan(
+    store: &Store,
+    project: Uuid,
+    (from, to): (i64, i64),
+    now: i64,
+    column: PersonColumn,
+    usable: impl Fn(i64) -> bool,
+) -> Result<Vec<Piece>, StoreError> {
+    let first = from.div_euclid(HOUR_MS) + i64::from(from.rem_euclid(HOUR_MS) != 0);
+    let end = to.div_euclid(HOUR_MS).min(now.div_euclid(HOUR_MS));
+    let mut pieces = Vec::new();
+    let mut cursor = from;
+    if first < end {
+        let dirty = store.dirty_hours(project, first, end).await?;
+        for (h, blob) in store.person_hours(project, first, end, column).await? {
+            if dirty.contains(&h) || !usable(h) {
+                continue;
+            }
+            if h * HOUR_MS > cursor {
+                pieces.push(Piece::Raw(cursor, h * HOUR_MS));
+            }
+            pieces.push(Piece::Index(h, blob));
+            cursor = (h + 1) * HOUR_MS;
+        }
+    }
+    if cursor < to {
+        pieces.push(Piece::Raw(cursor, to));
+    }
+    Ok(pieces)
+}
+
+/// Person numbers for raw events: the job's, and for people it has not
+/// numbered yet, numbers after its last for this query alone.
+struct Numbers {
+    project: Uuid,
+    known: HashMap<u64, u32>,
+    next: u32,
+}
+
+impl Numbers {
+    async fn new(store: &Store, project: Uuid) -> Result<Self, StoreError> {
+        Ok(Self {
+            project,
+            known: HashMap::new(),
+            next: store.max_person_id(project).await? + 1,
+        })
+    }
+
+    /// Numbers every person of `events`.
+    async fn number(&mut self, store: &Store, events: &[EventFacts]) -> Result<(), StoreError> {
+        let mut unknown: Vec<u64> = events
+            .iter()
+            .filter_map(|e| e.visitor)
+            .filter(|v| !self.known.contains_key(v))
+            .collect();
+        unknown.sort_unstable();
+        unknown.dedup();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let found = store.person_ids(self.project, &unknown, false).await?;
+        for v in unknown {
+            let id = match found.get(&v) {
+                Some(id) => *id,
+                None => {
+                    self.next += 1;
+                    self.next - 1
+                }
+            };
+            self.known.insert(v, id);
+        }
+        Ok(())
+    }
+
+    fn of(&self, visitor: Option<u64>) -> Option<u32> {
+        self.known.get(&visitor?).copied()
+    }
+}
+
+/// Whether the index can answer `f`: no filters and no breakdown.
+#[must_use]
+pub fn answers_funnel(f: &Funnel) -> bool {
+    f.query.filters.is_empty()
+        && f.breakdown.is_none()
+        && f.steps.iter().all(|s| s.filters.is_empty())
+}
+
+/// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
+/// range), streaming each person's step events in time order through
+/// their [`Progress`].
+///
+/// # Errors
+/// The database error, or an unreadable blob.
+pub async fn funnel(
+    store: &Store,
+    f: &Funnel,
+    (from, to): (i64, i64),
+    now: i64,
+) -> Result<FunnelAnswer, StoreError> {
+    let project = f.query.project;
+    let n = f.steps.len();
+    let mask_of = |name: &str| {
+        f.steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.event == name)
+            .fold(0u32, |m, (k, _)| m | 1 << k)
+    };
+    let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
+    names.sort();
+    names.dedup();
+    let cols = EventColumns::reading(Some(&names), []);
+    // Each person's progress: its slot in `arena` (0: none yet).
+    let mut slot_of: Vec<u32> = Vec::new();
+    let mut arena = Progress::arena(n);
+    let mut advance = |person: u32, t: i64, tie: i64, mask: u32| {
+        let p = person as usize;
+        if p >= slot_of.len() {
+            slot_of.resize(p + 1, 0);
+        }
+        if slot_of[p] == 0 {
+            if mask & 1 == 0 {
+                return; // nothing happens before a first step
+            }
+            slot_of[p] = arena.add();
+        }
+        arena.advance(slot_of[p], f.window_ms, (t, tie), mask, 0);
+    };
+    let mut numbers = Numbers::new(store, project).await?;
+    for piece in plan(
+        store,
+        project,
+        (from, to),
+        now,
+        PersonColumn::Events,
+        |_| true,
+    )
+    .await?
+    {
+        match piece {
+            Piece::Index(h, blob) => {
+                let start = h * HOUR_MS;
+                each_event(&blob, mask_of, |p, ms, ord, mask| {
+                    advance(p, start + ms, ord, mask);
+                })
+                .ok_or_else(|| unreadable(project, h))?;
+            }
+            Piece::Raw(a, b) => {
+                let mut reads = Reads::new(project, (a, b), READ_MS, false);
+                while let Some((a, b)) = reads.next(store).await? {
+                    let mut events = store.event_facts(project, a, b, &cols).await?;
+                    numbers.number(store, &events).await?;
+                    events.sort_unstable_by_key(|e| (e.timestamp, e.seq));
+                    for e in &events {
+                        if let Some(p) = numbers.of(e.visitor) {
+                            advance(p, e.timestamp, e.seq, mask_of(&e.name));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut steps = vec![StepCount::default(); n];
+    for slot in 1..u32::try_from(arena.len()).unwrap_or(u32::MAX) {
+        if let Some((last, times, _)) = arena.furthest(slot) {
+            count(&mut steps, last, times);
+        }
+    }
+    Ok(FunnelAnswer {
+        steps,
+        groups: Vec::new(),
+    })
+}
+
+/// Answers `r` (over `[from, to)`, the data range; cohorts starting at
+/// `starts`) from the index, when it has no filters and the person and
+/// activity arrays fit; `None` otherwise.
+///
+/// An hour from the index counts as a whole: its people were first seen
+/// or active at its start. That is exact because the only hours read
+/// from the index are those before the range and those inside it that
+/// lie in one period (in a zone at :30 or :45 from UTC, none do, and the
+/// answer comes from raw events).
+///
+/// # Errors
+/// The database error, or an unreadable blob.
+pub async fn retention(
+    store: &Store,
+    r: &Retention,
+    starts: &[i64],
+    (from, to): (i64, i64),
+    now: i64,
+    cohorts: &mut [Cohort],
+) -> Result<bool, StoreError> {
+    let project = r.query.project;
+    if !r.query.filters.is_empty() {
+        return Ok(false);
+    }
+    let people = store.max_person_id(project).await? as usize + 1;
+    if starts.len().saturating_mul(people / 8 + 8) > MAX_ACTIVITY_BYTES {
+        return Ok(false);
+    }
+    let Some(earliest) = store.first_event_at(project).await? else {
+        return Ok(true);
+    };
+    let index = |t: i64| {
+        let b = r.period.bucket(r.tz, t);
+        starts.binary_search(&b).ok()
+    };
+    let usable = |h: i64| {
+        let (a, b) = (h * HOUR_MS, (h + 1) * HOUR_MS);
+        b <= from || (a >= from && r.period.bucket(r.tz, a) == r.period.bucket(r.tz, b - 1))
+    };
+    // First-seen time per person; activity bits per period.
+    let mut first: Vec<i64> = vec![i64::MAX; people];
+    let mut active: Vec<Vec<u64>> = vec![Vec::new(); starts.len()];
+    let seen = |first: &mut Vec<i64>, p: u32, t: i64| {
+        let p = p as usize;
+        if p >= first.len() {
+            first.resize(p + 1, i64::MAX);
+        }
+        first[p] = first[p].min(t);
+    };
+    let mark = |active: &mut Vec<Vec<u64>>, p: u32, t: i64| {
+        if t < from || t >= to {
+            return;
+        }
+        if let Some(i) = index(t) {
+            let bits = &mut active[i];
+            let word = p as usize / 64;
+            if word >= bits.len() {
+                bits.resize(word + 1 + people / 64, 0);
+            }
+            bits[word] |= 1 << (p % 64);
+        }
+    };
+    let names: Option<Vec<String>> = match (&r.cohort_event, &r.return_event) {
+        (Some(c), Some(e)) => Some(vec![c.clone(), e.clone()]),
+        _ => None,
+    };
+    let cols = EventColumns::reading(names.as_deref(), []);
+    let mut numbers = Numbers::new(store, project).await?;
+    let pieces = plan(
+        store,
+        project,
+        (earliest.min(from), to),
+        now,
+        PersonColumn::People,
+        usable,
+    )
+    .await?;
+    for piece in pieces {
+        match piece {
+            Piece::Index(h, blob) => {
+                let t = h * HOUR_MS;
+                each_person(&blob, r.cohort_event.as_deref(), |p| seen(&mut first, p, t))
+                    .ok_or_else(|| unreadable(project, h))?;
+                if t >= from {
+                    each_person(&blob, r.return_event.as_deref(), |p| {
+                        mark(&mut active, p, t)
+                    })
+                    .ok_or_else(|| unreadable(project, h))?;
+                }
+            }
+            Piece::Raw(a, b) => {
+                let mut reads = Reads::new(project, (a, b), READ_MS, false);
+                while let Some((a, b)) = reads.next(store).await? {
+                    let events = store.event_facts(project, a, b, &cols).await?;
+                    numbers.number(store, &events).await?;
+                    for e in &events {
+                        let Some(p) = numbers.of(e.visitor) else {
+                            continue;
+                        };
+                        if r.cohort_event.as_ref().is_none_or(|n| *n == e.name) {
+                            seen(&mut first, p, e.timestamp);
+                        }
+                        if r.return_event.as_ref().is_none_or(|n| *n == e.name) {
+                            mark(&mut active, p, e.timestamp);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (p, &t) in first.iter().enumerate() {
+        if t < from || t >= to {
+            continue;
+        }
+        let Some(c) = index(t) else { continue };
+        let cohort = &mut cohorts[c];
+        cohort.people += 1;
+        let (word, bit) = (p / 64, 1u64 << (p % 64));
+        for (k, n) in cohort.active.iter_mut().enumerate() {
+            if active[c + k].get(word).is_some_and(|w| w & bit != 0) {
+                *n += 1;
+            }
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn event(seq: i64, name: &str, t: i64, visitor: u64) -> EventFacts {
+        EventFacts {
+            seq,
+            name: name.into(),
+            timestamp: t,
+            visitor: Some(visitor),
+            session_id: None,
+            url: None,
+            enrichment: Map::new(),
+            properties: None,
+        }
+    }
+
+    #[test]
+    fn blobs_round_trip() {
+        let start = 10 * HOUR_MS;
+        let events = [
+            event(1, "view", start + 5, 70),
+            event(2, "buy", start + 5, 70),
+            event(3, "view", start + 1, 90),
+            event(4, "view", start + 3_599_999, 70),
+            event(5, "view", start + 7, 80), // no number: left out
+        ];
+        let ids = HashMap::from([(70, 3), (90, 1_000_000)]);
+        let hour = HourIndex::build(&events, &ids, start);
+        let mut seen = Vec::new();
+        each_event(
+            &hour.events_blob(),
+            |n| u32::from(n == "view") | u32::from(n == "buy") << 1,
+            |p, ms, ord, mask| {
+                seen.push((p, ms, ord, mask));
+            },
+        )
+        .unwrap();
+        // By person, then time, then arrival.
+        assert_eq!(
+            seen,
+            [
+                (3, 5, 0, 1),
+                (3, 5, 1, 2),
+                (3, 3_599_999, 2, 1),
+                (1_000_000, 1, 3, 1)
+            ]
+        );
+        let people = hour.people_blob();
+        for (name, want) in [
+            (None, vec![3, 1_000_000]),
+            (Some("view"), vec![3, 1_000_000]),
+            (Some("buy"), vec![3]),
+            (Some("none"), vec![]),
+        ] {
+            let mut got = Vec::new();
+            each_person(&people, name, |p| got.push(p)).unwrap();
+            assert_eq!(got, want, "{name:?}");
+        }
+        // A cut blob is an error, not a panic.
+        let blob = hour.events_blob();
+        assert!(each_event(&blob[..blob.len() - 1], |_| 1, |_, _, _, _| {}).is_none());
+        assert!(each_person(&people[..people.len() - 1], Some("buy"), |_| {}).is_none());
+    }
+}
