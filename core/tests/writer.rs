@@ -531,3 +531,118 @@ async fn expired_logins_tickets_and_failure_counts_are_purged() {
         assert!(again.is_some(), "{backend:?}: the second failure locks");
     }
 }
+
+/// The person index: a rebuild numbers people once (a second rebuild and
+/// two numberings at once give the same numbers), writes one row per hour
+/// with events, and deleting the project deletes its statistics with it.
+#[tokio::test]
+async fn people_are_numbered_once_and_go_with_their_project() {
+    use orrery_core::analytics::{HOUR_MS, rollup};
+    for backend in backends("people_are_numbered_once_and_go_with_their_project") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let other = store.create_project("other").await.unwrap().id;
+        let t = 1_795_430_000_000 - 1_795_430_000_000 % HOUR_MS;
+        let person = |p: Uuid, id: &str, at: i64| {
+            EventBuilder::new("pageview")
+                .project(p)
+                .at(at)
+                .field("distinct_id", id)
+                .event()
+        };
+        let (w, _) = writer(&store, 2, 10_000);
+        w.write(
+            vec![
+                person(project, "ann", t),
+                person(project, "bob", t + 10),
+                person(project, "ann", t + 2 * HOUR_MS),
+                person(project, "cy", t + 2 * HOUR_MS + 5),
+                person(other, "ann", t),
+            ],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        w.close().await;
+        let count = |table: &'static str, p: Uuid| {
+            let store = store.clone();
+            async move {
+                let mark = if store.backend() == DatabaseBackend::Postgres {
+                    "$1"
+                } else {
+                    "?"
+                };
+                let sql = format!("SELECT COUNT(*) FROM {table} WHERE project_id = {mark}");
+                let row = store
+                    .db()
+                    .query_one(sea_orm::Statement::from_sql_and_values(
+                        store.backend(),
+                        sql,
+                        [p.into()],
+                    ))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get_by_index::<i64>(0).unwrap()
+            }
+        };
+        assert_eq!(
+            rollup::rebuild(&store, None, 0, t + 3 * HOUR_MS)
+                .await
+                .unwrap(),
+            3
+        );
+        let hashes: Vec<u64> = ["ann", "bob", "cy"]
+            .iter()
+            .map(|k| orrery_core::analytics::visitor_hash(k))
+            .collect();
+        let first = store.person_ids(project, &hashes, false).await.unwrap();
+        let mut numbers: Vec<u32> = first.values().copied().collect();
+        numbers.sort_unstable();
+        assert_eq!(numbers, [1, 2, 3], "{backend:?}: dense, from 1");
+        assert_eq!(count("person_hours", project).await, 2, "{backend:?}");
+        assert_eq!(count("persons", other).await, 1, "{backend:?}");
+        // Again, and two numberings of new people at once.
+        rollup::rebuild(&store, Some(project), 0, t + 3 * HOUR_MS)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.person_ids(project, &hashes, false).await.unwrap(),
+            first
+        );
+        let new: Vec<u64> = (0..300)
+            .map(|i| orrery_core::analytics::visitor_hash(&format!("n{i}")))
+            .collect();
+        let (a, b) = tokio::join!(
+            store.person_ids(project, &new, true),
+            store.person_ids(project, &new[100..], true)
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.len(), 300, "{backend:?}");
+        assert!(
+            b.iter().all(|(h, n)| a[h] == *n),
+            "{backend:?}: one number each"
+        );
+        let mut all: Vec<u32> = store
+            .person_ids(project, &new, false)
+            .await
+            .unwrap()
+            .into_values()
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 300, "{backend:?}: distinct numbers");
+        assert!(all.iter().all(|n| *n > 3), "{backend:?}");
+
+        store.delete_project(project).await.unwrap();
+        for table in ["rollups", "rollup_dirty", "person_hours", "persons"] {
+            assert_eq!(count(table, project).await, 0, "{backend:?}: {table}");
+        }
+        assert_eq!(
+            count("persons", other).await,
+            1,
+            "{backend:?}: the other project's stay"
+        );
+    }
+}
