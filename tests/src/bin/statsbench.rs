@@ -53,6 +53,14 @@ struct Args {
     /// Reuse the data already in --data-dir / --database-url (no loading).
     #[arg(long)]
     reuse: bool,
+    /// With --reuse: rebuild the rollups and the person index first.
+    #[arg(long)]
+    rebuild: bool,
+    /// Also time the funnel and retention with every hour marked (read
+    /// from raw events instead of the person index); the marks are
+    /// removed afterwards.
+    #[arg(long)]
+    compare_raw: bool,
     /// Warm runs per query (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -111,11 +119,16 @@ async fn run(args: Args) {
     }
     let store = open(&config).await;
     let now = now_ms();
-    let project = if args.reuse {
+    let project = if args.reuse && !args.rebuild {
         store.list_projects(None).await.unwrap()[0].id
     } else {
-        let project = store.create_project("bench").await.unwrap().id;
-        load(&store, &args, project, now).await;
+        let project = if args.reuse {
+            store.list_projects(None).await.unwrap()[0].id
+        } else {
+            let project = store.create_project("bench").await.unwrap().id;
+            load(&store, &args, project, now).await;
+            project
+        };
         let started = Instant::now();
         let hours = rollup::rebuild(&store, None, 0, now + 1).await.unwrap();
         println!(
@@ -132,6 +145,12 @@ async fn run(args: Args) {
         stats.database_bytes as f64 / 1048576.0,
         stats.database_bytes as f64 / 1048576.0 / (stats.events as f64 / 1e6),
         bytes as f64 / 1048576.0
+    );
+    let (persons, index_bytes) = store.person_index_size().await.unwrap();
+    println!(
+        "person index: {persons} people, {:.1} MiB ({:.2} bytes per event)",
+        index_bytes as f64 / 1048576.0,
+        index_bytes as f64 / stats.events.max(1) as f64
     );
     store.close().await;
 
@@ -175,14 +194,29 @@ async fn run(args: Args) {
         "\nquery (30 days)                       cold ms   warm ms (median of {})",
         args.runs
     );
-    for name in [
+    let mut names = vec![
         "overview",
         "timeseries",
         "breakdown page",
         "breakdown page, country=DE",
         "funnel, 3 steps",
         "retention, weekly, 12 weeks",
-    ] {
+    ];
+    if args.compare_raw {
+        names.extend([
+            "mark every hour",
+            "funnel, 3 steps",
+            "retention, weekly, 12 weeks",
+        ]);
+    }
+    for name in names {
+        if name == "mark every hour" {
+            let store = open(&config).await;
+            set_marks(&store, true).await;
+            store.close().await;
+            println!("every hour marked (read from raw events):");
+            continue;
+        }
         let mut times = Vec::new();
         // Cold: a new pool, so SQLite's page cache starts empty (the OS
         // cache may still hold the file).
@@ -233,6 +267,24 @@ async fn run(args: Args) {
         let warm = times[times.len() / 2];
         println!("{name:<36} {:>8.1} {:>9.1}", ms(cold), ms(warm));
     }
+    if args.compare_raw {
+        let store = open(&config).await;
+        set_marks(&store, false).await;
+        store.close().await;
+    }
+}
+
+/// Marks every indexed hour for redoing (so queries read raw events), or
+/// removes every mark.
+async fn set_marks(store: &Store, on: bool) {
+    use sea_orm::ConnectionTrait;
+    let sql = if on {
+        "INSERT INTO rollup_dirty (project_id, hour, version) \
+         SELECT project_id, hour, 1 FROM person_hours WHERE true ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM rollup_dirty"
+    };
+    store.db().execute_unprepared(sql).await.unwrap();
 }
 
 fn ms(d: Duration) -> f64 {
