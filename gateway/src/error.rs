@@ -93,6 +93,7 @@ error_codes! {
     LastAdminKey = 409 "last_admin_key" "The change would leave the instance without a lasting admin key.",
     LastAdmin = 409 "last_admin" "The change would leave no active administrator account.",
     Conflict = 409 "conflict" "The change conflicts with what exists (a taken e-mail, a first administrator already registered).",
+    QueryStagesApply = 409 "query_stages_apply" "The project has query stages, which statistics and SQL cannot apply: the question would show stored values they may hide (properties, distinct ids, raw rows).",
     ProjectInUse = 409 "project_in_use" "Deleting the project of the key in use.",
     PluginExists = 409 "plugin_exists" "A plugin of that name exists (uploaded, built in, or a file of the plugin directory).",
     PluginInUse = 409 "plugin_in_use" "Deleting a plugin that pipelines name; the message lists the projects.",

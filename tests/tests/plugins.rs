@@ -257,8 +257,57 @@ async fn query_stages_redact_what_the_events_and_sessions_lists_return() {
     let session = &sessions["sessions"][0];
     assert!(session.is_object(), "{sessions}");
     assert!(session.get("distinct_id").is_none(), "{session}");
+    // Statistics and SQL read stored rows, which the query stages never
+    // see: what would show values they may hide is refused, counts are not.
+    let keys = server.keys.clone();
+    let stats = |q: &str| format!("/api/v1/projects/{}/{q}", keys.project_id);
+    for refused in [
+        "stats/breakdown?range=24h&by=properties.email",
+        "stats/overview?range=24h&filter=properties.email:contains:ann",
+        "stats/timeseries?range=24h&filter=properties.plan:eq:pro",
+        "stats/funnel?range=24h&step=signup&step=buy&by=properties.plan",
+        "stats/funnel?range=24h&step=signup&step=buy&step_filter=1:properties.email:eq:x",
+        "stats/retention?range=24h&filter=properties.plan:eq:pro",
+        "users?range=24h",
+    ] {
+        let (status, err) = server.get(&stats(refused), &keys.secret_key).await;
+        assert_eq!(status, 409, "{refused}: {err}");
+        assert_eq!(err["code"], "query_stages_apply", "{refused}: {err}");
+        assert!(
+            err["message"].as_str().unwrap().contains("query stages"),
+            "{err}"
+        );
+    }
+    let (status, err) = server
+        .post_json(
+            &stats("sql"),
+            &keys.secret_key,
+            json!({"query": "SELECT properties FROM events"}),
+        )
+        .await;
+    assert_eq!(
+        (status, &err["code"]),
+        (409, &json!("query_stages_apply")),
+        "{err}"
+    );
+    for allowed in [
+        "stats/overview?range=24h",
+        "stats/breakdown?range=24h&by=page",
+        "stats/funnel?range=24h&step=signup&step=buy",
+    ] {
+        let (status, body) = server.get(&stats(allowed), &keys.secret_key).await;
+        assert_eq!(status, 200, "{allowed}: {body}");
+    }
     // The stored event is whole: without query stages it reads back as sent.
     set_pipeline(&server, json!({"stages": [{"plugin": "ip_hash"}]})).await;
+    let (status, body) = server
+        .get(
+            &stats("stats/breakdown?range=24h&by=properties.plan"),
+            &keys.secret_key,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["rows"][0]["value"], "pro", "{body}");
     let events = server.all_events("", 10).await;
     assert_eq!(events[0]["properties"]["email"], "ann@example.com");
     assert_eq!(events[0]["distinct_id"], "ann@example.com");

@@ -20,7 +20,7 @@ use crate::api::ApiTags;
 use crate::api::params::{RangeParam, Time, rfc3339_ms, scalar_type, text_param};
 use crate::api::stats::{
     DEFAULT_BREAKDOWN_LIMIT, DimensionParam, FilterParam, TopLimit, bad, cached, filter_pattern,
-    parse_filter, query_of, round,
+    parse_filter, property_read, query_of, round,
 };
 use crate::auth::SecretKey;
 use crate::error::ApiResult;
@@ -239,7 +239,16 @@ impl FunnelsApi {
         /// With `by`: values to list, 1 to 1000 (default 10).
         limit: Query<Option<TopLimit>>,
     ) -> ApiResult<poem_openapi::payload::Json<Funnel>> {
-        cached(req, project_id.0, async {
+        let reads = property_read(
+            filter
+                .0
+                .iter()
+                .flatten()
+                .map(|f| &f.0.dimension)
+                .chain(step_filter.0.iter().flatten().map(|s| &s.0.1.dimension))
+                .chain(by.0.iter().map(|b| &b.0)),
+        );
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let events: Vec<String> = step.0.into_iter().map(|s| s.0).collect();
             let mut steps: Vec<Step> = events

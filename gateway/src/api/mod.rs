@@ -333,7 +333,9 @@ fn operation_codes(path: &str, method: &str, op: &Value) -> Vec<ErrorCode> {
         }
         "replay_dead_letters" => codes.extend([E::QueueFull, E::ShuttingDown]),
         "put_pipeline" => codes.push(E::InvalidPipeline),
-        "run_sql" => codes.extend([E::InvalidQuery, E::QueryTimeout]),
+        "run_sql" => codes.extend([E::InvalidQuery, E::QueryTimeout, E::QueryStagesApply]),
+        "stats_overview" | "stats_timeseries" | "stats_breakdown" | "stats_funnel"
+        | "stats_retention" | "list_users" => codes.push(E::QueryStagesApply),
         "upload_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
         "replace_plugin" => codes.extend([E::InvalidPlugin, E::PluginExists]),
         "delete_plugin" => codes.extend([E::PluginExists, E::PluginInUse]),

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::api::ApiTags;
 use crate::api::funnels::StepParam;
 use crate::api::params::{RangeParam, Time, enum_schema, rfc3339_ms, scalar_type, text_param};
-use crate::api::stats::{FilterParam, TzParam, bad, cached, query_of, round};
+use crate::api::stats::{FilterParam, TzParam, bad, cached, property_read, query_of, round};
 use crate::auth::SecretKey;
 use crate::error::ApiResult;
 use crate::state::app_state;
@@ -144,7 +144,8 @@ impl RetentionApi {
         #[oai(validator(max_items = 20))]
         filter: Query<Option<Vec<FilterParam>>>,
     ) -> ApiResult<Json<Retention>> {
-        cached(req, project_id.0, async {
+        let reads = property_read(filter.0.iter().flatten().map(|f| &f.0.dimension));
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let every = period.0.map_or(Interval::Week, |p| p.0);
             let zone = tz.0.map_or(Tz::UTC, |t| t.0);

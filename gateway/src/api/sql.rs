@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::api::ApiTags;
+use crate::api::stats::past_query_stages;
 use crate::auth::SecretKey;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::state::app_state;
@@ -93,6 +94,7 @@ impl SqlApi {
     ) -> ApiResult<Json<SqlOut>> {
         let state = app_state(req);
         state.store.get_project(project_id.0).await?;
+        past_query_stages(state, project_id.0, Some("the stored rows")).await?;
         let limits = SqlLimits {
             max_rows: body.0.max_rows.unwrap_or(DEFAULT_ROWS).clamp(1, MAX_ROWS) as usize,
             timeout: TIMEOUT,

@@ -293,13 +293,19 @@ pub struct StatsApi;
 /// not a cached answer. (The key's access to the project was checked by
 /// the security scheme: another project's key is a 403 there, as on every
 /// project route.)
-pub(crate) async fn cached<T, F>(req: &Request, project: Uuid, compute: F) -> ApiResult<Json<T>>
+pub(crate) async fn cached<T, F>(
+    req: &Request,
+    project: Uuid,
+    reads: Option<&'static str>,
+    compute: F,
+) -> ApiResult<Json<T>>
 where
     T: Clone + Send + Sync + 'static,
     F: std::future::Future<Output = ApiResult<T>>,
 {
     let state = app_state(req);
     state.store.get_project(project).await?;
+    past_query_stages(state, project, reads).await?;
     let key = format!("{}?{}", req.uri().path(), req.uri().query().unwrap_or(""));
     if let Some(answer) = state.stats_cache.get::<T>(project, &key) {
         return Ok(Json(answer));
@@ -310,6 +316,49 @@ where
         .stats_cache
         .put(project, key, generation, answer.clone());
     Ok(Json(answer))
+}
+
+/// What of a question's dimensions a project's query stages may hide: a
+/// property (in a breakdown or a filter), for [`past_query_stages`].
+pub(crate) fn property_read<'a>(
+    dims: impl IntoIterator<Item = &'a Dimension>,
+) -> Option<&'static str> {
+    dims.into_iter()
+        .any(|d| matches!(d, Dimension::Property(_)))
+        .then_some("a property (in a breakdown or a filter)")
+}
+
+/// Refuses a question that reads `reads` (a property, the distinct ids,
+/// the stored rows) on a project with query stages. Statistics come from
+/// rollups and raw rows, which the stages (custom plugins run on reads)
+/// never see, so such an answer could show what they exist to hide; the
+/// numbers of the built-in dimensions (counts, pages, referrers...) stay
+/// available, and the events API applies the stages.
+///
+/// # Errors
+/// 409 `query_stages_apply`, naming what the question reads.
+pub(crate) async fn past_query_stages(
+    state: &AppState,
+    project: Uuid,
+    reads: Option<&str>,
+) -> Result<(), ApiError> {
+    let Some(what) = reads else { return Ok(()) };
+    if state
+        .pipelines
+        .query_for_project(&state.store, project)
+        .await
+        .is_some()
+    {
+        return Err(ApiError::new(
+            ErrorCode::QueryStagesApply,
+            format!(
+                "project {project} has query stages, which statistics and SQL cannot apply, and \
+                 this question reads {what}, which they may hide: read events through \
+                 `GET .../events` (it applies them), or remove the query stages"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 pub(crate) fn bad(parameter: &str, message: impl std::fmt::Display) -> ApiError {
@@ -409,7 +458,8 @@ impl StatsApi {
         #[oai(validator(max_items = 20))]
         filter: Query<Option<Vec<FilterParam>>>,
     ) -> ApiResult<Json<Overview>> {
-        cached(req, project_id.0, async {
+        let reads = property_read(filter.0.iter().flatten().map(|f| &f.0.dimension));
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
             let now = now_ms();
@@ -460,7 +510,8 @@ impl StatsApi {
         /// IANA time zone, e.g. `Europe/Berlin` (default `UTC`).
         tz: Query<Option<TzParam>>,
     ) -> ApiResult<Json<Timeseries>> {
-        cached(req, project_id.0, async {
+        let reads = property_read(filter.0.iter().flatten().map(|f| &f.0.dimension));
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let every = interval.0.map_or(Interval::Day, |i| i.0);
             let zone = tz.0.map_or(Tz::UTC, |t| t.0);
@@ -525,7 +576,10 @@ impl StatsApi {
         /// Values to skip (the `next_offset` of the previous page).
         offset: Query<Option<u64>>,
     ) -> ApiResult<Json<Breakdown>> {
-        cached(req, project_id.0, async {
+        let reads = property_read(
+            std::iter::once(&by.0.0).chain(filter.0.iter().flatten().map(|f| &f.0.dimension)),
+        );
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let dimension = by.0.0;
             let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);

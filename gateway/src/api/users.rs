@@ -94,7 +94,8 @@ impl UsersApi {
         /// Users to skip (the `next_offset` of the previous page).
         offset: Query<Option<u64>>,
     ) -> ApiResult<Json<UserPage>> {
-        cached(req, project_id.0, async {
+        let reads = Some("the users' distinct ids");
+        cached(req, project_id.0, reads, async {
             let state = app_state(req);
             let (from, to) = range_of(state, project_id.0, range.0, from.0, to.0).await?;
             let limit = page_limit(limit.0);

@@ -1629,7 +1629,7 @@ export interface components {
              * @description Stable machine-readable code, e.g. `invalid_key`, `queue_full`.
              * @enum {string}
              */
-            code: "bad_request" | "invalid_json" | "invalid_event" | "invalid_batch" | "invalid_gzip" | "invalid_cursor" | "invalid_parameter" | "invalid_body" | "duplicate_key" | "invalid_key_kind" | "invalid_pipeline" | "invalid_request" | "invalid_module" | "invalid_plugin" | "invalid_query" | "query_timeout" | "malformed_request" | "malformed_body" | "invalid_header" | "missing_key" | "invalid_key" | "key_revoked" | "key_expired" | "unauthorized" | "invalid_credentials" | "invalid_token" | "token_revoked" | "refresh_token_reused" | "invalid_ticket" | "csrf_failed" | "account_deactivated" | "registration_closed" | "forbidden" | "not_found" | "execution_disabled" | "method_not_allowed" | "body_timeout" | "last_admin_key" | "last_admin" | "conflict" | "project_in_use" | "plugin_exists" | "plugin_in_use" | "payload_too_large" | "batch_too_large" | "uri_too_long" | "unsupported_media_type" | "unsupported_encoding" | "rate_limited" | "login_locked" | "headers_too_large" | "client_aborted" | "internal" | "queue_full" | "shutting_down" | "database_unavailable" | "too_many_connections" | "unavailable" | "auth_unavailable" | "python_unavailable" | "busy" | "module_store_full";
+            code: "bad_request" | "invalid_json" | "invalid_event" | "invalid_batch" | "invalid_gzip" | "invalid_cursor" | "invalid_parameter" | "invalid_body" | "duplicate_key" | "invalid_key_kind" | "invalid_pipeline" | "invalid_request" | "invalid_module" | "invalid_plugin" | "invalid_query" | "query_timeout" | "malformed_request" | "malformed_body" | "invalid_header" | "missing_key" | "invalid_key" | "key_revoked" | "key_expired" | "unauthorized" | "invalid_credentials" | "invalid_token" | "token_revoked" | "refresh_token_reused" | "invalid_ticket" | "csrf_failed" | "account_deactivated" | "registration_closed" | "forbidden" | "not_found" | "execution_disabled" | "method_not_allowed" | "body_timeout" | "last_admin_key" | "last_admin" | "conflict" | "query_stages_apply" | "project_in_use" | "plugin_exists" | "plugin_in_use" | "payload_too_large" | "batch_too_large" | "uri_too_long" | "unsupported_media_type" | "unsupported_encoding" | "rate_limited" | "login_locked" | "headers_too_large" | "client_aborted" | "internal" | "queue_full" | "shutting_down" | "database_unavailable" | "too_many_connections" | "unavailable" | "auth_unavailable" | "python_unavailable" | "busy" | "module_store_full";
             /** @description What went wrong, for humans. */
             message: string;
         };
@@ -8125,6 +8125,15 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Body, batch or module too large. Codes: `payload_too_large`. */
             413: {
                 headers: {
@@ -8265,6 +8274,15 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
@@ -8397,6 +8415,15 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
@@ -8506,6 +8533,15 @@ export interface operations {
             };
             /** @description Not found. Codes: `not_found`. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -8645,6 +8681,15 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
@@ -8765,6 +8810,15 @@ export interface operations {
                     "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
                 };
             };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
             /** @description Request target too long. Codes: `uri_too_long`. */
             414: {
                 headers: {
@@ -8876,6 +8930,15 @@ export interface operations {
             };
             /** @description Not found. Codes: `not_found`. */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json; charset=utf-8": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description Conflict with the stored state. Codes: `query_stages_apply`. */
+            409: {
                 headers: {
                     [name: string]: unknown;
                 };
