@@ -389,6 +389,15 @@ async fn check_all(server: &Server, events: &[Sent], from: i64, to: i64, when: &
         .iter()
         .map(|r| (r["value"].as_str().map(str::to_owned), r))
         .collect();
+    // Events without a plan: a row without `value` (the spec says a
+    // string when present; never null).
+    assert!(plans.contains_key(&None), "{when}: {b}");
+    for row in b["rows"].as_array().unwrap() {
+        assert!(
+            row.get("value").is_none_or(Value::is_string),
+            "{when}: {row}"
+        );
+    }
     for plan in PLANS {
         let want = expect(events, from, to, &|e: &Sent| {
             e.plan.as_deref() == Some(plan)

@@ -258,6 +258,7 @@ pub struct Timeseries {
 
 /// One value of a breakdown.
 #[derive(Debug, Clone, Object)]
+#[oai(skip_serializing_if_is_none)]
 pub struct BreakdownRow {
     /// The value; absent for events (or sessions) without one.
     pub value: Option<String>,
