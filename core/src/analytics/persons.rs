@@ -456,10 +456,10 @@ pub async fn retention(
     let Some(earliest) = store.first_event_at(project).await? else {
         return Ok(true);
     };
-    let index = |t: i64| {
-        let b = r.period.bucket(r.tz, t);
-        starts.binary_search(&b).ok()
-    };
+    // The period of `t` in `[from, to)`: the last start at or before it
+    // (the periods are consecutive), found without a time-zone
+    // conversion per person.
+    let index = |t: i64| starts.partition_point(|&s| s <= t).checked_sub(1);
     let usable = |h: i64| {
         let (a, b) = (h * HOUR_MS, (h + 1) * HOUR_MS);
         b <= from || (a >= from && r.period.bucket(r.tz, a) == r.period.bucket(r.tz, b - 1))
@@ -474,18 +474,15 @@ pub async fn retention(
         }
         first[p] = first[p].min(t);
     };
-    let mark = |active: &mut Vec<Vec<u64>>, p: u32, t: i64| {
-        if t < from || t >= to {
-            return;
+    // The period `t` counts in, when it is in the range.
+    let period_of = |t: i64| if t < from || t >= to { None } else { index(t) };
+    let mark = |active: &mut Vec<Vec<u64>>, p: u32, i: usize| {
+        let bits = &mut active[i];
+        let word = p as usize / 64;
+        if word >= bits.len() {
+            bits.resize(word + 1 + people / 64, 0);
         }
-        if let Some(i) = index(t) {
-            let bits = &mut active[i];
-            let word = p as usize / 64;
-            if word >= bits.len() {
-                bits.resize(word + 1 + people / 64, 0);
-            }
-            bits[word] |= 1 << (p % 64);
-        }
+        bits[word] |= 1 << (p % 64);
     };
     let names: Option<Vec<String>> = match (&r.cohort_event, &r.return_event) {
         (Some(c), Some(e)) => Some(vec![c.clone(), e.clone()]),
@@ -508,9 +505,9 @@ pub async fn retention(
                 let t = h * HOUR_MS;
                 each_person(&blob, r.cohort_event.as_deref(), |p| seen(&mut first, p, t))
                     .ok_or_else(|| unreadable(project, h))?;
-                if t >= from {
+                if let Some(i) = period_of(t) {
                     each_person(&blob, r.return_event.as_deref(), |p| {
-                        mark(&mut active, p, t)
+                        mark(&mut active, p, i);
                     })
                     .ok_or_else(|| unreadable(project, h))?;
                 }
@@ -527,8 +524,10 @@ pub async fn retention(
                         if r.cohort_event.as_ref().is_none_or(|n| *n == e.name) {
                             seen(&mut first, p, e.timestamp);
                         }
-                        if r.return_event.as_ref().is_none_or(|n| *n == e.name) {
-                            mark(&mut active, p, e.timestamp);
+                        if r.return_event.as_ref().is_none_or(|n| *n == e.name)
+                            && let Some(i) = period_of(e.timestamp)
+                        {
+                            mark(&mut active, p, i);
                         }
                     }
                 }

@@ -20,6 +20,7 @@ use super::aggregate::{Filter, Metrics, Scan, aggregate};
 use super::dims::Dimension;
 use super::sketch::MERGE_EXACT_LIMIT;
 use crate::event::MAX_FUTURE_SKEW_MS;
+use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
 
 /// Most buckets a time series may have.
@@ -204,15 +205,6 @@ fn midnight(tz: Tz, date: NaiveDate) -> i64 {
     Utc.from_utc_datetime(&at).timestamp_millis()
 }
 
-/// Whether a query needs the events' properties.
-fn needs_properties(q: &Query, group: Option<&Dimension>) -> bool {
-    q.filters
-        .iter()
-        .map(|f| &f.dimension)
-        .chain(group)
-        .any(|d| matches!(d, Dimension::Property(_)))
-}
-
 /// The rollup dimension code a query can be answered from, if any.
 fn rollup_code(q: &Query, group: Option<&Dimension>) -> Option<i16> {
     let filter_dims: BTreeSet<_> = q
@@ -356,23 +348,30 @@ pub async fn run(
     }
     if let Some(code) = code {
         for (a, b) in rolled {
-            for cell in store.rollup_cells(q.project, code, a, b).await? {
+            for mut cell in store.rollup_cells(q.project, code, a, b).await? {
                 if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
                     continue;
                 }
-                let key = if group.is_some() { cell.value } else { None };
-                grid.entry((bucket(cell.hour * HOUR_MS), key))
-                    .or_default()
-                    .merge(&cell.metrics, MERGE_EXACT_LIMIT);
+                let key = if group.is_some() {
+                    cell.value.take()
+                } else {
+                    None
+                };
+                cell.merge_into(
+                    grid.entry((bucket(cell.hour * HOUR_MS), key)).or_default(),
+                    MERGE_EXACT_LIMIT,
+                )?;
             }
         }
     }
-    let properties = needs_properties(q, group);
+    // Only the columns the filters and the grouping read (no JSON to
+    // parse for plain totals).
+    let cols = EventColumns::reading(None, q.filters.iter().map(|f| &f.dimension).chain(group));
     let groups = [group.cloned()];
     for piece in merge_pieces(raw) {
         let mut reads = Reads::new(q.project, piece, RAW_HOURS_PER_READ * HOUR_MS, true);
         while let Some((a, b)) = reads.next(store).await? {
-            let (events, sessions) = store.raw_facts(q.project, a, b, properties).await?;
+            let (events, sessions) = store.raw_facts(q.project, a, b, &cols).await?;
             let cells = aggregate(
                 &events,
                 &sessions,

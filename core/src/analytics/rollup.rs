@@ -10,6 +10,7 @@ use super::HOUR_MS;
 use super::aggregate::{Scan, aggregate, rollup_groups};
 use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
+use crate::store::people::EventColumns;
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour` and its row of
@@ -27,7 +28,16 @@ pub async fn redo_hour(
 ) -> Result<usize, StoreError> {
     let from = hour * HOUR_MS;
     let (events, sessions) = store
-        .raw_facts(project, from, from + HOUR_MS, false)
+        .raw_facts(
+            project,
+            from,
+            from + HOUR_MS,
+            &EventColumns {
+                names: None,
+                enrichment: true,
+                properties: false,
+            },
+        )
         .await?;
     let groups = rollup_groups();
     let cells = aggregate(

@@ -15,6 +15,33 @@
 //! hashes (8 bytes each, little-endian) or the 16384 registers.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// The hasher of a set of visitor hashes: they are already well mixed
+/// ([`visitor_hash`] ends in a SplitMix64 finaliser), so the set uses
+/// them as they are instead of hashing them again.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s go in; anything else is folded in FNV-style.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A set of visitor hashes.
+pub type HashSet64 = HashSet<u64, BuildHasherDefault<Prehashed>>;
 
 /// Hashes stored exactly per rollup cell before it becomes a sketch (the
 /// stored form is then at most 16 KiB either way).
@@ -47,14 +74,14 @@ pub fn visitor_hash(key: &str) -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VisitorSet {
     /// Every hash.
-    Exact(HashSet<u64>),
+    Exact(HashSet64),
     /// HyperLogLog registers.
     Sketch(Box<[u8; REGISTERS]>),
 }
 
 impl Default for VisitorSet {
     fn default() -> Self {
-        Self::Exact(HashSet::new())
+        Self::Exact(HashSet64::default())
     }
 }
 
@@ -100,6 +127,42 @@ impl VisitorSet {
                 }
             }
         }
+    }
+
+    /// Adds every visitor of a stored set (see [`Self::to_bytes`])
+    /// without building it first: what a query does with each rollup
+    /// cell it reads. `None` (and nothing added) when the bytes are not a
+    /// stored set.
+    pub fn merge_stored(&mut self, bytes: &[u8], limit: usize) -> Option<()> {
+        let (&tag, rest) = bytes.split_first()?;
+        match tag {
+            TAG_EXACT if rest.len() % 8 == 0 => {
+                let hashes = rest
+                    .chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()));
+                match self {
+                    Self::Exact(set) => {
+                        set.extend(hashes);
+                        if set.len() > limit {
+                            *self = Self::Sketch(to_registers(set));
+                        }
+                    }
+                    Self::Sketch(regs) => hashes.for_each(|h| add(regs, h)),
+                }
+            }
+            TAG_HLL if rest.len() == REGISTERS => {
+                if let Self::Exact(set) = self {
+                    *self = Self::Sketch(to_registers(set));
+                }
+                if let Self::Sketch(regs) = self {
+                    for (x, y) in regs.iter_mut().zip(rest) {
+                        *x = (*x).max(*y);
+                    }
+                }
+            }
+            _ => return None,
+        }
+        Some(())
     }
 
     /// The number of distinct visitors: exact for an exact set, the
@@ -161,7 +224,7 @@ impl VisitorSet {
     }
 }
 
-fn to_registers(set: &HashSet<u64>) -> Box<[u8; REGISTERS]> {
+fn to_registers(set: &HashSet64) -> Box<[u8; REGISTERS]> {
     let mut regs = Box::new([0u8; REGISTERS]);
     for h in set {
         add(&mut regs, *h);
@@ -249,6 +312,39 @@ mod tests {
         let n = 23_000.0 + 5000.0;
         let err = (total.count() as f64 - n).abs() / n;
         assert!(err < 0.02, "estimate {} for {n}", total.count());
+    }
+
+    #[test]
+    fn merging_a_stored_set_is_merging_the_set() {
+        let small = set_of(0..1500, EXACT_LIMIT);
+        let other = set_of(1000..2400, EXACT_LIMIT);
+        let sketch = set_of(0..5000, EXACT_LIMIT);
+        for (first, second, limit) in [
+            (&small, &other, MERGE_EXACT_LIMIT),
+            (&small, &other, 2000),
+            (&small, &sketch, MERGE_EXACT_LIMIT),
+            (&sketch, &small, MERGE_EXACT_LIMIT),
+            (&sketch, &sketch, MERGE_EXACT_LIMIT),
+        ] {
+            let mut merged = first.clone();
+            merged.merge(second, limit);
+            let mut stored = first.clone();
+            stored.merge_stored(&second.to_bytes(), limit).unwrap();
+            assert_eq!(stored, merged);
+        }
+        assert_eq!(
+            set_of(0..3000, MERGE_EXACT_LIMIT).count(),
+            3000,
+            "an exact set counts every hash"
+        );
+        let mut untouched = small.clone();
+        assert!(
+            untouched
+                .merge_stored(&[0, 1, 2], MERGE_EXACT_LIMIT)
+                .is_none()
+        );
+        assert!(untouched.merge_stored(&[1, 0], MERGE_EXACT_LIMIT).is_none());
+        assert_eq!(untouched, small);
     }
 
     #[test]

@@ -266,6 +266,24 @@ impl Store {
     /// Gives each of `hashes` (people without a number) the next free
     /// number.
     async fn number_people(&self, project: Uuid, hashes: &[u64]) -> Result<(), StoreError> {
+        if self.backend() == sea_orm::DatabaseBackend::Postgres {
+            // One statement of one shape whatever the count (an array, not
+            // a list of placeholders that PostgreSQL would plan anew for
+            // every length).
+            let hashes: Vec<i64> = hashes.iter().map(|h| db_hash(*h)).collect();
+            sqlx::query(
+                "INSERT INTO persons (project_id, hash, id) \
+                 SELECT $1, u.h, (SELECT COALESCE(MAX(id), 0) FROM persons \
+                 WHERE project_id = $1) + u.n FROM UNNEST($2::int8[]) WITH ORDINALITY AS u(h, n) \
+                 ON CONFLICT (project_id, hash) DO NOTHING",
+            )
+            .bind(project)
+            .bind(hashes)
+            .execute(self.db().get_postgres_connection_pool())
+            .await
+            .map_err(|e| StoreError::Db(sea_orm::DbErr::Custom(e.to_string())))?;
+            return Ok(());
+        }
         for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
             // New numbers after the highest, in one statement (the MAX
             // subquery is evaluated once). Placeholders: the project, the
@@ -296,6 +314,22 @@ impl Store {
         hashes: &[u64],
     ) -> Result<HashMap<u64, u32>, StoreError> {
         let mut ids = HashMap::with_capacity(hashes.len());
+        if self.backend() == sea_orm::DatabaseBackend::Postgres {
+            let list: Vec<i64> = hashes.iter().map(|h| db_hash(*h)).collect();
+            let rows: Vec<(i64, i32)> = sqlx::query_as(
+                "SELECT hash, id FROM persons WHERE project_id = $1 AND hash = ANY($2::int8[])",
+            )
+            .bind(project)
+            .bind(list)
+            .fetch_all(self.db().get_postgres_connection_pool())
+            .await
+            .map_err(|e| StoreError::Db(sea_orm::DbErr::Custom(e.to_string())))?;
+            for (hash, id) in rows {
+                #[allow(clippy::cast_sign_loss)]
+                ids.insert(hash as u64, u32::try_from(id).unwrap_or(0));
+            }
+            return Ok(ids);
+        }
         for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
             let mut values: Vec<sea_orm::Value> = vec![project.into()];
             values.extend(chunk.iter().map(|h| db_hash(*h).into()));

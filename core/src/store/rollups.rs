@@ -157,8 +157,31 @@ pub struct StoredCell {
     pub hour: i64,
     /// The dimension's value; `None` for the totals and for "none".
     pub value: Option<String>,
-    /// Its numbers.
+    /// Its numbers, but for the visitors.
     pub metrics: Metrics,
+    /// Its visitor set, stored form (merged with
+    /// [`VisitorSet::merge_stored`], without building it).
+    pub visitors: Vec<u8>,
+}
+
+impl StoredCell {
+    /// Adds the cell's numbers to `into`; `limit` as in
+    /// [`VisitorSet::merge`].
+    ///
+    /// # Errors
+    /// A visitor set that cannot be read (nothing is added then).
+    pub fn merge_into(&self, into: &mut Metrics, limit: usize) -> Result<(), StoreError> {
+        into.visitors
+            .merge_stored(&self.visitors, limit)
+            .ok_or_else(|| {
+                StoreError::Db(DbErr::Custom(format!(
+                    "the rollup of hour {} holds an unreadable visitor set",
+                    self.hour
+                )))
+            })?;
+        into.merge(&self.metrics, limit);
+        Ok(())
+    }
 }
 
 impl Store {
@@ -251,7 +274,7 @@ impl Store {
     /// `[from_hour, to_hour)`.
     ///
     /// # Errors
-    /// The database error, or a visitor set that cannot be read.
+    /// The database error.
     pub async fn rollup_cells(
         &self,
         project: Uuid,
@@ -270,32 +293,27 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let value: String = r.try_get_by_index(1)?;
-            let bytes: Vec<u8> = r.try_get_by_index(4)?;
-            let visitors = VisitorSet::from_bytes(&bytes).ok_or_else(|| {
-                StoreError::Db(DbErr::Custom(format!(
-                    "a rollup of project {project} holds an unreadable visitor set"
-                )))
-            })?;
             out.push(StoredCell {
                 hour: r.try_get_by_index(0)?,
                 value: (!value.is_empty()).then_some(value),
                 metrics: Metrics {
                     events: r.try_get_by_index(2)?,
                     pageviews: r.try_get_by_index(3)?,
-                    visitors,
+                    visitors: VisitorSet::default(),
                     sessions: r.try_get_by_index(5)?,
                     bounces: r.try_get_by_index(6)?,
                     duration_ms: r.try_get_by_index(7)?,
                     session_pageviews: r.try_get_by_index(8)?,
                 },
+                visitors: r.try_get_by_index(4)?,
             });
         }
         Ok(out)
     }
 
-    /// The events of `project` with a time in `[from, to)` and the
-    /// sessions that started then, as the aggregation reads them;
-    /// properties only when `properties`.
+    /// The events of `project` with a time in `[from, to)` (with the
+    /// columns `cols` asks for, of any name) and the sessions that
+    /// started then, as the aggregation reads them.
     ///
     /// # Errors
     /// The database error.
@@ -304,20 +322,9 @@ impl Store {
         project: Uuid,
         from: i64,
         to: i64,
-        properties: bool,
+        cols: &EventColumns<'_>,
     ) -> Result<(Vec<EventFacts>, Vec<SessionFacts>), StoreError> {
-        let events = self
-            .event_facts(
-                project,
-                from,
-                to,
-                &EventColumns {
-                    names: None,
-                    enrichment: true,
-                    properties,
-                },
-            )
-            .await?;
+        let events = self.event_facts(project, from, to, cols).await?;
         let rows = self
             .rows(
                 "SELECT session_id, started_at, duration_ms, events, pageviews, bounce, \

@@ -64,6 +64,10 @@ struct Args {
     /// Warm runs per query (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// Time only the queries whose name contains this (e.g. to profile
+    /// one).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 const PAGES: usize = 200;
@@ -208,6 +212,9 @@ async fn run(args: Args) {
             "funnel, 3 steps",
             "retention, weekly, 12 weeks",
         ]);
+    }
+    if let Some(only) = &args.only {
+        names.retain(|n| n.contains(only.as_str()) || *n == "mark every hour");
     }
     for name in names {
         if name == "mark every hour" {
