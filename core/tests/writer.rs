@@ -603,6 +603,9 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         assert_eq!(numbers, [1, 2, 3], "{backend:?}: dense, from 1");
         assert_eq!(count("person_hours", project).await, 2, "{backend:?}");
         assert_eq!(count("persons", other).await, 1, "{backend:?}");
+        // The day is over: its daily rollup is made, its mark gone.
+        assert!(count("rollup_days", project).await > 0, "{backend:?}");
+        assert_eq!(count("rollup_days_due", project).await, 0, "{backend:?}");
         // Again, and two numberings of new people at once.
         rollup::rebuild(&store, Some(project), 0, t + 3 * HOUR_MS)
             .await
@@ -636,7 +639,14 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         assert!(all.iter().all(|n| *n > 3), "{backend:?}");
 
         store.delete_project(project).await.unwrap();
-        for table in ["rollups", "rollup_dirty", "person_hours", "persons"] {
+        for table in [
+            "rollups",
+            "rollup_dirty",
+            "rollup_days",
+            "rollup_days_due",
+            "person_hours",
+            "persons",
+        ] {
             assert_eq!(count(table, project).await, 0, "{backend:?}: {table}");
         }
         assert_eq!(

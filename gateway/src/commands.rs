@@ -147,25 +147,28 @@ pub async fn backup(config: Config, output: &Path) -> anyhow::Result<()> {
 pub async fn stats(config: Config, as_json: bool) -> anyhow::Result<()> {
     let store = open(&config).await?;
     let s = store.stats().await?;
-    let (rollup_rows, rollup_bytes) = store.rollup_size().await?;
+    let size = store.rollup_size().await?;
+    let (rollup_rows, rollup_day_rows, rollup_bytes) = (size.rows, size.day_rows, size.bytes);
     let (persons, person_index_bytes) = store.person_index_size().await?;
-    let pending = store
-        .pending_rollups(orrery_core::event::now_ms().div_euclid(orrery_core::analytics::HOUR_MS))
-        .await?;
+    let hour = orrery_core::event::now_ms().div_euclid(orrery_core::analytics::HOUR_MS);
+    let pending = store.pending_rollups(hour).await?;
+    let pending_days = store.pending_days(hour.div_euclid(24)).await?;
     if as_json {
         println!(
             "{}",
             json!({"events": s.events, "projects": s.projects,
                    "dead_letters": s.dead_letters, "database_bytes": s.database_bytes,
                    "rollup_rows": rollup_rows, "rollup_bytes": rollup_bytes,
-                   "rollup_pending_hours": pending, "persons": persons,
+                   "rollup_day_rows": rollup_day_rows,
+                   "rollup_pending_hours": pending, "rollup_pending_days": pending_days,
+                   "persons": persons,
                    "person_index_bytes": person_index_bytes})
         );
     } else {
         println!(
             "events:        {}\nprojects:      {}\ndead letters:  {}\ndatabase size: {} bytes\n\
-             rollups:       {rollup_rows} rows, about {rollup_bytes} bytes; \
-             {pending} hours waiting to be rolled up\n\
+             rollups:       {rollup_rows} hourly and {rollup_day_rows} daily rows, about \
+             {rollup_bytes} bytes; {pending} hours and {pending_days} days waiting to be rolled up\n\
              person index:  {persons} people, about {person_index_bytes} bytes",
             s.events, s.projects, s.dead_letters, s.database_bytes
         );

@@ -133,12 +133,12 @@ pub fn spawn_rollups(state: AppState) {
                 )
                 .await;
                 match redone {
-                    Ok((n, later)) => {
-                        if n > 0 {
-                            tracing::debug!(hours = n, later, "rollups redone");
+                    Ok((n, later, days)) => {
+                        if n > 0 || days > 0 {
+                            tracing::debug!(hours = n, later, days, "rollups redone");
                         }
-                        // Go on at once only while whole rounds are redone.
-                        if (n as u64) < per_round {
+                        // Go on at once only while whole rounds are done.
+                        if (n as u64) < per_round && (days as u64) < per_round {
                             break;
                         }
                     }

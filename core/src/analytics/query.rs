@@ -21,6 +21,7 @@ use super::dims::Dimension;
 use super::sketch::MERGE_EXACT_LIMIT;
 use crate::event::MAX_FUTURE_SKEW_MS;
 use crate::store::people::EventColumns;
+use crate::store::rollups::HOURS_PER_DAY;
 use crate::store::{Store, StoreError};
 
 /// Most buckets a time series may have.
@@ -347,8 +348,12 @@ pub async fn run(
         }
     }
     if let Some(code) = code {
-        for (a, b) in rolled {
-            for mut cell in store.rollup_cells(q.project, code, a, b).await? {
+        for piece in by_days(store, q.project, &rolled, bucket).await? {
+            let cells = match piece {
+                Rolled::Hours(a, b) => store.rollup_cells(q.project, code, a, b).await?,
+                Rolled::Days(a, b) => store.rollup_day_cells(q.project, code, a, b).await?,
+            };
+            for mut cell in cells {
                 if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
                     continue;
                 }
@@ -390,6 +395,56 @@ pub async fn run(
         }
     }
     Ok(grid)
+}
+
+/// A run of rolled-up time: hours `[a, b)` from the hourly rollups, or
+/// UTC days `[a, b)` from the daily ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rolled {
+    Hours(i64, i64),
+    Days(i64, i64),
+}
+
+/// Cuts runs of rolled-up hours into whole UTC days read from the daily
+/// rollups (when the day is up to date and lies in one bucket) and the
+/// hours left over.
+async fn by_days(
+    store: &Store,
+    project: Uuid,
+    runs: &[(i64, i64)],
+    bucket: &(dyn Fn(i64) -> i64 + Sync),
+) -> Result<Vec<Rolled>, StoreError> {
+    const DAY: i64 = HOURS_PER_DAY;
+    let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
+        return Ok(Vec::new());
+    };
+    // Only a run of a day or more can hold a whole day.
+    let due = if runs.iter().any(|(a, b)| b - a >= DAY) {
+        store
+            .days_due(project, first.0.div_euclid(DAY), last.1.div_euclid(DAY) + 1)
+            .await?
+    } else {
+        Default::default()
+    };
+    let mut out: Vec<Rolled> = Vec::new();
+    for &(a, b) in runs {
+        let mut h = a;
+        while h < b {
+            let day = h.div_euclid(DAY);
+            let whole = h.rem_euclid(DAY) == 0
+                && h + DAY <= b
+                && !due.contains(&day)
+                && bucket(h * HOUR_MS) == bucket((h + DAY) * HOUR_MS - 1);
+            match (whole, out.last_mut()) {
+                (true, Some(Rolled::Days(_, end))) if *end == day => *end = day + 1,
+                (true, _) => out.push(Rolled::Days(day, day + 1)),
+                (false, Some(Rolled::Hours(_, end))) if *end == h => *end = h + 1,
+                (false, _) => out.push(Rolled::Hours(h, h + 1)),
+            }
+            h += if whole { DAY } else { 1 };
+        }
+    }
+    Ok(out)
 }
 
 /// Joins adjacent raw pieces into runs, each read in [`Reads`] of at

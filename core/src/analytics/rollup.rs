@@ -6,11 +6,12 @@ use std::collections::HashMap;
 use tracing::debug;
 use uuid::Uuid;
 
-use super::HOUR_MS;
-use super::aggregate::{Scan, aggregate, rollup_groups};
+use super::aggregate::{Metrics, Scan, aggregate, rollup_groups};
 use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
+use super::{Dim, HOUR_MS};
 use crate::store::people::EventColumns;
+use crate::store::rollups::HOURS_PER_DAY;
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour` and its row of
@@ -74,6 +75,59 @@ pub async fn redo_hour(
     Ok(rows.len())
 }
 
+/// Hashes a daily visitor set keeps exactly: the union of 24 exact hourly
+/// sets always fits, so a day merges to exactly what its hours merge to
+/// and a query answers the same from days as from hours.
+pub const DAY_EXACT_LIMIT: usize = 24 * EXACT_LIMIT;
+
+/// Makes the daily rollup of `project`'s UTC `day` from its hourly
+/// rollups, clearing the day's mark when its version is still `version`
+/// (a redo of one of its hours meanwhile renews the mark, and the day is
+/// made again). Returns the number of cells written.
+///
+/// # Errors
+/// The database error; the old daily rollup and the mark stay then.
+pub async fn make_day(
+    store: &Store,
+    project: Uuid,
+    day: i64,
+    version: i64,
+) -> Result<usize, StoreError> {
+    let (from, to) = (day * HOURS_PER_DAY, (day + 1) * HOURS_PER_DAY);
+    let codes: Vec<i16> = std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect();
+    let mut merged: HashMap<(i16, Option<String>), Metrics> = HashMap::new();
+    for &code in &codes {
+        for mut cell in store.rollup_cells(project, code, from, to).await? {
+            let value = cell.value.take();
+            cell.merge_into(merged.entry((code, value)).or_default(), DAY_EXACT_LIMIT)?;
+        }
+    }
+    let cells: Vec<_> = merged
+        .into_iter()
+        .map(|((code, value), m)| (code, value, m))
+        .collect();
+    store
+        .write_day(project, day, version, &codes, &cells)
+        .await?;
+    debug!(%project, day, cells = cells.len(), "daily rollup made");
+    Ok(cells.len())
+}
+
+/// Makes the daily rollups of the marked days that are over (before
+/// `now_ms`'s UTC day) and have no hour waiting to be redone, oldest
+/// first, at most `limit`. Returns how many were made.
+///
+/// # Errors
+/// The database error of the first day that failed.
+pub async fn make_due_days(store: &Store, now_ms: i64, limit: u64) -> Result<usize, StoreError> {
+    let today = now_ms.div_euclid(HOUR_MS * HOURS_PER_DAY);
+    let due = store.due_days(today, limit).await?;
+    for d in &due {
+        make_day(store, d.project, d.day, d.version).await?;
+    }
+    Ok(due.len())
+}
+
 /// When the job last redid each hour, so that an hour that keeps
 /// receiving late events is redone at most once per gap.
 #[derive(Debug, Default)]
@@ -95,8 +149,10 @@ impl RecentRedos {
 
 /// Redoes the marked hours that are over (before `now_ms`'s hour), oldest
 /// first, at most `limit` of them, leaving for later those redone less
-/// than a gap ago (see [`RecentRedos`]). Returns how many of the `limit`
-/// looked at were redone and how many were left for later.
+/// than a gap ago (see [`RecentRedos`]), then makes at most `limit` due
+/// daily rollups ([`make_due_days`]). Returns how many of the `limit`
+/// hours looked at were redone, how many were left for later, and how
+/// many days were made.
 ///
 /// # Errors
 /// The database error of the first hour that failed.
@@ -105,7 +161,7 @@ pub async fn redo_due(
     now_ms: i64,
     limit: u64,
     recent: &mut RecentRedos,
-) -> Result<(usize, usize), StoreError> {
+) -> Result<(usize, usize, usize), StoreError> {
     let gap = recent.gap_ms;
     recent.at.retain(|_, t| now_ms - *t < gap);
     let due = store.due_rollups(now_ms.div_euclid(HOUR_MS), limit).await?;
@@ -120,7 +176,8 @@ pub async fn redo_due(
         }
         done += 1;
     }
-    Ok((done, due.len() - done))
+    let days = make_due_days(store, now_ms, limit).await?;
+    Ok((done, due.len() - done, days))
 }
 
 /// Rebuilds the rollups of `project` (every project when `None`) for the
@@ -145,5 +202,7 @@ pub async fn rebuild(
     for (p, h) in &hours {
         redo_hour(store, *p, *h, None).await?;
     }
+    // Then the daily rollups of the days that are over.
+    while make_due_days(store, crate::event::now_ms(), 1000).await? == 1000 {}
     Ok(hours.len())
 }

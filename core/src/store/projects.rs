@@ -122,7 +122,14 @@ impl Store {
             .exec(&txn)
             .await?;
         // Statistics: rollups, their marks and the person index.
-        for table in ["rollups", "rollup_dirty", "person_hours", "persons"] {
+        for table in [
+            "rollups",
+            "rollup_dirty",
+            "rollup_days",
+            "rollup_days_due",
+            "person_hours",
+            "persons",
+        ] {
             txn.execute(Statement::from_sql_and_values(
                 txn.get_database_backend(),
                 super::sql_for(

@@ -184,6 +184,100 @@ impl StoredCell {
     }
 }
 
+/// Hours per daily rollup.
+pub const HOURS_PER_DAY: i64 = 24;
+
+/// A rollup table: hourly or daily.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    /// `rollups`, by `hour`.
+    Hour,
+    /// `rollup_days`, by `day` (UTC).
+    Day,
+}
+
+impl Span {
+    fn table(self) -> &'static str {
+        match self {
+            Span::Hour => "rollups",
+            Span::Day => "rollup_days",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            Span::Hour => "hour",
+            Span::Day => "day",
+        }
+    }
+}
+
+/// Inserts `cells` (dimension code, value, numbers) of `project` at `at`
+/// (an hour or a day) into the table of `span`.
+async fn insert_cells(
+    tx: &sea_orm::DatabaseTransaction,
+    span: Span,
+    project: Uuid,
+    at: i64,
+    cells: &[(i16, Option<String>, Metrics)],
+) -> Result<(), DbErr> {
+    let backend = tx.get_database_backend();
+    for chunk in cells.chunks(CELLS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO {} (project_id, dim, {}, value, events, pageviews, visitors, \
+             sessions, bounces, duration_ms, session_pageviews) VALUES {}",
+            span.table(),
+            span.column(),
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+        );
+        let mut values = Vec::with_capacity(chunk.len() * 11);
+        for (dim, value, m) in chunk {
+            values.extend([
+                project.into(),
+                (*dim).into(),
+                at.into(),
+                value.clone().unwrap_or_default().into(),
+                m.events.into(),
+                m.pageviews.into(),
+                m.visitors.to_bytes().into(),
+                m.sessions.into(),
+                m.bounces.into(),
+                m.duration_ms.into(),
+                m.session_pageviews.into(),
+            ]);
+        }
+        tx.execute(Statement::from_sql_and_values(
+            backend,
+            sql_for(backend, &sql),
+            values,
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// The size of the rollups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RollupSize {
+    /// Hourly rows.
+    pub rows: i64,
+    /// Daily rows.
+    pub day_rows: i64,
+    /// Both, about, in bytes.
+    pub bytes: i64,
+}
+
+/// A day whose daily rollup is to be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueDay {
+    /// The project.
+    pub project: Uuid,
+    /// UTC days since the epoch.
+    pub day: i64,
+    /// The mark's version when read.
+    pub version: i64,
+}
+
 impl Store {
     /// Marked hours that ended at or before `before_hour` (exclusive),
     /// oldest first, at most `limit`.
@@ -282,12 +376,50 @@ impl Store {
         from_hour: i64,
         to_hour: i64,
     ) -> Result<Vec<StoredCell>, StoreError> {
+        self.cells(Span::Hour, project, dim, from_hour, to_hour)
+            .await
+    }
+
+    /// The daily cells of `project`, dimension code `dim`, of the UTC days
+    /// in `[from_day, to_day)`, each with the first hour of its day as
+    /// `hour` (whether a day is up to date is [`Store::days_due`]'s to
+    /// say).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn rollup_day_cells(
+        &self,
+        project: Uuid,
+        dim: i16,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        let mut cells = self
+            .cells(Span::Day, project, dim, from_day, to_day)
+            .await?;
+        for c in &mut cells {
+            c.hour *= HOURS_PER_DAY;
+        }
+        Ok(cells)
+    }
+
+    async fn cells(
+        &self,
+        span: Span,
+        project: Uuid,
+        dim: i16,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<StoredCell>, StoreError> {
+        let (table, at) = (span.table(), span.column());
         let rows = self
             .rows(
-                "SELECT hour, value, events, pageviews, visitors, sessions, bounces, \
-                 duration_ms, session_pageviews FROM rollups \
-                 WHERE project_id = ? AND dim = ? AND hour >= ? AND hour < ?",
-                vec![project.into(), dim.into(), from_hour.into(), to_hour.into()],
+                &format!(
+                    "SELECT {at}, value, events, pageviews, visitors, sessions, bounces, \
+                     duration_ms, session_pageviews FROM {table} \
+                     WHERE project_id = ? AND dim = ? AND {at} >= ? AND {at} < ?"
+                ),
+                vec![project.into(), dim.into(), from.into(), to.into()],
             )
             .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -392,30 +524,14 @@ impl Store {
             ))
             .await?;
         }
-        for chunk in cells.chunks(CELLS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, visitors, \
-                 sessions, bounces, duration_ms, session_pageviews) VALUES {}",
-                vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
-            );
-            let mut values = Vec::with_capacity(chunk.len() * 11);
-            for (dim, value, m) in chunk {
-                values.extend([
-                    project.into(),
-                    (*dim).into(),
-                    hour.into(),
-                    value.clone().unwrap_or_default().into(),
-                    m.events.into(),
-                    m.pageviews.into(),
-                    m.visitors.to_bytes().into(),
-                    m.sessions.into(),
-                    m.bounces.into(),
-                    m.duration_ms.into(),
-                    m.session_pageviews.into(),
-                ]);
-            }
-            tx.execute(stmt(&sql, values)).await?;
-        }
+        insert_cells(&tx, Span::Hour, project, hour, cells).await?;
+        // Its day's daily rollup is out of date now.
+        tx.execute(stmt(
+            "INSERT INTO rollup_days_due (project_id, day, version) VALUES (?, ?, 1) \
+             ON CONFLICT (project_id, day) DO UPDATE SET version = rollup_days_due.version + 1",
+            vec![project.into(), hour.div_euclid(24).into()],
+        ))
+        .await?;
         match version {
             Some(v) => {
                 tx.execute(stmt(
@@ -436,27 +552,137 @@ impl Store {
         Ok(())
     }
 
-    /// Rollup rows and their total size in bytes (for `orrery stats`).
+    /// Days whose daily rollup is to be made: marked, over (before
+    /// `before_day`) and with no hour waiting to be redone; oldest first,
+    /// at most `limit`.
     ///
     /// # Errors
     /// The database error.
-    pub async fn rollup_size(&self) -> Result<(i64, i64), StoreError> {
+    pub async fn due_days(&self, before_day: i64, limit: u64) -> Result<Vec<DueDay>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT d.project_id, d.day, d.version FROM rollup_days_due d \
+                 WHERE d.day < ? AND NOT EXISTS (SELECT 1 FROM rollup_dirty r \
+                 WHERE r.project_id = d.project_id AND r.hour >= d.day * 24 \
+                 AND r.hour < d.day * 24 + 24) ORDER BY d.day LIMIT ?",
+                vec![before_day.into(), limit.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueDay {
+                    project: r.try_get_by_index(0)?,
+                    day: r.try_get_by_index(1)?,
+                    version: r.try_get_by_index(2)?,
+                })
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
+    /// The marked days of `project` in `[from_day, to_day)`: their daily
+    /// rollups are missing or out of date.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn days_due(
+        &self,
+        project: Uuid,
+        from_day: i64,
+        to_day: i64,
+    ) -> Result<HashSet<i64>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT day FROM rollup_days_due WHERE project_id = ? AND day >= ? AND day < ?",
+                vec![project.into(), from_day.into(), to_day.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get_by_index::<i64>(0))
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
+    /// Replaces the daily rollup of `project`'s `day` with `cells`, and
+    /// clears the day's mark if its version is still `version`, in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// The database error; nothing changed then.
+    pub async fn write_day(
+        &self,
+        project: Uuid,
+        day: i64,
+        version: i64,
+        codes: &[i16],
+        cells: &[(i16, Option<String>, Metrics)],
+    ) -> Result<(), StoreError> {
+        let backend = self.backend();
+        let tx = self.db().begin().await?;
+        // Per dimension, so that the primary key (project, dim, day,
+        // value) finds the rows.
+        let list = vec!["?"; codes.len()].join(", ");
+        let mut values: Vec<DbValue> = vec![project.into(), day.into()];
+        values.extend(codes.iter().map(|c| (*c).into()));
+        tx.execute(Statement::from_sql_and_values(
+            backend,
+            sql_for(
+                backend,
+                &format!(
+                    "DELETE FROM rollup_days WHERE project_id = ? AND day = ? AND dim IN ({list})"
+                ),
+            ),
+            values,
+        ))
+        .await?;
+        insert_cells(&tx, Span::Day, project, day, cells).await?;
+        tx.execute(Statement::from_sql_and_values(
+            backend,
+            sql_for(
+                backend,
+                "DELETE FROM rollup_days_due WHERE project_id = ? AND day = ? AND version = ?",
+            ),
+            vec![project.into(), day.into(), version.into()],
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Rollup rows, hourly and daily, and their total size in bytes (for
+    /// `orrery stats`).
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn rollup_size(&self) -> Result<RollupSize, StoreError> {
         let length = if self.backend() == sea_orm::DatabaseBackend::Postgres {
             "octet_length"
         } else {
             "length"
         };
+        let size = |table: &str| {
+            format!(
+                "SELECT COUNT(*) AS n, COALESCE(SUM({length}(visitors) + {length}(value) + 64), 0) \
+                 AS b FROM {table}"
+            )
+        };
         let rows = self
             .rows(
                 &format!(
-                    "SELECT COUNT(*), CAST(COALESCE(SUM({length}(visitors) + {length}(value) + 64), 0) \
-                     AS BIGINT) FROM rollups"
+                    "SELECT CAST(h.n AS BIGINT), CAST(d.n AS BIGINT), CAST(h.b + d.b AS BIGINT) \
+                     FROM ({}) AS h, ({}) AS d",
+                    size("rollups"),
+                    size("rollup_days")
                 ),
                 vec![],
             )
             .await?;
         let r = rows.first().ok_or(StoreError::NotFound("rollup size"))?;
-        Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?))
+        Ok(RollupSize {
+            rows: r.try_get_by_index(0)?,
+            day_rows: r.try_get_by_index(1)?,
+            bytes: r.try_get_by_index(2)?,
+        })
     }
 
     /// The person index: people numbered, and the size of its rows in
@@ -502,6 +728,20 @@ impl Store {
             .first()
             .ok_or(StoreError::NotFound("pending rollups"))?;
         Ok(r.try_get_by_index(0)?)
+    }
+
+    /// Days that are over (before `before_day`) whose daily rollup is
+    /// missing or out of date, over all projects.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn pending_days(&self, before_day: i64) -> Result<i64, StoreError> {
+        self.scalar(
+            "SELECT COUNT(*) FROM rollup_days_due WHERE day < ?",
+            vec![before_day.into()],
+        )
+        .await
+        .map(Option::unwrap_or_default)
     }
 
     /// The earliest time in `[from, to)` of an event of `project`, or of

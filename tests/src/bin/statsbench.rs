@@ -142,7 +142,8 @@ async fn run(args: Args) {
         project
     };
     let stats = store.stats().await.unwrap();
-    let (rows, bytes) = store.rollup_size().await.unwrap();
+    let size = store.rollup_size().await.unwrap();
+    let (rows, bytes) = (size.rows + size.day_rows, size.bytes);
     println!(
         "{} events; database {:.1} MiB ({:.1} MiB per million events); rollups {rows} rows, about {:.1} MiB",
         stats.events,
