@@ -241,10 +241,10 @@ fn unreadable(project: Uuid, hour: i64) -> StoreError {
     )))
 }
 
-/// A piece of a range, in time order: an hour from the index (its blob),
-/// or `[from, to)` from raw events.
+/// A piece of a range, in time order: hours `[a, b)` from the index, or
+/// `[from, to)` ms from raw events.
 enum Piece {
-    Index(i64, Vec<u8>),
+    Index(i64, i64),
     Raw(i64, i64),
 }
 
@@ -256,7 +256,6 @@ async fn plan(
     project: Uuid,
     (from, to): (i64, i64),
     now: i64,
-    column: PersonColumn,
     usable: impl Fn(i64) -> bool,
 ) -> Result<Vec<Piece>, StoreError> {
     let first = from.div_euclid(HOUR_MS) + i64::from(from.rem_euclid(HOUR_MS) != 0);
@@ -265,14 +264,17 @@ async fn plan(
     let mut cursor = from;
     if first < end {
         let dirty = store.dirty_hours(project, first, end).await?;
-        for (h, blob) in store.person_hours(project, first, end, column).await? {
+        for h in store.indexed_hours(project, first, end).await? {
             if dirty.contains(&h) || !usable(h) {
                 continue;
             }
             if h * HOUR_MS > cursor {
                 pieces.push(Piece::Raw(cursor, h * HOUR_MS));
             }
-            pieces.push(Piece::Index(h, blob));
+            match pieces.last_mut() {
+                Some(Piece::Index(_, b)) if *b == h => *b = h + 1,
+                _ => pieces.push(Piece::Index(h, h + 1)),
+            }
             cursor = (h + 1) * HOUR_MS;
         }
     }
@@ -380,23 +382,18 @@ pub async fn funnel(
         arena.advance(slot_of[p], f.window_ms, (t, tie), mask, 0);
     };
     let mut numbers = Numbers::new(store, project).await?;
-    for piece in plan(
-        store,
-        project,
-        (from, to),
-        now,
-        PersonColumn::Events,
-        |_| true,
-    )
-    .await?
-    {
+    for piece in plan(store, project, (from, to), now, |_| true).await? {
         match piece {
-            Piece::Index(h, blob) => {
-                let start = h * HOUR_MS;
-                each_event(&blob, mask_of, |p, ms, ord, mask| {
-                    advance(p, start + ms, ord, mask);
-                })
-                .ok_or_else(|| unreadable(project, h))?;
+            Piece::Index(a, b) => {
+                store
+                    .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
+                        let start = h * HOUR_MS;
+                        each_event(blob, mask_of, |p, ms, ord, mask| {
+                            advance(p, start + ms, ord, mask);
+                        })
+                        .ok_or_else(|| unreadable(project, h))
+                    })
+                    .await?;
             }
             Piece::Raw(a, b) => {
                 let mut reads = Reads::new(project, (a, b), READ_MS, false);
@@ -490,27 +487,26 @@ pub async fn retention(
     };
     let cols = EventColumns::reading(names.as_deref(), []);
     let mut numbers = Numbers::new(store, project).await?;
-    let pieces = plan(
-        store,
-        project,
-        (earliest.min(from), to),
-        now,
-        PersonColumn::People,
-        usable,
-    )
-    .await?;
+    let pieces = plan(store, project, (earliest.min(from), to), now, usable).await?;
     for piece in pieces {
         match piece {
-            Piece::Index(h, blob) => {
-                let t = h * HOUR_MS;
-                each_person(&blob, r.cohort_event.as_deref(), |p| seen(&mut first, p, t))
-                    .ok_or_else(|| unreadable(project, h))?;
-                if let Some(i) = period_of(t) {
-                    each_person(&blob, r.return_event.as_deref(), |p| {
-                        mark(&mut active, p, i);
+            Piece::Index(a, b) => {
+                store
+                    .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
+                        let t = h * HOUR_MS;
+                        each_person(blob, r.cohort_event.as_deref(), |p| {
+                            seen(&mut first, p, t);
+                        })
+                        .ok_or_else(|| unreadable(project, h))?;
+                        if let Some(i) = period_of(t) {
+                            each_person(blob, r.return_event.as_deref(), |p| {
+                                mark(&mut active, p, i);
+                            })
+                            .ok_or_else(|| unreadable(project, h))?;
+                        }
+                        Ok(())
                     })
-                    .ok_or_else(|| unreadable(project, h))?;
-                }
+                    .await?;
             }
             Piece::Raw(a, b) => {
                 let mut reads = Reads::new(project, (a, b), READ_MS, false);

@@ -21,7 +21,7 @@ use super::dims::Dimension;
 use super::sketch::MERGE_EXACT_LIMIT;
 use crate::event::MAX_FUTURE_SKEW_MS;
 use crate::store::people::EventColumns;
-use crate::store::rollups::HOURS_PER_DAY;
+use crate::store::rollups::{HOURS_PER_DAY, Span};
 use crate::store::{Store, StoreError};
 
 /// Most buckets a time series may have.
@@ -349,24 +349,26 @@ pub async fn run(
     }
     if let Some(code) = code {
         for piece in by_days(store, q.project, &rolled, bucket).await? {
-            let cells = match piece {
-                Rolled::Hours(a, b) => store.rollup_cells(q.project, code, a, b).await?,
-                Rolled::Days(a, b) => store.rollup_day_cells(q.project, code, a, b).await?,
+            let (span, a, b) = match piece {
+                Rolled::Hours(a, b) => (Span::Hour, a, b),
+                Rolled::Days(a, b) => (Span::Day, a, b),
             };
-            for mut cell in cells {
-                if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
-                    continue;
-                }
-                let key = if group.is_some() {
-                    cell.value.take()
-                } else {
-                    None
-                };
-                cell.merge_into(
-                    grid.entry((bucket(cell.hour * HOUR_MS), key)).or_default(),
-                    MERGE_EXACT_LIMIT,
-                )?;
-            }
+            store
+                .rollup_cells(span, q.project, (code, a, b), |mut cell| {
+                    if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
+                        return Ok(());
+                    }
+                    let key = if group.is_some() {
+                        cell.value.take()
+                    } else {
+                        None
+                    };
+                    cell.merge_into(
+                        grid.entry((bucket(cell.hour * HOUR_MS), key)).or_default(),
+                        MERGE_EXACT_LIMIT,
+                    )
+                })
+                .await?;
         }
     }
     // Only the columns the filters and the grouping read (no JSON to

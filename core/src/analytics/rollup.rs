@@ -11,7 +11,7 @@ use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
 use super::{Dim, HOUR_MS};
 use crate::store::people::EventColumns;
-use crate::store::rollups::HOURS_PER_DAY;
+use crate::store::rollups::{HOURS_PER_DAY, Span};
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour` and its row of
@@ -97,10 +97,12 @@ pub async fn make_day(
     let codes: Vec<i16> = std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect();
     let mut merged: HashMap<(i16, Option<String>), Metrics> = HashMap::new();
     for &code in &codes {
-        for mut cell in store.rollup_cells(project, code, from, to).await? {
-            let value = cell.value.take();
-            cell.merge_into(merged.entry((code, value)).or_default(), DAY_EXACT_LIMIT)?;
-        }
+        store
+            .rollup_cells(Span::Hour, project, (code, from, to), |mut cell| {
+                let value = cell.value.take();
+                cell.merge_into(merged.entry((code, value)).or_default(), DAY_EXACT_LIMIT)
+            })
+            .await?;
     }
     let cells: Vec<_> = merged
         .into_iter()

@@ -171,6 +171,33 @@ impl Store {
             ))
             .await?)
     }
+
+    /// Runs `sql` and calls `each` with every row as it arrives: the
+    /// database reads the next rows while `each` works on these (a
+    /// query that reads many megabytes of rollups or index blobs does
+    /// both at once instead of one after the other).
+    pub(crate) async fn each_row(
+        &self,
+        sql: &str,
+        values: Vec<sea_orm::Value>,
+        mut each: impl FnMut(&sea_orm::QueryResult) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use futures_util::TryStreamExt;
+        use sea_orm::StreamTrait;
+        let backend = self.db().get_database_backend();
+        let mut rows = self
+            .db()
+            .stream(Statement::from_sql_and_values(
+                backend,
+                sql_for(backend, sql),
+                values,
+            ))
+            .await?;
+        while let Some(row) = rows.try_next().await? {
+            each(&row)?;
+        }
+        Ok(())
+    }
 }
 
 /// A handle to the database; cheap to clone.

@@ -352,34 +352,58 @@ impl Store {
         Ok(ids)
     }
 
-    /// The person index rows of `project` for the hours in `[from_hour,
-    /// to_hour)`, in order: hour and the blob of `column`.
+    /// The hours in `[from_hour, to_hour)` that `project`'s person index
+    /// has a row for, in order.
     ///
     /// # Errors
     /// The database error.
-    pub async fn person_hours(
+    pub async fn indexed_hours(
         &self,
         project: Uuid,
         from_hour: i64,
         to_hour: i64,
-        column: PersonColumn,
-    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
-        let col = match column {
-            PersonColumn::Events => "events",
-            PersonColumn::People => "people",
-        };
+    ) -> Result<Vec<i64>, StoreError> {
         let rows = self
             .rows(
-                &format!(
-                    "SELECT hour, {col} FROM person_hours \
-                     WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour"
-                ),
+                "SELECT hour FROM person_hours \
+                 WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour",
                 vec![project.into(), from_hour.into(), to_hour.into()],
             )
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .map(|r| r.try_get_by_index(0))
             .collect::<Result<_, sea_orm::DbErr>>()
             .map_err(Into::into)
+    }
+
+    /// Calls `each` with the hour and the blob of `column` of every person
+    /// index row of `project` for the hours in `[from_hour, to_hour)`, in
+    /// order, as they arrive.
+    ///
+    /// # Errors
+    /// The database error, or the first error of `each`.
+    pub async fn person_hours(
+        &self,
+        project: Uuid,
+        (from_hour, to_hour): (i64, i64),
+        column: PersonColumn,
+        mut each: impl FnMut(i64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let col = match column {
+            PersonColumn::Events => "events",
+            PersonColumn::People => "people",
+        };
+        self.each_row(
+            &format!(
+                "SELECT hour, {col} FROM person_hours \
+                 WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour"
+            ),
+            vec![project.into(), from_hour.into(), to_hour.into()],
+            |r| {
+                let blob: Vec<u8> = r.try_get_by_index(1)?;
+                each(r.try_get_by_index(0)?, &blob)
+            },
+        )
+        .await
     }
 }

@@ -364,83 +364,52 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// The stored cells of `project`, dimension code `dim` (0: totals), in
-    /// `[from_hour, to_hour)`.
+    /// Calls `each` with every stored cell of `project`, dimension code
+    /// `dim` (0: totals), in `[from, to)` of `span`: hours, or UTC days
+    /// (whether a day is up to date is [`Store::days_due`]'s to say). A
+    /// day's cell has the first hour of its day as `hour`.
     ///
     /// # Errors
-    /// The database error.
+    /// The database error, or the first error of `each`.
     pub async fn rollup_cells(
-        &self,
-        project: Uuid,
-        dim: i16,
-        from_hour: i64,
-        to_hour: i64,
-    ) -> Result<Vec<StoredCell>, StoreError> {
-        self.cells(Span::Hour, project, dim, from_hour, to_hour)
-            .await
-    }
-
-    /// The daily cells of `project`, dimension code `dim`, of the UTC days
-    /// in `[from_day, to_day)`, each with the first hour of its day as
-    /// `hour` (whether a day is up to date is [`Store::days_due`]'s to
-    /// say).
-    ///
-    /// # Errors
-    /// The database error.
-    pub async fn rollup_day_cells(
-        &self,
-        project: Uuid,
-        dim: i16,
-        from_day: i64,
-        to_day: i64,
-    ) -> Result<Vec<StoredCell>, StoreError> {
-        let mut cells = self
-            .cells(Span::Day, project, dim, from_day, to_day)
-            .await?;
-        for c in &mut cells {
-            c.hour *= HOURS_PER_DAY;
-        }
-        Ok(cells)
-    }
-
-    async fn cells(
         &self,
         span: Span,
         project: Uuid,
-        dim: i16,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<StoredCell>, StoreError> {
+        (dim, from, to): (i16, i64, i64),
+        mut each: impl FnMut(StoredCell) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let (table, at) = (span.table(), span.column());
-        let rows = self
-            .rows(
-                &format!(
-                    "SELECT {at}, value, events, pageviews, visitors, sessions, bounces, \
-                     duration_ms, session_pageviews FROM {table} \
-                     WHERE project_id = ? AND dim = ? AND {at} >= ? AND {at} < ?"
-                ),
-                vec![project.into(), dim.into(), from.into(), to.into()],
-            )
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let value: String = r.try_get_by_index(1)?;
-            out.push(StoredCell {
-                hour: r.try_get_by_index(0)?,
-                value: (!value.is_empty()).then_some(value),
-                metrics: Metrics {
-                    events: r.try_get_by_index(2)?,
-                    pageviews: r.try_get_by_index(3)?,
-                    visitors: VisitorSet::default(),
-                    sessions: r.try_get_by_index(5)?,
-                    bounces: r.try_get_by_index(6)?,
-                    duration_ms: r.try_get_by_index(7)?,
-                    session_pageviews: r.try_get_by_index(8)?,
-                },
-                visitors: r.try_get_by_index(4)?,
-            });
-        }
-        Ok(out)
+        let hours = match span {
+            Span::Hour => 1,
+            Span::Day => HOURS_PER_DAY,
+        };
+        self.each_row(
+            &format!(
+                "SELECT {at}, value, events, pageviews, visitors, sessions, bounces, \
+                 duration_ms, session_pageviews FROM {table} \
+                 WHERE project_id = ? AND dim = ? AND {at} >= ? AND {at} < ?"
+            ),
+            vec![project.into(), dim.into(), from.into(), to.into()],
+            |r| {
+                let value: String = r.try_get_by_index(1)?;
+                let at: i64 = r.try_get_by_index(0)?;
+                each(StoredCell {
+                    hour: at * hours,
+                    value: (!value.is_empty()).then_some(value),
+                    metrics: Metrics {
+                        events: r.try_get_by_index(2)?,
+                        pageviews: r.try_get_by_index(3)?,
+                        visitors: VisitorSet::default(),
+                        sessions: r.try_get_by_index(5)?,
+                        bounces: r.try_get_by_index(6)?,
+                        duration_ms: r.try_get_by_index(7)?,
+                        session_pageviews: r.try_get_by_index(8)?,
+                    },
+                    visitors: r.try_get_by_index(4)?,
+                })
+            },
+        )
+        .await
     }
 
     /// The events of `project` with a time in `[from, to)` (with the
