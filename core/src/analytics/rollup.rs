@@ -122,20 +122,44 @@ pub async fn make_day(
 /// # Errors
 /// The database error of the first day that failed.
 pub async fn make_due_days(store: &Store, now_ms: i64, limit: u64) -> Result<usize, StoreError> {
-    let today = now_ms.div_euclid(HOUR_MS * HOURS_PER_DAY);
-    let due = store.due_days(today, limit).await?;
-    for d in &due {
-        make_day(store, d.project, d.day, d.version).await?;
-    }
-    Ok(due.len())
+    make_days(store, now_ms, limit, None).await
 }
 
-/// When the job last redid each hour, so that an hour that keeps
-/// receiving late events is redone at most once per gap.
+/// [`make_due_days`], leaving for later the days made less than a gap
+/// ago when `recent` is given (a day whose hours keep receiving late
+/// events is then made at most once per gap; it is read from its hours
+/// meanwhile).
+async fn make_days(
+    store: &Store,
+    now_ms: i64,
+    limit: u64,
+    mut recent: Option<&mut RecentRedos>,
+) -> Result<usize, StoreError> {
+    let today = now_ms.div_euclid(HOUR_MS * HOURS_PER_DAY);
+    let mut made = 0;
+    for d in store.due_days(today, limit).await? {
+        if let Some(r) = recent.as_deref_mut() {
+            if r.days.contains_key(&(d.project, d.day)) {
+                continue;
+            }
+            if r.gap_ms > 0 {
+                r.days.insert((d.project, d.day), now_ms);
+            }
+        }
+        make_day(store, d.project, d.day, d.version).await?;
+        made += 1;
+    }
+    Ok(made)
+}
+
+/// When the job last redid each hour and made each day, so that an hour
+/// (a day) that keeps receiving late events is redone (made) at most once
+/// per gap.
 #[derive(Debug, Default)]
 pub struct RecentRedos {
     gap_ms: i64,
     at: HashMap<(Uuid, i64), i64>,
+    days: HashMap<(Uuid, i64), i64>,
 }
 
 impl RecentRedos {
@@ -145,6 +169,7 @@ impl RecentRedos {
         Self {
             gap_ms,
             at: HashMap::new(),
+            days: HashMap::new(),
         }
     }
 }
@@ -152,7 +177,7 @@ impl RecentRedos {
 /// Redoes the marked hours that are over (before `now_ms`'s hour), oldest
 /// first, at most `limit` of them, leaving for later those redone less
 /// than a gap ago (see [`RecentRedos`]), then makes at most `limit` due
-/// daily rollups ([`make_due_days`]). Returns how many of the `limit`
+/// daily rollups ([`make_due_days`]), each at most once per gap too. Returns how many of the `limit`
 /// hours looked at were redone, how many were left for later, and how
 /// many days were made.
 ///
@@ -166,6 +191,7 @@ pub async fn redo_due(
 ) -> Result<(usize, usize, usize), StoreError> {
     let gap = recent.gap_ms;
     recent.at.retain(|_, t| now_ms - *t < gap);
+    recent.days.retain(|_, t| now_ms - *t < gap);
     let due = store.due_rollups(now_ms.div_euclid(HOUR_MS), limit).await?;
     let mut done = 0;
     for d in &due {
@@ -178,7 +204,7 @@ pub async fn redo_due(
         }
         done += 1;
     }
-    let days = make_due_days(store, now_ms, limit).await?;
+    let days = make_days(store, now_ms, limit, Some(recent)).await?;
     Ok((done, due.len() - done, days))
 }
 
