@@ -64,6 +64,26 @@ pub enum FunnelPart {
 }
 
 impl Funnel {
+    /// The steps' event names, sorted, each once (what a read asks for).
+    #[must_use]
+    pub fn step_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.steps.iter().map(|s| s.event.clone()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// The steps an event named `name` is (bit `k` for step `k`), of
+    /// those whose filters it `passes`.
+    pub fn mask(&self, name: &str, passes: impl Fn(&[Filter]) -> bool) -> u32 {
+        self.steps
+            .iter()
+            .enumerate()
+            .take(MAX_STEPS)
+            .filter(|(_, s)| s.event == name && passes(&s.filters))
+            .fold(0u32, |m, (k, _)| m | 1 << k)
+    }
+
     /// Every dimension the funnel reads, with the part it is in.
     fn dimensions(&self) -> impl Iterator<Item = (FunnelPart, &Dimension)> {
         let filters = self.query.filters.iter().map(|f| (FunnelPart::Filters, f));
@@ -298,9 +318,7 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
     if persons::answers_funnel(f) {
         return persons::funnel(store, f, (from, to), now).await;
     }
-    let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
-    names.sort();
-    names.dedup();
+    let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d));
     let mut values: Vec<Option<String>> = vec![None];
     let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
@@ -317,12 +335,7 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
             if !passes(&f.query.filters) {
                 continue;
             }
-            let mut mask = 0u32;
-            for (k, s) in f.steps.iter().enumerate().take(n) {
-                if s.event == e.name && passes(&s.filters) {
-                    mask |= 1 << k;
-                }
-            }
+            let mask = f.mask(&e.name, passes);
             if mask == 0 {
                 continue;
             }

@@ -354,16 +354,9 @@ pub async fn funnel(
 ) -> Result<FunnelAnswer, StoreError> {
     let project = f.query.project;
     let n = f.steps.len();
-    let mask_of = |name: &str| {
-        f.steps
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.event == name)
-            .fold(0u32, |m, (k, _)| m | 1 << k)
-    };
-    let mut names: Vec<String> = f.steps.iter().map(|s| s.event.clone()).collect();
-    names.sort();
-    names.dedup();
+    // No step filters here (see `answers_funnel`).
+    let mask_of = |name: &str| f.mask(name, |_| true);
+    let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), []);
     // Each person's progress: its slot in `arena` (0: none yet).
     let mut slot_of: Vec<u32> = Vec::new();

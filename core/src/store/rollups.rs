@@ -624,11 +624,7 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn rollup_size(&self) -> Result<RollupSize, StoreError> {
-        let length = if self.backend() == sea_orm::DatabaseBackend::Postgres {
-            "octet_length"
-        } else {
-            "length"
-        };
+        let length = self.byte_length();
         let size = |table: &str| {
             format!(
                 "SELECT COUNT(*) AS n, COALESCE(SUM({length}(visitors) + {length}(value) + 64), 0) \
@@ -660,11 +656,7 @@ impl Store {
     /// # Errors
     /// The database error.
     pub async fn person_index_size(&self) -> Result<(i64, i64), StoreError> {
-        let length = if self.backend() == sea_orm::DatabaseBackend::Postgres {
-            "octet_length"
-        } else {
-            "length"
-        };
+        let length = self.byte_length();
         let rows = self
             .rows(
                 &format!(
@@ -697,6 +689,15 @@ impl Store {
             .first()
             .ok_or(StoreError::NotFound("pending rollups"))?;
         Ok(r.try_get_by_index(0)?)
+    }
+
+    /// The SQL function giving a blob's size in bytes.
+    fn byte_length(&self) -> &'static str {
+        if self.backend() == sea_orm::DatabaseBackend::Postgres {
+            "octet_length"
+        } else {
+            "length"
+        }
     }
 
     /// Days that are over (before `before_day`) whose daily rollup is
