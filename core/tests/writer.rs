@@ -656,3 +656,67 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         );
     }
 }
+
+/// The rollup job and `orrery rollups rebuild` may redo the same hour and
+/// make the same day at once: they take turns, both succeed, and the
+/// rollup is the one of the events.
+#[tokio::test]
+async fn the_same_hour_redone_twice_at_once_succeeds_both_times() {
+    use orrery_core::analytics::{HOUR_MS, rollup};
+    for backend in backends("the_same_hour_redone_twice_at_once_succeeds_both_times") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let t = 1_795_430_000_000 - 1_795_430_000_000 % HOUR_MS;
+        let (w, _) = writer(&store, 2, 10_000);
+        let events = (0..200)
+            .map(|i| {
+                EventBuilder::new("pageview")
+                    .project(project)
+                    .at(t + i * 1000)
+                    .field("distinct_id", format!("v{}", i % 50))
+                    .event()
+            })
+            .collect();
+        w.write(events, Vec::new()).await.unwrap();
+        w.close().await;
+        let hour = t / HOUR_MS;
+        for _ in 0..5 {
+            let (a, b) = tokio::join!(
+                rollup::redo_hour(&store, project, hour, None),
+                rollup::redo_hour(&store, project, hour, None)
+            );
+            assert!(a.is_ok() && b.is_ok(), "{backend:?}: {a:?} {b:?}");
+            let (a, b) = tokio::join!(
+                rollup::make_day(&store, project, hour / 24, 1),
+                rollup::make_day(&store, project, hour / 24, 1)
+            );
+            assert!(a.is_ok() && b.is_ok(), "{backend:?}: {a:?} {b:?}");
+        }
+        // The mark of the last redo is still there: the day is made once
+        // more, then read from its daily rollup.
+        let now = t + 30 * 24 * HOUR_MS;
+        assert_eq!(
+            rollup::make_due_days(&store, now, 100).await.unwrap(),
+            1,
+            "{backend:?}"
+        );
+        let totals = orrery_core::analytics::query::totals(
+            &store,
+            &orrery_core::analytics::query::Query {
+                project,
+                from: (hour / 24) * 24 * HOUR_MS,
+                to: (hour / 24 + 1) * 24 * HOUR_MS,
+                filters: Vec::new(),
+            },
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (totals.events, totals.visitors.count()),
+            (200, 50),
+            "{backend:?}"
+        );
+    }
+}

@@ -267,6 +267,33 @@ pub struct RollupSize {
     pub bytes: i64,
 }
 
+/// On PostgreSQL, waits in `tx` until no other transaction writes the
+/// rollup of `project` at `slot` (an hour, or `-1 - day` for a day), so
+/// that the job and `orrery rollups rebuild` redoing the same one at once
+/// take turns instead of one failing on the other's rows. (SQLite writes
+/// one transaction at a time anyway.)
+async fn lock_slot(
+    tx: &sea_orm::DatabaseTransaction,
+    project: Uuid,
+    slot: i64,
+) -> Result<(), DbErr> {
+    if tx.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return Ok(());
+    }
+    let b = project.as_bytes();
+    let key = i32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        ^ i32::from_le_bytes([b[12], b[13], b[14], b[15]]);
+    #[allow(clippy::cast_possible_truncation)] // a lock key: collisions only make two wait
+    let slot = slot as i32;
+    tx.execute(Statement::from_sql_and_values(
+        sea_orm::DatabaseBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1, $2)",
+        vec![key.into(), slot.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
 /// A day whose daily rollup is to be made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DueDay {
@@ -471,6 +498,7 @@ impl Store {
             Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
         };
         let tx = self.db().begin().await?;
+        lock_slot(&tx, project, hour).await?;
         tx.execute(stmt(
             "DELETE FROM rollups WHERE project_id = ? AND hour = ?",
             vec![project.into(), hour.into()],
@@ -588,6 +616,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let backend = self.backend();
         let tx = self.db().begin().await?;
+        lock_slot(&tx, project, -1 - day).await?;
         // Per dimension, so that the primary key (project, dim, day,
         // value) finds the rows.
         let list = vec!["?"; codes.len()].join(", ");
