@@ -58,6 +58,12 @@ impl<'a> Cursor<'a> {
     }
 
     fn get(&mut self) -> Option<u64> {
+        // Most values (person deltas, name numbers) fit in one byte.
+        let first = *self.b.get(self.at)?;
+        if first < 0x80 {
+            self.at += 1;
+            return Some(u64::from(first));
+        }
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let byte = *self.b.get(self.at)?;
@@ -358,8 +364,10 @@ pub async fn funnel(
     let mask_of = |name: &str| f.mask(name, |_| true);
     let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), []);
-    // Each person's progress: its slot in `arena` (0: none yet).
-    let mut slot_of: Vec<u32> = Vec::new();
+    let mut numbers = Numbers::new(store, project).await?;
+    // Each person's progress: its slot in `arena` (0: none yet), for
+    // every person numbered so far (raw reads may add more).
+    let mut slot_of: Vec<u32> = vec![0; numbers.next as usize];
     let mut arena = Progress::arena(n);
     let mut advance = |person: u32, t: i64, tie: i64, mask: u32| {
         let p = person as usize;
@@ -374,7 +382,6 @@ pub async fn funnel(
         }
         arena.advance(slot_of[p], f.window_ms, (t, tie), mask, 0);
     };
-    let mut numbers = Numbers::new(store, project).await?;
     for piece in plan(store, project, (from, to), now, |_| true).await? {
         match piece {
             Piece::Index(a, b) => {
