@@ -177,9 +177,9 @@ impl RecentRedos {
 /// Redoes the marked hours that are over (before `now_ms`'s hour), oldest
 /// first, at most `limit` of them, leaving for later those redone less
 /// than a gap ago (see [`RecentRedos`]), then makes at most `limit` due
-/// daily rollups ([`make_due_days`]), each at most once per gap too. Returns how many of the `limit`
-/// hours looked at were redone, how many were left for later, and how
-/// many days were made.
+/// daily rollups ([`make_due_days`]), each at most once per gap too.
+/// Returns how many of the `limit` hours looked at were redone, how many
+/// were left for later, and how many days were made.
 ///
 /// # Errors
 /// The database error of the first hour that failed.
