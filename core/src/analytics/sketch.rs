@@ -207,20 +207,9 @@ impl VisitorSet {
     /// Reads the stored form; `None` when the bytes are not one.
     #[must_use]
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        let (&tag, rest) = bytes.split_first()?;
-        match tag {
-            TAG_EXACT if rest.len() % 8 == 0 => Some(Self::Exact(
-                rest.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            )),
-            TAG_HLL if rest.len() == REGISTERS => {
-                let mut regs = Box::new([0u8; REGISTERS]);
-                regs.copy_from_slice(rest);
-                Some(Self::Sketch(regs))
-            }
-            _ => None,
-        }
+        let mut set = Self::default();
+        set.merge_stored(bytes, usize::MAX)?;
+        Some(set)
     }
 }
 

@@ -281,7 +281,7 @@ impl Store {
             .bind(hashes)
             .execute(self.db().get_postgres_connection_pool())
             .await
-            .map_err(|e| StoreError::Db(sea_orm::DbErr::Custom(e.to_string())))?;
+            .map_err(super::writer_db::exec_err)?;
             return Ok(());
         }
         for chunk in hashes.chunks(HASHES_PER_STATEMENT) {
@@ -323,7 +323,7 @@ impl Store {
             .bind(list)
             .fetch_all(self.db().get_postgres_connection_pool())
             .await
-            .map_err(|e| StoreError::Db(sea_orm::DbErr::Custom(e.to_string())))?;
+            .map_err(super::writer_db::exec_err)?;
             for (hash, id) in rows {
                 #[allow(clippy::cast_sign_loss)]
                 ids.insert(hash as u64, u32::try_from(id).unwrap_or(0));

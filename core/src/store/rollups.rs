@@ -526,7 +526,7 @@ impl Store {
         tx.execute(stmt(
             "INSERT INTO rollup_days_due (project_id, day, version) VALUES (?, ?, 1) \
              ON CONFLICT (project_id, day) DO UPDATE SET version = rollup_days_due.version + 1",
-            vec![project.into(), hour.div_euclid(24).into()],
+            vec![project.into(), hour.div_euclid(HOURS_PER_DAY).into()],
         ))
         .await?;
         match version {

@@ -316,7 +316,7 @@ fn chunk_len(sizes: &[usize], left: usize) -> usize {
 }
 
 /// A statement's error, as sea-orm would report it.
-fn exec_err(err: sqlx::Error) -> DbErr {
+pub(super) fn exec_err(err: sqlx::Error) -> DbErr {
     match err {
         sqlx::Error::PoolTimedOut => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
         sqlx::Error::PoolClosed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
