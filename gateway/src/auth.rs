@@ -41,14 +41,14 @@ impl Principal {
     /// Checks that the key may read and administer `project`.
     ///
     /// # Errors
-    /// 403 when the key belongs to another project and is not an admin key.
+    /// 404 `not_found` when the key belongs to another project and is not
+    /// an admin key: to such a key the project does not exist, as to an
+    /// account that is not a member (nobody learns which ids are projects).
     pub fn require_project(&self, project: Uuid) -> Result<(), ApiError> {
         if self.is_admin() || self.key.project_id == project {
             Ok(())
         } else {
-            Err(ApiError::forbidden(
-                "this key does not give access to that project",
-            ))
+            Err(ApiError::not_found("project"))
         }
     }
 
@@ -131,12 +131,14 @@ async fn principal(
 ) -> poem::Result<Principal> {
     let state = state(req);
     let key = state.keys.authenticate(&state.store, &key.key).await?;
-    if !allowed.contains(&key.kind) {
-        return Err(ApiError::forbidden(refusal).into());
-    }
     let principal = Principal { key };
+    // The project first: to a key of another project the route's project
+    // does not exist, whatever the key's kind.
     if let Some(project) = path_project(req.uri().path()) {
         principal.require_project(project)?;
+    }
+    if !allowed.contains(&principal.key.kind) {
+        return Err(ApiError::forbidden(refusal).into());
     }
     Ok(principal)
 }
@@ -273,7 +275,7 @@ impl Caller {
     /// needs was checked with the credentials).
     ///
     /// # Errors
-    /// 403 for another project's key; 404 for a user who is not a member.
+    /// 404 for another project's key and for a user who is not a member.
     pub fn require_project(&self, project: Uuid) -> Result<(), ApiError> {
         match self {
             Self::Key(p) => p.require_project(project),

@@ -200,7 +200,10 @@ async fn projects_crud_and_scoping() {
             None,
         )
         .await;
-    assert_eq!(status, 403, "a project key cannot read another project");
+    assert_eq!(
+        status, 404,
+        "to a project key another project does not exist"
+    );
     let (status, _) = server
         .call(
             "POST",

@@ -530,6 +530,19 @@ async fn check_generated(server: &Server, events: &[Ev], from: i64, to: i64, whe
             vec![("signup", &pro as &dyn Fn(&Ev) -> bool), ("purchase", &pro)],
             DAY,
         ),
+        // Without filters, from the index: a first step that is also a
+        // later one (everyone who viewed may view again), and a rare first
+        // step before the common one.
+        (
+            "step=view&step=view&step=signup&window_secs=3600".into(),
+            vec![("view", &any), ("view", &any), ("signup", &any)],
+            HOUR,
+        ),
+        (
+            "step=signup&step=view&window_secs=86400".into(),
+            vec![("signup", &any), ("view", &any)],
+            DAY,
+        ),
     ];
     for (query, steps_here, window) in &cases {
         let want = brute_funnel(events, from, to, steps_here, *window, None);
@@ -662,13 +675,18 @@ async fn bad_funnel_and_retention_queries_are_400s_naming_the_parameter() {
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    // Another project's key and the public key: 403; no key: 401; no
-    // such project: 404; an empty project: zeros.
+    // Another project's key: 404 (to it the project does not exist); the
+    // public key: 403; no key: 401; no such project: 404; an empty
+    // project: zeros.
     let other = server.create_project(&keys.secret_key, "other").await;
     for what in ["funnel?step=a&step=b", "retention"] {
         let path = format!("/api/v1/projects/{p}/stats/{what}");
-        let (status, _) = server.get(&path, &other.secret_key).await;
-        assert_eq!(status, 403, "{what}");
+        let (status, body) = server.get(&path, &other.secret_key).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("not_found")),
+            "{what}"
+        );
         let (status, _) = server.get(&path, &keys.public_key).await;
         assert_eq!(status, 403, "{what}");
         let (status, _) = server.get(&path, "").await;

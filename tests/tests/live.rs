@@ -297,7 +297,7 @@ async fn only_a_secret_key_of_the_project_subscribes() {
         .create_project(&server.keys.secret_key, "other")
         .await;
     for (key, status, code) in [
-        (Some(other.secret_key.as_str()), 403, "forbidden"),
+        (Some(other.secret_key.as_str()), 404, "not_found"),
         (Some(server.keys.public_key.as_str()), 403, "forbidden"),
         (Some("sk_nonsense"), 401, "invalid_key"),
         (None, 401, "unauthorized"),

@@ -196,10 +196,10 @@ async fn queries_see_only_their_project_and_every_escape_is_refused() {
         let (status, _) = sql(server, &p, &k, "SELECT 1").await;
         assert_eq!(status, 200);
 
-        // Another project's key: 403; a missing project: 404; a body
-        // without `query`: 400.
+        // Another project's key: 404, as a missing project; the public
+        // key: 403; a body without `query`: 400.
         let (status, _) = sql(server, &p, &other.secret_key, "SELECT 1").await;
-        assert_eq!(status, 403);
+        assert_eq!(status, 404);
         let (status, _) = sql(server, &p, &keys.public_key, "SELECT 1").await;
         assert_eq!(status, 403);
         let (status, _) = sql(server, &p, "", "SELECT 1").await;

@@ -687,7 +687,7 @@ async fn send(server: &Server, key: &str, events: &[Sent]) {
 }
 
 #[tokio::test]
-async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_403() {
+async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_404() {
     let server = Server::sqlite(&[]).await;
     let keys = server.keys.clone();
     let p = &keys.project_id;
@@ -732,14 +732,15 @@ async fn bad_queries_are_400s_naming_the_parameter_and_other_projects_403() {
         .await;
     assert_eq!(status, 400, "{body}");
 
-    // Another project's secret key: 403, as on every project route (the
-    // security scheme checks it); the public key: 403; no project: 404.
+    // Another project's secret key: 404, as on every project route (the
+    // security scheme checks it: to that key the project does not exist);
+    // the public key: 403; no project: 404.
     let other = server.create_project(&keys.secret_key, "other").await;
     for what in ["overview", "timeseries", "breakdown?by=page"] {
         let path = format!("/api/v1/projects/{p}/stats/{what}");
         let (status, body) = server.get(&path, &other.secret_key).await;
-        assert_eq!(status, 403, "{what}: {body}");
-        assert_eq!(body["code"], "forbidden");
+        assert_eq!(status, 404, "{what}: {body}");
+        assert_eq!(body["code"], "not_found");
         let (status, _) = server.get(&path, &keys.public_key).await;
         assert_eq!(status, 403, "{what}");
         let missing = format!("/api/v1/projects/00000000-0000-0000-0000-000000000000/stats/{what}");

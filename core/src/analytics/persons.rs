@@ -346,9 +346,39 @@ pub fn answers_funnel(f: &Funnel) -> bool {
         && f.steps.iter().all(|s| s.filters.is_empty())
 }
 
+/// A set of person numbers, one bit each.
+#[derive(Debug, Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn set(&mut self, p: u32) {
+        let word = p as usize / 64;
+        if word >= self.0.len() {
+            self.0.resize(word + 1, 0);
+        }
+        self.0[word] |= 1 << (p % 64);
+    }
+
+    fn get(&self, p: u32) -> bool {
+        self.0
+            .get(p as usize / 64)
+            .is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+}
+
+/// A step event of a raw piece, numbered: (person, time, arrival, mask).
+type RawHit = (u32, i64, i64, u32);
+
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
-/// range), streaming each person's step events in time order through
-/// their [`Progress`].
+/// range).
+///
+/// Most people never do a later step's event (the first step is often a
+/// page view), and their answer is known without following them: they
+/// reached step 1. So a first pass reads who did the first step's event
+/// and who did any later step's, from the index's per-name people lists
+/// (and the raw pieces' events, kept for the second pass); the second
+/// streams in time order through a [`Progress`] only the step events of
+/// people who did both, and the rest count at step 1.
 ///
 /// # Errors
 /// The database error, or an unreadable blob.
@@ -362,14 +392,67 @@ pub async fn funnel(
     let n = f.steps.len();
     // No step filters here (see `answers_funnel`).
     let mask_of = |name: &str| f.mask(name, |_| true);
+    let first_name = f.steps[0].event.as_str();
+    let mut later_names: Vec<&str> = f.steps[1..].iter().map(|s| s.event.as_str()).collect();
+    later_names.sort_unstable();
+    later_names.dedup();
     let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), []);
     let mut numbers = Numbers::new(store, project).await?;
-    // Each person's progress: its slot in `arena` (0: none yet), for
-    // every person numbered so far (raw reads may add more).
+    let pieces = plan(store, project, (from, to), now, |_| true).await?;
+
+    // First pass: who did the first step (`first`), who a later one
+    // (`later`); the raw pieces' step events, numbered, in time order.
+    let (mut first, mut later) = (Bits::default(), Bits::default());
+    let mut raw: Vec<Vec<RawHit>> = Vec::new();
+    for piece in &pieces {
+        match *piece {
+            Piece::Index(a, b) => {
+                store
+                    .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
+                        let bad = || unreadable(project, h);
+                        each_person(blob, Some(first_name), |p| first.set(p)).ok_or_else(bad)?;
+                        for name in &later_names {
+                            each_person(blob, Some(name), |p| later.set(p)).ok_or_else(bad)?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
+            }
+            Piece::Raw(a, b) => {
+                let mut hits = Vec::new();
+                let mut reads = Reads::new(project, (a, b), READ_MS, false);
+                while let Some((a, b)) = reads.next(store).await? {
+                    let events = store.event_facts(project, a, b, &cols).await?;
+                    numbers.number(store, &events).await?;
+                    hits.extend(events.iter().filter_map(|e| {
+                        let mask = mask_of(&e.name);
+                        let p = numbers.of(e.visitor).filter(|_| mask != 0)?;
+                        Some((p, e.timestamp, e.seq, mask))
+                    }));
+                }
+                hits.sort_unstable_by_key(|h| (h.1, h.2));
+                for &(p, _, _, mask) in &hits {
+                    if mask & 1 != 0 {
+                        first.set(p);
+                    }
+                    if mask & !1 != 0 {
+                        later.set(p);
+                    }
+                }
+                raw.push(hits);
+            }
+        }
+    }
+
+    // Second pass: the people who did both, followed step by step. Each
+    // one's progress is its slot in `arena` (0: none yet).
     let mut slot_of: Vec<u32> = vec![0; numbers.next as usize];
     let mut arena = Progress::arena(n);
     let mut advance = |person: u32, t: i64, tie: i64, mask: u32| {
+        if !later.get(person) {
+            return; // counted from `first` below
+        }
         let p = person as usize;
         if p >= slot_of.len() {
             slot_of.resize(p + 1, 0);
@@ -382,7 +465,8 @@ pub async fn funnel(
         }
         arena.advance(slot_of[p], f.window_ms, (t, tie), mask, 0);
     };
-    for piece in plan(store, project, (from, to), now, |_| true).await? {
+    let mut raw = raw.into_iter();
+    for piece in pieces {
         match piece {
             Piece::Index(a, b) => {
                 store
@@ -395,17 +479,9 @@ pub async fn funnel(
                     })
                     .await?;
             }
-            Piece::Raw(a, b) => {
-                let mut reads = Reads::new(project, (a, b), READ_MS, false);
-                while let Some((a, b)) = reads.next(store).await? {
-                    let mut events = store.event_facts(project, a, b, &cols).await?;
-                    numbers.number(store, &events).await?;
-                    events.sort_unstable_by_key(|e| (e.timestamp, e.seq));
-                    for e in &events {
-                        if let Some(p) = numbers.of(e.visitor) {
-                            advance(p, e.timestamp, e.seq, mask_of(&e.name));
-                        }
-                    }
+            Piece::Raw(..) => {
+                for (p, t, seq, mask) in raw.next().unwrap_or_default() {
+                    advance(p, t, seq, mask);
                 }
             }
         }
@@ -416,6 +492,13 @@ pub async fn funnel(
             count(&mut steps, last, times);
         }
     }
+    // Who did the first step and no later one reached step 1 only.
+    steps[0].people += first
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, w)| u64::from((w & !later.0.get(i).copied().unwrap_or(0)).count_ones()))
+        .sum::<u64>();
     Ok(FunnelAnswer {
         steps,
         groups: Vec::new(),

@@ -292,7 +292,7 @@ pub struct StatsApi;
 /// the one `compute` gives, kept for the next identical request. The
 /// project is looked up first, every time: a deleted project is a 404,
 /// not a cached answer. (The key's access to the project was checked by
-/// the security scheme: another project's key is a 403 there, as on every
+/// the security scheme: another project's key is a 404 there, as on every
 /// project route.)
 pub(crate) async fn cached<T, F>(
     req: &Request,
