@@ -21,7 +21,7 @@ use super::dims::Dimension;
 use super::sketch::MERGE_EXACT_LIMIT;
 use crate::event::MAX_FUTURE_SKEW_MS;
 use crate::store::people::EventColumns;
-use crate::store::rollups::{HOURS_PER_DAY, Span};
+use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span};
 use crate::store::{Store, StoreError};
 
 /// Most buckets a time series may have.
@@ -348,6 +348,7 @@ pub async fn run(
         }
     }
     if let Some(code) = code {
+        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT);
         for piece in by_days(store, q.project, &rolled, bucket).await? {
             let (span, a, b) = match piece {
                 Rolled::Hours(a, b) => (Span::Hour, a, b),
@@ -363,13 +364,11 @@ pub async fn run(
                     } else {
                         None
                     };
-                    cell.merge_into(
-                        grid.entry((bucket(cell.hour * HOUR_MS), key)).or_default(),
-                        MERGE_EXACT_LIMIT,
-                    )
+                    merger.add(&mut grid, (bucket(cell.hour * HOUR_MS), key), cell)
                 })
                 .await?;
         }
+        merger.finish(&mut grid)?;
     }
     // Only the columns the filters and the grouping read (no JSON to
     // parse for plain totals).

@@ -11,7 +11,7 @@ use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
 use super::{Dim, HOUR_MS};
 use crate::store::people::EventColumns;
-use crate::store::rollups::{HOURS_PER_DAY, Span};
+use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span};
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour` and its row of
@@ -96,14 +96,16 @@ pub async fn make_day(
     let (from, to) = (day * HOURS_PER_DAY, (day + 1) * HOURS_PER_DAY);
     let codes: Vec<i16> = std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect();
     let mut merged: HashMap<(i16, Option<String>), Metrics> = HashMap::new();
+    let mut merger = CellMerger::new(DAY_EXACT_LIMIT);
     for &code in &codes {
         store
             .rollup_cells(Span::Hour, project, (code, from, to), |mut cell| {
                 let value = cell.value.take();
-                cell.merge_into(merged.entry((code, value)).or_default(), DAY_EXACT_LIMIT)
+                merger.add(&mut merged, (code, value), cell)
             })
             .await?;
     }
+    merger.finish(&mut merged)?;
     let cells: Vec<_> = merged
         .into_iter()
         .map(|((code, value), m)| (code, value, m))

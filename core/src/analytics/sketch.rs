@@ -100,6 +100,26 @@ impl VisitorSet {
         }
     }
 
+    /// Makes room for `more` hashes in an exact set (no more than `limit`
+    /// in all, beyond which it would turn into a sketch anyway), so that
+    /// merging them does not grow the set step by step.
+    pub fn reserve(&mut self, more: usize, limit: usize) {
+        if let Self::Exact(set) = self {
+            let room = more.min(limit.saturating_add(1).saturating_sub(set.len()));
+            set.reserve(room);
+        }
+    }
+
+    /// The number of hashes of a stored exact set (0 for a sketch or
+    /// anything else): what merging it adds at most.
+    #[must_use]
+    pub fn stored_len(bytes: &[u8]) -> usize {
+        match bytes.split_first() {
+            Some((&TAG_EXACT, rest)) => rest.len() / 8,
+            _ => 0,
+        }
+    }
+
     /// Adds every visitor of `other`.
     pub fn merge(&mut self, other: &Self, limit: usize) {
         match (&mut *self, other) {

@@ -10,7 +10,7 @@
 //! are over and clears a mark only if it was not renewed meanwhile
 //! (`version`), so a late event or a dead-letter replay is never lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbValue};
 use sqlx::{PgConnection, SqliteConnection};
@@ -164,22 +164,82 @@ pub struct StoredCell {
     pub visitors: Vec<u8>,
 }
 
-impl StoredCell {
-    /// Adds the cell's numbers to `into`; `limit` as in
-    /// [`VisitorSet::merge`].
+/// Visitor-set bytes a [`CellMerger`] keeps waiting before it merges them
+/// (a query's memory beyond its answer).
+const MERGE_PENDING_BYTES: usize = 64 << 20;
+
+/// Adds rollup cells up by key. The counts are added as cells arrive; the
+/// visitor sets wait, and are merged key by key, each set sized once for
+/// all its cells' hashes: filling one set while it is in the CPU cache,
+/// without growing it step by step, is several times faster than growing
+/// every key's set at once as cells arrive in time order. (The merged set
+/// is the same either way: the union, or a sketch of it beyond `limit`.)
+#[derive(Debug)]
+pub struct CellMerger<K> {
+    limit: usize,
+    /// Per key, (hour, stored set) of the cells whose sets wait.
+    waiting: HashMap<K, Vec<(i64, Vec<u8>)>>,
+    bytes: usize,
+}
+
+impl<K: std::hash::Hash + Eq> CellMerger<K> {
+    /// Merges visitor sets exactly up to `limit` hashes (as in
+    /// [`VisitorSet::merge`]).
+    #[must_use]
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            waiting: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `cell` to `into[key]`.
     ///
     /// # Errors
-    /// A visitor set that cannot be read (nothing is added then).
-    pub fn merge_into(&self, into: &mut Metrics, limit: usize) -> Result<(), StoreError> {
-        into.visitors
-            .merge_stored(&self.visitors, limit)
-            .ok_or_else(|| {
-                StoreError::Db(DbErr::Custom(format!(
-                    "the rollup of hour {} holds an unreadable visitor set",
-                    self.hour
-                )))
-            })?;
-        into.merge(&self.metrics, limit);
+    /// A visitor set that cannot be read (when the waiting ones are
+    /// merged).
+    pub fn add(
+        &mut self,
+        into: &mut HashMap<K, Metrics>,
+        key: K,
+        cell: StoredCell,
+    ) -> Result<(), StoreError>
+    where
+        K: Clone,
+    {
+        into.entry(key.clone())
+            .or_default()
+            .merge(&cell.metrics, self.limit);
+        self.bytes += cell.visitors.len();
+        self.waiting
+            .entry(key)
+            .or_default()
+            .push((cell.hour, cell.visitors));
+        if self.bytes > MERGE_PENDING_BYTES {
+            self.finish(into)?;
+        }
+        Ok(())
+    }
+
+    /// Merges every waiting visitor set into `into`.
+    ///
+    /// # Errors
+    /// A visitor set that cannot be read.
+    pub fn finish(&mut self, into: &mut HashMap<K, Metrics>) -> Result<(), StoreError> {
+        self.bytes = 0;
+        for (key, cells) in self.waiting.drain() {
+            let set = &mut into.entry(key).or_default().visitors;
+            let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
+            set.reserve(hashes, self.limit);
+            for (hour, bytes) in &cells {
+                set.merge_stored(bytes, self.limit).ok_or_else(|| {
+                    StoreError::Db(DbErr::Custom(format!(
+                        "the rollup of hour {hour} holds an unreadable visitor set"
+                    )))
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -782,5 +842,64 @@ impl Store {
             vec![project.into()],
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analytics::visitor_hash;
+
+    fn cell(hour: i64, events: i64, visitors: std::ops::Range<u64>) -> StoredCell {
+        let mut set = VisitorSet::default();
+        for v in visitors {
+            set.insert(visitor_hash(&format!("v{v}")), usize::MAX);
+        }
+        StoredCell {
+            hour,
+            value: None,
+            metrics: Metrics {
+                events,
+                ..Metrics::default()
+            },
+            visitors: set.to_bytes(),
+        }
+    }
+
+    #[test]
+    fn the_merger_gives_what_merging_cell_by_cell_gives() {
+        // Two keys, cells interleaved; key 1's union (3,000) crosses the
+        // limit (2,500) and turns into a sketch, key 2's stays exact.
+        let cells = [
+            (1, cell(0, 5, 0..1000)),
+            (2, cell(0, 1, 0..10)),
+            (1, cell(1, 7, 800..2000)),
+            (2, cell(1, 2, 5..20)),
+            (1, cell(2, 1, 1500..3000)),
+        ];
+        let limit = 2500;
+        let mut one_by_one: HashMap<i32, Metrics> = HashMap::new();
+        for (key, c) in &cells {
+            let m = one_by_one.entry(*key).or_default();
+            m.visitors.merge_stored(&c.visitors, limit).unwrap();
+            m.merge(&c.metrics, limit);
+        }
+        let mut merged = HashMap::new();
+        let mut merger = CellMerger::new(limit);
+        for (key, c) in cells {
+            merger.add(&mut merged, key, c).unwrap();
+        }
+        merger.finish(&mut merged).unwrap();
+        assert_eq!(merged, one_by_one);
+        assert_eq!((merged[&1].events, merged[&2].events), (13, 3));
+        assert!(!merged[&1].visitors.is_exact());
+        assert_eq!(merged[&2].visitors.count(), 20);
+        // An unreadable set is an error naming its hour.
+        let mut bad = cell(7, 1, 0..3);
+        bad.visitors.pop();
+        let mut merger = CellMerger::new(limit);
+        merger.add(&mut merged, 1, bad).unwrap();
+        let err = merger.finish(&mut merged).unwrap_err().to_string();
+        assert!(err.contains("hour 7"), "{err}");
     }
 }
