@@ -386,11 +386,6 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     /// Seconds to wait for a connection at start before giving up.
     pub connect_timeout_secs: u64,
-    /// SQLite only: how much of the database file readers map into memory
-    /// (MiB; SQLite's `mmap_size`, at most 2047 in its build), so that
-    /// queries read pages from the OS cache without a copy per page; 0
-    /// reads with `pread`.
-    pub sqlite_mmap_mib: u64,
 }
 
 impl Default for DatabaseConfig {
@@ -399,7 +394,6 @@ impl Default for DatabaseConfig {
             sqlite_synchronous: SqliteSynchronous::Full,
             max_connections: 8,
             connect_timeout_secs: 5,
-            sqlite_mmap_mib: 1024,
         }
     }
 }

@@ -241,15 +241,10 @@ impl Store {
                 .busy_timeout(Duration::from_secs(10))
                 .foreign_keys(true)
                 .pragma("temp_store", "memory");
-            // Readers map the file (the writer writes through the WAL).
-            let reader_options = options.clone().pragma(
-                "mmap_size",
-                (config.database.sqlite_mmap_mib.min(2047) << 20).to_string(),
-            );
             let pool = SqlitePoolOptions::new()
                 .max_connections(config.database.max_connections.max(2))
                 .acquire_timeout(timeout)
-                .connect_with(reader_options)
+                .connect_with(options.clone())
                 .await
                 .map_err(connect_err)?;
             // The writer's own connection: a warm page cache, and WAL

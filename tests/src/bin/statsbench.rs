@@ -68,9 +68,6 @@ struct Args {
     /// one).
     #[arg(long)]
     only: Option<String>,
-    /// SQLite: `database.sqlite_mmap_mib` of the query runs.
-    #[arg(long)]
-    sqlite_mmap_mib: Option<u64>,
 }
 
 const PAGES: usize = 200;
@@ -109,9 +106,6 @@ async fn run(args: Args) {
         ..Config::default()
     };
     config.database.max_connections = 8;
-    if let Some(mib) = args.sqlite_mmap_mib {
-        config.database.sqlite_mmap_mib = mib;
-    }
     if args.create_db
         && let Some(url) = &args.database_url
     {
