@@ -348,7 +348,9 @@ pub async fn run(
         }
     }
     if let Some(code) = code {
-        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT);
+        // A breakdown's values come mixed, hour after hour (or day after
+        // day); totals come bucket after bucket.
+        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT, group.is_some());
         for piece in by_days(store, q.project, &rolled, bucket).await? {
             let (span, a, b) = match piece {
                 Rolled::Hours(a, b) => (Span::Hour, a, b),

@@ -96,7 +96,8 @@ pub async fn make_day(
     let (from, to) = (day * HOURS_PER_DAY, (day + 1) * HOURS_PER_DAY);
     let codes: Vec<i16> = std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect();
     let mut merged: HashMap<(i16, Option<String>), Metrics> = HashMap::new();
-    let mut merger = CellMerger::new(DAY_EXACT_LIMIT);
+    // Each hour's values come mixed.
+    let mut merger = CellMerger::new(DAY_EXACT_LIMIT, true);
     for &code in &codes {
         store
             .rollup_cells(Span::Hour, project, (code, from, to), |mut cell| {

@@ -168,15 +168,20 @@ pub struct StoredCell {
 /// (a query's memory beyond its answer).
 const MERGE_PENDING_BYTES: usize = 64 << 20;
 
-/// Adds rollup cells up by key. The counts are added as cells arrive; the
-/// visitor sets wait, and are merged key by key, each set sized once for
-/// all its cells' hashes: filling one set while it is in the CPU cache,
-/// without growing it step by step, is several times faster than growing
-/// every key's set at once as cells arrive in time order. (The merged set
-/// is the same either way: the union, or a sketch of it beyond `limit`.)
+/// Adds rollup cells up by key. The counts are added as cells arrive.
+/// When many keys' cells arrive interleaved (a breakdown's values hour
+/// after hour), the visitor sets wait, and are merged key by key, each set
+/// sized once for all its cells' hashes: filling one set while it is in
+/// the CPU cache, without growing it step by step, is several times
+/// faster than growing every key's set at once. When a key's cells come
+/// one after another (totals by time bucket), they are merged as they
+/// come. (The merged set is the same either way: the union, or a sketch
+/// of it beyond `limit`.)
 #[derive(Debug)]
 pub struct CellMerger<K> {
     limit: usize,
+    /// Whether visitor sets wait (keys interleaved).
+    defer: bool,
     /// Per key, (hour, stored set) of the cells whose sets wait.
     waiting: HashMap<K, Vec<(i64, Vec<u8>)>>,
     bytes: usize,
@@ -184,11 +189,13 @@ pub struct CellMerger<K> {
 
 impl<K: std::hash::Hash + Eq> CellMerger<K> {
     /// Merges visitor sets exactly up to `limit` hashes (as in
-    /// [`VisitorSet::merge`]).
+    /// [`VisitorSet::merge`]); `interleaved` when many keys' cells come
+    /// mixed (their visitor sets then wait).
     #[must_use]
-    pub fn new(limit: usize) -> Self {
+    pub fn new(limit: usize, interleaved: bool) -> Self {
         Self {
             limit,
+            defer: interleaved,
             waiting: HashMap::new(),
             bytes: 0,
         }
@@ -208,6 +215,11 @@ impl<K: std::hash::Hash + Eq> CellMerger<K> {
     where
         K: Clone,
     {
+        if !self.defer {
+            let sum = into.entry(key).or_default();
+            sum.merge(&cell.metrics, self.limit);
+            return merge_set(&mut sum.visitors, cell.hour, &cell.visitors, self.limit);
+        }
         into.entry(key.clone())
             .or_default()
             .merge(&cell.metrics, self.limit);
@@ -233,15 +245,25 @@ impl<K: std::hash::Hash + Eq> CellMerger<K> {
             let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
             set.reserve(hashes, self.limit);
             for (hour, bytes) in &cells {
-                set.merge_stored(bytes, self.limit).ok_or_else(|| {
-                    StoreError::Db(DbErr::Custom(format!(
-                        "the rollup of hour {hour} holds an unreadable visitor set"
-                    )))
-                })?;
+                merge_set(set, *hour, bytes, self.limit)?;
             }
         }
         Ok(())
     }
+}
+
+/// Merges the stored visitor set of the cell of `hour` into `set`.
+fn merge_set(
+    set: &mut VisitorSet,
+    hour: i64,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(), StoreError> {
+    set.merge_stored(bytes, limit).ok_or_else(|| {
+        StoreError::Db(DbErr::Custom(format!(
+            "the rollup of hour {hour} holds an unreadable visitor set"
+        )))
+    })
 }
 
 /// Hours per daily rollup.
@@ -885,21 +907,29 @@ mod tests {
             m.merge(&c.metrics, limit);
         }
         let mut merged = HashMap::new();
-        let mut merger = CellMerger::new(limit);
-        for (key, c) in cells {
-            merger.add(&mut merged, key, c).unwrap();
+        for interleaved in [true, false] {
+            merged = HashMap::new();
+            let mut merger = CellMerger::new(limit, interleaved);
+            for (key, c) in cells.clone() {
+                merger.add(&mut merged, key, c).unwrap();
+            }
+            merger.finish(&mut merged).unwrap();
+            assert_eq!(merged, one_by_one, "interleaved: {interleaved}");
         }
-        merger.finish(&mut merged).unwrap();
-        assert_eq!(merged, one_by_one);
         assert_eq!((merged[&1].events, merged[&2].events), (13, 3));
         assert!(!merged[&1].visitors.is_exact());
         assert_eq!(merged[&2].visitors.count(), 20);
         // An unreadable set is an error naming its hour.
         let mut bad = cell(7, 1, 0..3);
         bad.visitors.pop();
-        let mut merger = CellMerger::new(limit);
-        merger.add(&mut merged, 1, bad).unwrap();
+        let mut merger = CellMerger::new(limit, true);
+        merger.add(&mut merged, 1, bad.clone()).unwrap();
         let err = merger.finish(&mut merged).unwrap_err().to_string();
+        assert!(err.contains("hour 7"), "{err}");
+        let err = CellMerger::new(limit, false)
+            .add(&mut merged, 1, bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hour 7"), "{err}");
     }
 }
