@@ -38,7 +38,8 @@ const READ_MS: i64 = 24 * HOUR_MS;
 /// it reads raw events instead.
 const MAX_ACTIVITY_BYTES: usize = 256 << 20;
 
-fn put(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a varint (7 bits a byte, low first).
+pub(crate) fn put(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(u8::try_from(v & 0x7f).unwrap_or(0) | 0x80);
         v >>= 7;
@@ -47,17 +48,17 @@ fn put(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads varints and byte strings from a blob.
-struct Cursor<'a> {
+pub(crate) struct Cursor<'a> {
     b: &'a [u8],
     at: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(b: &'a [u8]) -> Self {
+    pub(crate) fn new(b: &'a [u8]) -> Self {
         Self { b, at: 0 }
     }
 
-    fn get(&mut self) -> Option<u64> {
+    pub(crate) fn get(&mut self) -> Option<u64> {
         // Most values (person deltas, name numbers) fit in one byte.
         let first = *self.b.get(self.at)?;
         if first < 0x80 {
@@ -80,7 +81,12 @@ impl<'a> Cursor<'a> {
         u32::try_from(self.get()?).ok()
     }
 
-    fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+    /// Whether every byte was read.
+    pub(crate) fn at_end(&self) -> bool {
+        self.at == self.b.len()
+    }
+
+    pub(crate) fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
         let s = self.b.get(self.at..self.at.checked_add(n)?)?;
         self.at += n;
         Some(s)

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::people::EventColumns;
 use super::{Store, StoreError, sql_for};
+use crate::analytics::persons::{Cursor, put};
 use crate::analytics::{EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
 
 /// Session ids per lookup statement on SQLite.
@@ -269,6 +270,85 @@ fn merge_set(
 /// Hours per daily rollup.
 pub const HOURS_PER_DAY: i64 = 24;
 
+/// The `cells` blob of a daily rollup row: every value's cell of one
+/// dimension and day. A count, then per cell the value (length and bytes;
+/// empty for none), the six counts (zigzag varints: events, page views,
+/// sessions, bounces, duration, session page views) and the stored
+/// visitor set (length and bytes).
+fn pack_cells<'a>(
+    cells: impl ExactSizeIterator<Item = (&'a Option<String>, &'a Metrics)>,
+) -> Vec<u8> {
+    let zigzag = |v: i64| ((v << 1) ^ (v >> 63)).cast_unsigned();
+    let mut out = Vec::new();
+    put(&mut out, cells.len() as u64);
+    for (value, m) in cells {
+        let value = value.as_deref().unwrap_or_default();
+        put(&mut out, value.len() as u64);
+        out.extend_from_slice(value.as_bytes());
+        for n in [
+            m.events,
+            m.pageviews,
+            m.sessions,
+            m.bounces,
+            m.duration_ms,
+            m.session_pageviews,
+        ] {
+            put(&mut out, zigzag(n));
+        }
+        let set = m.visitors.to_bytes();
+        put(&mut out, set.len() as u64);
+        out.extend_from_slice(&set);
+    }
+    out
+}
+
+/// Calls `each` with every cell of a `cells` blob (see [`pack_cells`]),
+/// each at `hour`; `None` when the blob is not one.
+fn unpack_cells(
+    blob: &[u8],
+    hour: i64,
+    each: &mut impl FnMut(StoredCell) -> Result<(), StoreError>,
+) -> Option<Result<(), StoreError>> {
+    let unzigzag = |v: u64| (v >> 1).cast_signed() ^ -((v & 1).cast_signed());
+    let mut c = Cursor::new(blob);
+    for _ in 0..c.get()? {
+        let len = usize::try_from(c.get()?).ok()?;
+        let value = std::str::from_utf8(c.bytes(len)?).ok()?;
+        let mut n = [0i64; 6];
+        for x in &mut n {
+            *x = unzigzag(c.get()?);
+        }
+        let len = usize::try_from(c.get()?).ok()?;
+        let visitors = c.bytes(len)?.to_vec();
+        let [
+            events,
+            pageviews,
+            sessions,
+            bounces,
+            duration_ms,
+            session_pageviews,
+        ] = n;
+        let cell = StoredCell {
+            hour,
+            value: (!value.is_empty()).then(|| value.to_owned()),
+            metrics: Metrics {
+                events,
+                pageviews,
+                visitors: VisitorSet::default(),
+                sessions,
+                bounces,
+                duration_ms,
+                session_pageviews,
+            },
+            visitors,
+        };
+        if let Err(e) = each(cell) {
+            return Some(Err(e));
+        }
+    }
+    (c.at_end()).then_some(Ok(()))
+}
+
 /// A rollup table: hourly or daily.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Span {
@@ -278,38 +358,19 @@ pub enum Span {
     Day,
 }
 
-impl Span {
-    fn table(self) -> &'static str {
-        match self {
-            Span::Hour => "rollups",
-            Span::Day => "rollup_days",
-        }
-    }
-
-    fn column(self) -> &'static str {
-        match self {
-            Span::Hour => "hour",
-            Span::Day => "day",
-        }
-    }
-}
-
-/// Inserts `cells` (dimension code, value, numbers) of `project` at `at`
-/// (an hour or a day) into the table of `span`.
+/// Inserts the cells (dimension code, value, numbers) of `project`'s
+/// `hour` into `rollups`.
 async fn insert_cells(
     tx: &sea_orm::DatabaseTransaction,
-    span: Span,
     project: Uuid,
-    at: i64,
+    hour: i64,
     cells: &[(i16, Option<String>, Metrics)],
 ) -> Result<(), DbErr> {
     let backend = tx.get_database_backend();
     for chunk in cells.chunks(CELLS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO {} (project_id, dim, {}, value, events, pageviews, visitors, \
+            "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, visitors, \
              sessions, bounces, duration_ms, session_pageviews) VALUES {}",
-            span.table(),
-            span.column(),
             vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
         let mut values = Vec::with_capacity(chunk.len() * 11);
@@ -317,7 +378,7 @@ async fn insert_cells(
             values.extend([
                 project.into(),
                 (*dim).into(),
-                at.into(),
+                hour.into(),
                 value.clone().unwrap_or_default().into(),
                 m.events.into(),
                 m.pageviews.into(),
@@ -487,23 +548,34 @@ impl Store {
         (dim, from, to): (i16, i64, i64),
         mut each: impl FnMut(StoredCell) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let (table, at) = (span.table(), span.column());
-        let hours = match span {
-            Span::Hour => 1,
-            Span::Day => HOURS_PER_DAY,
-        };
+        if span == Span::Day {
+            return self
+                .each_row(
+                    "SELECT day, cells FROM rollup_days \
+                     WHERE project_id = ? AND dim = ? AND day >= ? AND day < ?",
+                    vec![project.into(), dim.into(), from.into(), to.into()],
+                    |r| {
+                        let day: i64 = r.try_get_by_index(0)?;
+                        let blob: Vec<u8> = r.try_get_by_index(1)?;
+                        unpack_cells(&blob, day * HOURS_PER_DAY, &mut each).unwrap_or_else(|| {
+                            Err(StoreError::Db(DbErr::Custom(format!(
+                                "the daily rollup of day {day} cannot be read"
+                            ))))
+                        })
+                    },
+                )
+                .await;
+        }
         self.each_row(
-            &format!(
-                "SELECT {at}, value, events, pageviews, visitors, sessions, bounces, \
-                 duration_ms, session_pageviews FROM {table} \
-                 WHERE project_id = ? AND dim = ? AND {at} >= ? AND {at} < ?"
-            ),
+            "SELECT hour, value, events, pageviews, visitors, sessions, bounces, \
+             duration_ms, session_pageviews FROM rollups \
+             WHERE project_id = ? AND dim = ? AND hour >= ? AND hour < ?",
             vec![project.into(), dim.into(), from.into(), to.into()],
             |r| {
                 let value: String = r.try_get_by_index(1)?;
                 let at: i64 = r.try_get_by_index(0)?;
                 each(StoredCell {
-                    hour: at * hours,
+                    hour: at,
                     value: (!value.is_empty()).then_some(value),
                     metrics: Metrics {
                         events: r.try_get_by_index(2)?,
@@ -603,7 +675,7 @@ impl Store {
             ))
             .await?;
         }
-        insert_cells(&tx, Span::Hour, project, hour, cells).await?;
+        insert_cells(&tx, project, hour, cells).await?;
         // Its day's daily rollup is out of date now.
         tx.execute(stmt(
             "INSERT INTO rollup_days_due (project_id, day, version) VALUES (?, ?, 1) \
@@ -699,8 +771,8 @@ impl Store {
         let backend = self.backend();
         let tx = self.db().begin().await?;
         lock_slot(&tx, project, -1 - day).await?;
-        // Per dimension, so that the primary key (project, dim, day,
-        // value) finds the rows.
+        // Per dimension, so that the primary key (project, dim, day) finds
+        // the rows; then one packed row per dimension.
         let list = vec!["?"; codes.len()].join(", ");
         let mut values: Vec<DbValue> = vec![project.into(), day.into()];
         values.extend(codes.iter().map(|c| (*c).into()));
@@ -715,7 +787,30 @@ impl Store {
             values,
         ))
         .await?;
-        insert_cells(&tx, Span::Day, project, day, cells).await?;
+        for &code in codes {
+            let of_dim: Vec<(&Option<String>, &Metrics)> = cells
+                .iter()
+                .filter(|(c, _, _)| *c == code)
+                .map(|(_, v, m)| (v, m))
+                .collect();
+            if of_dim.is_empty() {
+                continue;
+            }
+            tx.execute(Statement::from_sql_and_values(
+                backend,
+                sql_for(
+                    backend,
+                    "INSERT INTO rollup_days (project_id, dim, day, cells) VALUES (?, ?, ?, ?)",
+                ),
+                vec![
+                    project.into(),
+                    code.into(),
+                    day.into(),
+                    pack_cells(of_dim.into_iter()).into(),
+                ],
+            ))
+            .await?;
+        }
         tx.execute(Statement::from_sql_and_values(
             backend,
             sql_for(
@@ -736,19 +831,16 @@ impl Store {
     /// The database error.
     pub async fn rollup_size(&self) -> Result<RollupSize, StoreError> {
         let length = self.byte_length();
-        let size = |table: &str| {
-            format!(
-                "SELECT COUNT(*) AS n, COALESCE(SUM({length}(visitors) + {length}(value) + 64), 0) \
-                 AS b FROM {table}"
-            )
+        let size = |table: &str, blobs: &str| {
+            format!("SELECT COUNT(*) AS n, COALESCE(SUM({blobs} + 64), 0) AS b FROM {table}")
         };
         let rows = self
             .rows(
                 &format!(
                     "SELECT CAST(h.n AS BIGINT), CAST(d.n AS BIGINT), CAST(h.b + d.b AS BIGINT) \
                      FROM ({}) AS h, ({}) AS d",
-                    size("rollups"),
-                    size("rollup_days")
+                    size("rollups", &format!("{length}(visitors) + {length}(value)")),
+                    size("rollup_days", &format!("{length}(cells)"))
                 ),
                 vec![],
             )
@@ -872,6 +964,18 @@ mod tests {
     use super::*;
     use crate::analytics::visitor_hash;
 
+    impl StoredCell {
+        /// Its numbers with the visitors of `visitors`.
+        fn metrics_with(&self, visitors: std::ops::Range<u64>) -> Metrics {
+            let mut m = self.metrics.clone();
+            for v in visitors {
+                m.visitors
+                    .insert(visitor_hash(&format!("v{v}")), usize::MAX);
+            }
+            m
+        }
+    }
+
     fn cell(hour: i64, events: i64, visitors: std::ops::Range<u64>) -> StoredCell {
         let mut set = VisitorSet::default();
         for v in visitors {
@@ -931,5 +1035,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hour 7"), "{err}");
+    }
+
+    #[test]
+    fn packed_cells_read_back_as_they_were() {
+        let mut sketch = VisitorSet::default();
+        for v in 0..5000 {
+            sketch.insert(visitor_hash(&format!("v{v}")), 10);
+        }
+        let cells = [
+            (None, cell(0, 12, 0..3).metrics_with(0..3)),
+            (
+                Some("/pricing".to_owned()),
+                cell(0, 7, 0..0).metrics_with(1..2),
+            ),
+            (
+                Some("/ü".to_owned()),
+                Metrics {
+                    events: 1 << 40,
+                    pageviews: 3,
+                    visitors: sketch,
+                    sessions: 2,
+                    bounces: 1,
+                    duration_ms: 0,
+                    session_pageviews: 3,
+                },
+            ),
+        ];
+        let blob = pack_cells(cells.iter().map(|(v, m)| (v, m)));
+        let mut back = Vec::new();
+        unpack_cells(&blob, 48, &mut |c: StoredCell| {
+            back.push(c);
+            Ok(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(back.len(), 3);
+        for ((value, m), c) in cells.iter().zip(&back) {
+            assert_eq!((&c.value, c.hour), (value, 48));
+            let mut got = c.metrics.clone();
+            got.visitors = VisitorSet::from_bytes(&c.visitors).unwrap();
+            assert_eq!(&got, m);
+        }
+        // A cut or padded blob is not read as cells.
+        let ok = |_: StoredCell| Ok(());
+        assert!(unpack_cells(&blob[..blob.len() - 1], 0, &mut { ok }).is_none());
+        let mut longer = blob.clone();
+        longer.push(0);
+        assert!(unpack_cells(&longer, 0, &mut { ok }).is_none());
     }
 }

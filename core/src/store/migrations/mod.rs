@@ -16,6 +16,7 @@ mod m20261203_000011_create_rollups;
 mod m20261203_000012_create_accounts;
 mod m20261203_000013_create_person_index;
 mod m20261204_000014_create_rollup_days;
+mod m20261204_000015_pack_rollup_days;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -39,6 +40,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000012_create_accounts::Migration),
             Box::new(m20261203_000013_create_person_index::Migration),
             Box::new(m20261204_000014_create_rollup_days::Migration),
+            Box::new(m20261204_000015_pack_rollup_days::Migration),
         ]
     }
 }
