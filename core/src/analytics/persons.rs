@@ -353,7 +353,7 @@ pub fn answers_funnel(f: &Funnel) -> bool {
 }
 
 /// A set of person numbers, one bit each.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct Bits(Vec<u64>);
 
 impl Bits {
@@ -369,6 +369,15 @@ impl Bits {
         self.0
             .get(p as usize / 64)
             .is_some_and(|w| w & (1 << (p % 64)) != 0)
+    }
+
+    /// How many are in the set and not in `other`.
+    fn count_without(&self, other: &Self) -> u64 {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, w)| u64::from((w & !other.0.get(i).copied().unwrap_or(0)).count_ones()))
+            .sum()
     }
 }
 
@@ -499,12 +508,7 @@ pub async fn funnel(
         }
     }
     // Who did the first step and no later one reached step 1 only.
-    steps[0].people += first
-        .0
-        .iter()
-        .enumerate()
-        .map(|(i, w)| u64::from((w & !later.0.get(i).copied().unwrap_or(0)).count_ones()))
-        .sum::<u64>();
+    steps[0].people += first.count_without(&later);
     Ok(FunnelAnswer {
         steps,
         groups: Vec::new(),
@@ -552,7 +556,7 @@ pub async fn retention(
     };
     // First-seen time per person; activity bits per period.
     let mut first: Vec<i64> = vec![i64::MAX; people];
-    let mut active: Vec<Vec<u64>> = vec![Vec::new(); starts.len()];
+    let mut active: Vec<Bits> = vec![Bits::default(); starts.len()];
     let seen = |first: &mut Vec<i64>, p: u32, t: i64| {
         let p = p as usize;
         if p >= first.len() {
@@ -562,14 +566,6 @@ pub async fn retention(
     };
     // The period `t` counts in, when it is in the range.
     let period_of = |t: i64| if t < from || t >= to { None } else { index(t) };
-    let mark = |active: &mut Vec<Vec<u64>>, p: u32, i: usize| {
-        let bits = &mut active[i];
-        let word = p as usize / 64;
-        if word >= bits.len() {
-            bits.resize(word + 1 + people / 64, 0);
-        }
-        bits[word] |= 1 << (p % 64);
-    };
     let names: Option<Vec<String>> = match (&r.cohort_event, &r.return_event) {
         (Some(c), Some(e)) => Some(vec![c.clone(), e.clone()]),
         _ => None,
@@ -588,10 +584,8 @@ pub async fn retention(
                         })
                         .ok_or_else(|| unreadable(project, h))?;
                         if let Some(i) = period_of(t) {
-                            each_person(blob, r.return_event.as_deref(), |p| {
-                                mark(&mut active, p, i);
-                            })
-                            .ok_or_else(|| unreadable(project, h))?;
+                            each_person(blob, r.return_event.as_deref(), |p| active[i].set(p))
+                                .ok_or_else(|| unreadable(project, h))?;
                         }
                         Ok(())
                     })
@@ -612,7 +606,7 @@ pub async fn retention(
                         if r.return_event.as_ref().is_none_or(|n| *n == e.name)
                             && let Some(i) = period_of(e.timestamp)
                         {
-                            mark(&mut active, p, i);
+                            active[i].set(p);
                         }
                     }
                 }
@@ -626,9 +620,9 @@ pub async fn retention(
         let Some(c) = index(t) else { continue };
         let cohort = &mut cohorts[c];
         cohort.people += 1;
-        let (word, bit) = (p / 64, 1u64 << (p % 64));
+        let p = u32::try_from(p).unwrap_or(u32::MAX);
         for (k, n) in cohort.active.iter_mut().enumerate() {
-            if active[c + k].get(word).is_some_and(|w| w & bit != 0) {
+            if active[c + k].get(p) {
                 *n += 1;
             }
         }
