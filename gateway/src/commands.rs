@@ -148,7 +148,8 @@ pub async fn stats(config: Config, as_json: bool) -> anyhow::Result<()> {
     let store = open(&config).await?;
     let s = store.stats().await?;
     let size = store.rollup_size().await?;
-    let (rollup_rows, rollup_day_rows, rollup_bytes) = (size.rows, size.day_rows, size.bytes);
+    let (rollup_rows, rollup_hour_packs) = (size.rows, size.hour_packs);
+    let (rollup_day_rows, rollup_bytes) = (size.day_rows, size.bytes);
     let (persons, person_index_bytes) = store.person_index_size().await?;
     let hour = orrery_core::event::now_ms().div_euclid(orrery_core::analytics::HOUR_MS);
     let pending = store.pending_rollups(hour).await?;
@@ -159,7 +160,7 @@ pub async fn stats(config: Config, as_json: bool) -> anyhow::Result<()> {
             json!({"events": s.events, "projects": s.projects,
                    "dead_letters": s.dead_letters, "database_bytes": s.database_bytes,
                    "rollup_rows": rollup_rows, "rollup_bytes": rollup_bytes,
-                   "rollup_day_rows": rollup_day_rows,
+                   "rollup_hour_packs": rollup_hour_packs, "rollup_day_rows": rollup_day_rows,
                    "rollup_pending_hours": pending, "rollup_pending_days": pending_days,
                    "persons": persons,
                    "person_index_bytes": person_index_bytes})
@@ -167,7 +168,8 @@ pub async fn stats(config: Config, as_json: bool) -> anyhow::Result<()> {
     } else {
         println!(
             "events:        {}\nprojects:      {}\ndead letters:  {}\ndatabase size: {} bytes\n\
-             rollups:       {rollup_rows} hourly and {rollup_day_rows} daily rows, about \
+             rollups:       {rollup_rows} hourly rows, {rollup_hour_packs} hourly and \
+             {rollup_day_rows} daily packs, about \
              {rollup_bytes} bytes; {pending} hours and {pending_days} days waiting to be rolled up\n\
              person index:  {persons} people, about {person_index_bytes} bytes",
             s.events, s.projects, s.dead_letters, s.database_bytes

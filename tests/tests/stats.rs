@@ -520,6 +520,7 @@ async fn statistics_equal_a_raw_count_before_and_after_rollups() {
         check_all(server, &events, from, to, "raw").await;
         let s = rolled_up(server).await;
         assert!(s["rollup_rows"].as_i64().unwrap() > 0, "{s}");
+        assert!(s["rollup_hour_packs"].as_i64().unwrap() > 0, "{s}");
         // The days that are over are merged: whole days of the ranges
         // below are read from them.
         assert!(s["rollup_day_rows"].as_i64().unwrap() > 0, "{s}");

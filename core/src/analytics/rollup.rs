@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use tracing::debug;
 use uuid::Uuid;
 
+use super::HOUR_MS;
 use super::aggregate::{Metrics, Scan, aggregate, rollup_groups};
 use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
-use super::{Dim, HOUR_MS};
 use crate::store::people::EventColumns;
-use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span};
+use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span, rollup_codes};
 use crate::store::{Store, StoreError};
 
 /// Recomputes and stores the rollup of `project`'s `hour` and its row of
@@ -94,11 +94,10 @@ pub async fn make_day(
     version: i64,
 ) -> Result<usize, StoreError> {
     let (from, to) = (day * HOURS_PER_DAY, (day + 1) * HOURS_PER_DAY);
-    let codes: Vec<i16> = std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect();
     let mut merged: HashMap<(i16, Option<String>), Metrics> = HashMap::new();
     // Each hour's values come mixed.
     let mut merger = CellMerger::new(DAY_EXACT_LIMIT, true);
-    for &code in &codes {
+    for code in rollup_codes() {
         store
             .rollup_cells(Span::Hour, project, (code, from, to), |mut cell| {
                 let value = cell.value.take();
@@ -111,9 +110,7 @@ pub async fn make_day(
         .into_iter()
         .map(|((code, value), m)| (code, value, m))
         .collect();
-    store
-        .write_day(project, day, version, &codes, &cells)
-        .await?;
+    store.write_day(project, day, version, &cells).await?;
     debug!(%project, day, cells = cells.len(), "daily rollup made");
     Ok(cells.len())
 }

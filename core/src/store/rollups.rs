@@ -19,11 +19,11 @@ use uuid::Uuid;
 use super::people::EventColumns;
 use super::{Store, StoreError, sql_for};
 use crate::analytics::persons::{Cursor, put};
-use crate::analytics::{EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
+use crate::analytics::{Dim, EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
 
 /// Session ids per lookup statement on SQLite.
 const SQLITE_IDS_PER_LOOKUP: usize = 500;
-/// Rows per rollup insert statement (11 values each).
+/// Rows per rollup insert statement (10 values each).
 const CELLS_PER_INSERT: usize = 500;
 
 /// The upsert of one dirty mark per row; `{}` is the rows.
@@ -349,17 +349,106 @@ fn unpack_cells(
     (c.at_end()).then_some(Ok(()))
 }
 
-/// A rollup table: hourly or daily.
+/// A packed rollup table: hourly or daily.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Span {
-    /// `rollups`, by `hour`.
+    /// `rollup_hours`, by `hour`.
     Hour,
     /// `rollup_days`, by `day` (UTC).
     Day,
 }
 
-/// Inserts the cells (dimension code, value, numbers) of `project`'s
-/// `hour` into `rollups`.
+impl Span {
+    /// Its table and its slot column.
+    fn table(self) -> (&'static str, &'static str) {
+        match self {
+            Span::Hour => ("rollup_hours", "hour"),
+            Span::Day => ("rollup_days", "day"),
+        }
+    }
+
+    /// Hours per slot.
+    fn hours(self) -> i64 {
+        match self {
+            Span::Hour => 1,
+            Span::Day => HOURS_PER_DAY,
+        }
+    }
+}
+
+/// Every dimension code a rollup holds (0: the totals).
+#[must_use]
+pub fn rollup_codes() -> Vec<i16> {
+    std::iter::once(0).chain(Dim::ALL.map(Dim::code)).collect()
+}
+
+/// `dim IN (?, ...)` over every dimension code, and its values: the
+/// primary keys (project, dim, slot, ...) then find one slot's rows.
+fn every_dim() -> (String, Vec<DbValue>) {
+    let codes = rollup_codes();
+    let list = vec!["?"; codes.len()].join(", ");
+    (
+        format!("dim IN ({list})"),
+        codes.into_iter().map(Into::into).collect(),
+    )
+}
+
+/// Replaces the packed rollup of `project`'s `slot` of `span` with
+/// `cells` (dimension code, value, numbers): one row per dimension that
+/// has cells.
+async fn write_packs(
+    tx: &sea_orm::DatabaseTransaction,
+    span: Span,
+    project: Uuid,
+    slot: i64,
+    cells: &[(i16, Option<String>, Metrics)],
+) -> Result<(), DbErr> {
+    let backend = tx.get_database_backend();
+    let (table, column) = span.table();
+    let (dims, codes) = every_dim();
+    let mut values: Vec<DbValue> = vec![project.into(), slot.into()];
+    values.extend(codes);
+    tx.execute(Statement::from_sql_and_values(
+        backend,
+        sql_for(
+            backend,
+            &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ? AND {dims}"),
+        ),
+        values,
+    ))
+    .await?;
+    for code in rollup_codes() {
+        let of_dim: Vec<(&Option<String>, &Metrics)> = cells
+            .iter()
+            .filter(|(c, _, _)| *c == code)
+            .map(|(_, v, m)| (v, m))
+            .collect();
+        if of_dim.is_empty() {
+            continue;
+        }
+        tx.execute(Statement::from_sql_and_values(
+            backend,
+            sql_for(
+                backend,
+                &format!(
+                    "INSERT INTO {table} (project_id, dim, {column}, cells) VALUES (?, ?, ?, ?)"
+                ),
+            ),
+            vec![
+                project.into(),
+                code.into(),
+                slot.into(),
+                pack_cells(of_dim.into_iter()).into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Inserts the counts of the cells (dimension code, value, numbers) of
+/// `project`'s `hour` into `rollups`, one row per value: what the SQL
+/// endpoint's `rollups` view shows (queries read the packs).
 async fn insert_cells(
     tx: &sea_orm::DatabaseTransaction,
     project: Uuid,
@@ -369,11 +458,11 @@ async fn insert_cells(
     let backend = tx.get_database_backend();
     for chunk in cells.chunks(CELLS_PER_INSERT) {
         let sql = format!(
-            "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, visitors, \
+            "INSERT INTO rollups (project_id, dim, hour, value, events, pageviews, \
              sessions, bounces, duration_ms, session_pageviews) VALUES {}",
-            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
+            vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ")
         );
-        let mut values = Vec::with_capacity(chunk.len() * 11);
+        let mut values = Vec::with_capacity(chunk.len() * 10);
         for (dim, value, m) in chunk {
             values.extend([
                 project.into(),
@@ -382,7 +471,6 @@ async fn insert_cells(
                 value.clone().unwrap_or_default().into(),
                 m.events.into(),
                 m.pageviews.into(),
-                m.visitors.to_bytes().into(),
                 m.sessions.into(),
                 m.bounces.into(),
                 m.duration_ms.into(),
@@ -402,11 +490,13 @@ async fn insert_cells(
 /// The size of the rollups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RollupSize {
-    /// Hourly rows.
+    /// Hourly rows, one per value (the SQL endpoint's view).
     pub rows: i64,
-    /// Daily rows.
+    /// Hourly packs, one per dimension and hour.
+    pub hour_packs: i64,
+    /// Daily packs, one per dimension and day.
     pub day_rows: i64,
-    /// Both, about, in bytes.
+    /// All three, about, in bytes.
     pub bytes: i64,
 }
 
@@ -540,7 +630,8 @@ impl Store {
     /// day's cell has the first hour of its day as `hour`.
     ///
     /// # Errors
-    /// The database error, or the first error of `each`.
+    /// The database error, an unreadable pack, or the first error of
+    /// `each`.
     pub async fn rollup_cells(
         &self,
         span: Span,
@@ -548,45 +639,20 @@ impl Store {
         (dim, from, to): (i16, i64, i64),
         mut each: impl FnMut(StoredCell) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        if span == Span::Day {
-            return self
-                .each_row(
-                    "SELECT day, cells FROM rollup_days \
-                     WHERE project_id = ? AND dim = ? AND day >= ? AND day < ?",
-                    vec![project.into(), dim.into(), from.into(), to.into()],
-                    |r| {
-                        let day: i64 = r.try_get_by_index(0)?;
-                        let blob: Vec<u8> = r.try_get_by_index(1)?;
-                        unpack_cells(&blob, day * HOURS_PER_DAY, &mut each).unwrap_or_else(|| {
-                            Err(StoreError::Db(DbErr::Custom(format!(
-                                "the daily rollup of day {day} cannot be read"
-                            ))))
-                        })
-                    },
-                )
-                .await;
-        }
+        let (table, column) = span.table();
         self.each_row(
-            "SELECT hour, value, events, pageviews, visitors, sessions, bounces, \
-             duration_ms, session_pageviews FROM rollups \
-             WHERE project_id = ? AND dim = ? AND hour >= ? AND hour < ?",
+            &format!(
+                "SELECT {column}, cells FROM {table} \
+                 WHERE project_id = ? AND dim = ? AND {column} >= ? AND {column} < ?"
+            ),
             vec![project.into(), dim.into(), from.into(), to.into()],
             |r| {
-                let value: String = r.try_get_by_index(1)?;
-                let at: i64 = r.try_get_by_index(0)?;
-                each(StoredCell {
-                    hour: at,
-                    value: (!value.is_empty()).then_some(value),
-                    metrics: Metrics {
-                        events: r.try_get_by_index(2)?,
-                        pageviews: r.try_get_by_index(3)?,
-                        visitors: VisitorSet::default(),
-                        sessions: r.try_get_by_index(5)?,
-                        bounces: r.try_get_by_index(6)?,
-                        duration_ms: r.try_get_by_index(7)?,
-                        session_pageviews: r.try_get_by_index(8)?,
-                    },
-                    visitors: r.try_get_by_index(4)?,
+                let slot: i64 = r.try_get_by_index(0)?;
+                let blob: Vec<u8> = r.try_get_by_index(1)?;
+                unpack_cells(&blob, slot * span.hours(), &mut each).unwrap_or_else(|| {
+                    Err(StoreError::Db(DbErr::Custom(format!(
+                        "the rollup of {column} {slot} cannot be read"
+                    ))))
                 })
             },
         )
@@ -653,9 +719,12 @@ impl Store {
         };
         let tx = self.db().begin().await?;
         lock_slot(&tx, project, hour).await?;
+        let (dims, codes) = every_dim();
+        let mut values: Vec<DbValue> = vec![project.into(), hour.into()];
+        values.extend(codes);
         tx.execute(stmt(
-            "DELETE FROM rollups WHERE project_id = ? AND hour = ?",
-            vec![project.into(), hour.into()],
+            &format!("DELETE FROM rollups WHERE project_id = ? AND hour = ? AND {dims}"),
+            values,
         ))
         .await?;
         tx.execute(stmt(
@@ -676,6 +745,7 @@ impl Store {
             .await?;
         }
         insert_cells(&tx, project, hour, cells).await?;
+        write_packs(&tx, Span::Hour, project, hour, cells).await?;
         // Its day's daily rollup is out of date now.
         tx.execute(stmt(
             "INSERT INTO rollup_days_due (project_id, day, version) VALUES (?, ?, 1) \
@@ -765,52 +835,12 @@ impl Store {
         project: Uuid,
         day: i64,
         version: i64,
-        codes: &[i16],
         cells: &[(i16, Option<String>, Metrics)],
     ) -> Result<(), StoreError> {
         let backend = self.backend();
         let tx = self.db().begin().await?;
         lock_slot(&tx, project, -1 - day).await?;
-        // Per dimension, so that the primary key (project, dim, day) finds
-        // the rows; then one packed row per dimension.
-        let list = vec!["?"; codes.len()].join(", ");
-        let mut values: Vec<DbValue> = vec![project.into(), day.into()];
-        values.extend(codes.iter().map(|c| (*c).into()));
-        tx.execute(Statement::from_sql_and_values(
-            backend,
-            sql_for(
-                backend,
-                &format!(
-                    "DELETE FROM rollup_days WHERE project_id = ? AND day = ? AND dim IN ({list})"
-                ),
-            ),
-            values,
-        ))
-        .await?;
-        for &code in codes {
-            let of_dim: Vec<(&Option<String>, &Metrics)> = cells
-                .iter()
-                .filter(|(c, _, _)| *c == code)
-                .map(|(_, v, m)| (v, m))
-                .collect();
-            if of_dim.is_empty() {
-                continue;
-            }
-            tx.execute(Statement::from_sql_and_values(
-                backend,
-                sql_for(
-                    backend,
-                    "INSERT INTO rollup_days (project_id, dim, day, cells) VALUES (?, ?, ?, ?)",
-                ),
-                vec![
-                    project.into(),
-                    code.into(),
-                    day.into(),
-                    pack_cells(of_dim.into_iter()).into(),
-                ],
-            ))
-            .await?;
-        }
+        write_packs(&tx, Span::Day, project, day, cells).await?;
         tx.execute(Statement::from_sql_and_values(
             backend,
             sql_for(
@@ -837,9 +867,10 @@ impl Store {
         let rows = self
             .rows(
                 &format!(
-                    "SELECT CAST(h.n AS BIGINT), CAST(d.n AS BIGINT), CAST(h.b + d.b AS BIGINT) \
-                     FROM ({}) AS h, ({}) AS d",
-                    size("rollups", &format!("{length}(visitors) + {length}(value)")),
+                    "SELECT CAST(v.n AS BIGINT), CAST(h.n AS BIGINT), CAST(d.n AS BIGINT), \
+                     CAST(v.b + h.b + d.b AS BIGINT) FROM ({}) AS v, ({}) AS h, ({}) AS d",
+                    size("rollups", &format!("{length}(value)")),
+                    size("rollup_hours", &format!("{length}(cells)")),
                     size("rollup_days", &format!("{length}(cells)"))
                 ),
                 vec![],
@@ -848,8 +879,9 @@ impl Store {
         let r = rows.first().ok_or(StoreError::NotFound("rollup size"))?;
         Ok(RollupSize {
             rows: r.try_get_by_index(0)?,
-            day_rows: r.try_get_by_index(1)?,
-            bytes: r.try_get_by_index(2)?,
+            hour_packs: r.try_get_by_index(1)?,
+            day_rows: r.try_get_by_index(2)?,
+            bytes: r.try_get_by_index(3)?,
         })
     }
 

@@ -124,20 +124,23 @@ async fn run(args: Args) {
     let store = open(&config).await;
     let now = now_ms();
     let project = if args.reuse && !args.rebuild {
-        // What the rollup job does after an upgrade: the daily rollups of
-        // the days that are over.
+        // What the rollup job does after an upgrade: the marked hours,
+        // then the daily rollups of the days that are over.
         let started = Instant::now();
-        let mut days = 0;
+        let (mut hours, mut days) = (0, 0);
+        let mut recent = rollup::RecentRedos::new(0);
         loop {
-            let made = rollup::make_due_days(&store, now, 1000).await.unwrap();
-            days += made;
-            if made < 1000 {
+            let (redone, _, made) = rollup::redo_due(&store, now, 1000, &mut recent)
+                .await
+                .unwrap();
+            (hours, days) = (hours + redone, days + made);
+            if redone == 0 && made == 0 {
                 break;
             }
         }
-        if days > 0 {
+        if hours + days > 0 {
             println!(
-                "daily rollups of {days} days made in {:.1} s",
+                "upgrade: {hours} hours redone and {days} days made in {:.1} s",
                 started.elapsed().as_secs_f64()
             );
         }
@@ -160,7 +163,7 @@ async fn run(args: Args) {
     };
     let stats = store.stats().await.unwrap();
     let size = store.rollup_size().await.unwrap();
-    let (rows, bytes) = (size.rows + size.day_rows, size.bytes);
+    let (rows, bytes) = (size.rows + size.hour_packs + size.day_rows, size.bytes);
     println!(
         "{} events; database {:.1} MiB ({:.1} MiB per million events); rollups {rows} rows, about {:.1} MiB",
         stats.events,

@@ -17,6 +17,7 @@ mod m20261203_000012_create_accounts;
 mod m20261203_000013_create_person_index;
 mod m20261204_000014_create_rollup_days;
 mod m20261204_000015_pack_rollup_days;
+mod m20261205_000016_pack_rollup_hours;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000013_create_person_index::Migration),
             Box::new(m20261204_000014_create_rollup_days::Migration),
             Box::new(m20261204_000015_pack_rollup_days::Migration),
+            Box::new(m20261205_000016_pack_rollup_hours::Migration),
         ]
     }
 }
