@@ -4,13 +4,15 @@
 //! For each project and rolled-up hour the rollup job also writes one
 //! `person_hours` row, in the rollup's transaction:
 //! - `events`: the hour's events as (person, ms into the hour, event name),
-//!   sorted by person, time and arrival;
+//!   sorted by person, time and arrival: each person's run (number as a
+//!   delta, length), then every event's ms (4 bytes) and name (1, 2 or 4
+//!   bytes), so that reading an event is two loads and a person who does
+//!   not matter is skipped whole (see [`EventsBlob`]);
 //! - `people`: the people active in the hour, in all and per event name.
 //!
 //! People are dense per-project numbers (table `persons`, assigned by the
-//! job), so a query keeps its per-person state in plain arrays. Both blobs
-//! are varint-encoded (person numbers as deltas), about 4 to 6 bytes per
-//! event and 2 per active person and name.
+//! job), so a query keeps its per-person state in plain arrays. About 5 to
+//! 6 bytes per event, and 2 per active person and name.
 //!
 //! A query reads an hour from the index when it lies wholly in the range,
 //! is over, has no mark (nothing changed since its rollup) and has a row;
@@ -147,18 +149,36 @@ impl HourIndex {
         Self { names, entries }
     }
 
-    /// The `events` blob: names, then (person delta, ms, name) per event.
+    /// The `events` blob (read by [`EventsBlob`]): names; the number of
+    /// events and of runs; per run (one person's events) the person as a
+    /// delta and the run's length; then every event's ms into the hour
+    /// (4 bytes, little-endian) and its name's index (1, 2 or 4 bytes, by
+    /// the number of names).
     #[must_use]
     pub fn events_blob(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + self.entries.len() * 5);
+        let mut runs: Vec<(u32, u64)> = Vec::new();
+        for &(p, _, _) in &self.entries {
+            match runs.last_mut() {
+                Some((q, len)) if *q == p => *len += 1,
+                _ => runs.push((p, 1)),
+            }
+        }
+        let width = name_width(self.names.len());
+        let mut out = Vec::with_capacity(16 + runs.len() * 3 + self.entries.len() * (4 + width));
         put_names(&mut out, &self.names);
         put(&mut out, self.entries.len() as u64);
+        put(&mut out, runs.len() as u64);
         let mut last = 0u32;
-        for &(p, ms, n) in &self.entries {
+        for (p, len) in runs {
             put(&mut out, u64::from(p - last));
-            put(&mut out, u64::from(ms));
-            put(&mut out, u64::from(n));
+            put(&mut out, len);
             last = p;
+        }
+        for &(_, ms, _) in &self.entries {
+            out.extend_from_slice(&ms.to_le_bytes());
+        }
+        for &(_, _, n) in &self.entries {
+            out.extend_from_slice(&n.to_le_bytes()[..width]);
         }
         out
     }
@@ -194,31 +214,94 @@ impl HourIndex {
     }
 }
 
-/// Calls `visit(person, ms into the hour, ordinal)` for each event of an
-/// `events` blob whose name has a nonzero `mask_of(name)`, with the mask.
-fn each_event(
-    blob: &[u8],
-    mask_of: impl Fn(&str) -> u32,
-    mut visit: impl FnMut(u32, i64, i64, u32),
-) -> Option<()> {
-    let mut c = Cursor::new(blob);
-    let masks: Vec<u32> = c.names()?.into_iter().map(mask_of).collect();
-    let n = c.get()?;
-    let mut person = 0u32;
-    for i in 0..n {
-        person = person.checked_add(c.get32()?)?;
-        let ms = c.get()?;
-        let mask = *masks.get(c.get()? as usize)?;
-        if mask != 0 {
-            visit(
-                person,
-                i64::try_from(ms).ok()?,
-                i64::try_from(i).ok()?,
-                mask,
-            );
-        }
+/// Bytes per name index in an `events` blob with `names` names.
+fn name_width(names: usize) -> usize {
+    match names {
+        0..=0x100 => 1,
+        0x101..=0x1_0000 => 2,
+        _ => 4,
     }
-    Some(())
+}
+
+/// An `events` blob, checked (see [`HourIndex::events_blob`]).
+struct EventsBlob<'a> {
+    names: Vec<&'a str>,
+    /// The runs: (person delta, length) varints.
+    runs: &'a [u8],
+    run_count: usize,
+    /// 4 bytes per event.
+    ms: &'a [u8],
+    /// `width` bytes per event.
+    ids: &'a [u8],
+    width: usize,
+}
+
+impl<'a> EventsBlob<'a> {
+    /// The blob read, or `None` when it is not one (cut, padded, or runs
+    /// that do not add up to its events, or a name index out of range,
+    /// found when read).
+    fn parse(blob: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor::new(blob);
+        let names = c.names()?;
+        let n = usize::try_from(c.get()?).ok()?;
+        let run_count = usize::try_from(c.get()?).ok()?;
+        let start = c.at;
+        let mut total = 0usize;
+        for _ in 0..run_count {
+            c.get32()?;
+            total = total.checked_add(usize::try_from(c.get()?).ok()?)?;
+        }
+        let runs = &blob[start..c.at];
+        let width = name_width(names.len());
+        let ms = c.bytes(n.checked_mul(4)?)?;
+        let ids = c.bytes(n.checked_mul(width)?)?;
+        (total == n && c.at_end()).then_some(Self {
+            names,
+            runs,
+            run_count,
+            ms,
+            ids,
+            width,
+        })
+    }
+
+    /// Each name's mask.
+    fn masks(&self, mask_of: impl Fn(&str) -> u32) -> Vec<u32> {
+        self.names.iter().map(|n| mask_of(n)).collect()
+    }
+
+    /// Calls `visit(person, events)` for each run: a person and the
+    /// indexes of its events (in time, then arrival, order).
+    fn each_run(&self, mut visit: impl FnMut(u32, std::ops::Range<usize>)) -> Option<()> {
+        let mut c = Cursor::new(self.runs);
+        let (mut person, mut at) = (0u32, 0usize);
+        for _ in 0..self.run_count {
+            person = person.checked_add(c.get32()?)?;
+            let len = usize::try_from(c.get()?).ok()?;
+            visit(person, at..at + len);
+            at += len;
+        }
+        Some(())
+    }
+
+    /// Event `i`'s ms into the hour.
+    fn ms(&self, i: usize) -> u32 {
+        let b = &self.ms[i * 4..i * 4 + 4];
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The mask (from `masks`, one per name) of event `i`'s name; `None`
+    /// when its index is out of range.
+    fn mask(&self, masks: &[u32], i: usize) -> Option<u32> {
+        let b = &self.ids[i * self.width..(i + 1) * self.width];
+        let id = match *b {
+            [x] => usize::from(x),
+            [x, y] => usize::from(u16::from_le_bytes([x, y])),
+            [x, y, z, w] => u32::from_le_bytes([x, y, z, w]) as usize,
+            _ => return None,
+        };
+        masks.get(id).copied()
+    }
 }
 
 /// Calls `visit` for each person of a `people` blob active in all (`name`
@@ -384,16 +467,75 @@ impl Bits {
 /// A step event of a raw piece, numbered: (person, time, arrival, mask).
 type RawHit = (u32, i64, i64, u32);
 
+/// `events` blob bytes a funnel keeps from its first pass for its second;
+/// beyond, the second reads them again.
+const MAX_KEPT_BYTES: usize = 256 << 20;
+
+/// The second pass of [`funnel`]: each followed person's progress is
+/// its slot in `arena` (0 in `slot_of`: none yet).
+struct Follow<'a> {
+    /// The people to follow (the others are counted without).
+    later: &'a Bits,
+    window: i64,
+    slot_of: Vec<u32>,
+    arena: Progress,
+}
+
+impl Follow<'_> {
+    /// Takes person `p`'s next step event.
+    fn event(&mut self, p: u32, at: (i64, i64), mask: u32) {
+        let i = p as usize;
+        if i >= self.slot_of.len() {
+            self.slot_of.resize(i + 1, 0);
+        }
+        if self.slot_of[i] == 0 {
+            if mask & 1 == 0 {
+                return; // nothing happens before a first step
+            }
+            self.slot_of[i] = self.arena.add();
+        }
+        self.arena
+            .advance(self.slot_of[i], self.window, at, mask, 0);
+    }
+
+    /// Takes the step events of hour `h`'s `events` blob of the people
+    /// followed, skipping the others' runs; `None` when the blob cannot
+    /// be read.
+    fn hour(&mut self, h: i64, blob: &[u8], mask_of: impl Fn(&str) -> u32) -> Option<()> {
+        let hour = EventsBlob::parse(blob)?;
+        let masks = hour.masks(mask_of);
+        let start = h * HOUR_MS;
+        let mut ok = true;
+        hour.each_run(|p, events| {
+            if !self.later.get(p) {
+                return; // counted from `first`
+            }
+            for i in events {
+                match hour.mask(&masks, i) {
+                    None => ok = false,
+                    Some(0) => {}
+                    Some(mask) => {
+                        let t = start + i64::from(hour.ms(i));
+                        self.event(p, (t, i as i64), mask);
+                    }
+                }
+            }
+        })?;
+        ok.then_some(())
+    }
+}
+
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
 /// range).
 ///
 /// Most people never do a later step's event (the first step is often a
 /// page view), and their answer is known without following them: they
 /// reached step 1. So a first pass reads who did the first step's event
-/// and who did any later step's, from the index's per-name people lists
-/// (and the raw pieces' events, kept for the second pass); the second
-/// streams in time order through a [`Progress`] only the step events of
-/// people who did both, and the rest count at step 1.
+/// and who did any later step's, from the index's `events` blobs (kept
+/// for the second pass, up to [`MAX_KEPT_BYTES`]) and the raw pieces'
+/// events (kept too); the second streams in time order through a
+/// [`Progress`] only the step events of people who did both, skipping
+/// everyone else's runs whole, and the rest count at step 1.
 ///
 /// # Errors
 /// The database error, or an unreadable blob.
@@ -407,10 +549,6 @@ pub async fn funnel(
     let n = f.steps.len();
     // No step filters here (see `answers_funnel`).
     let mask_of = |name: &str| f.mask(name, |_| true);
-    let first_name = f.steps[0].event.as_str();
-    let mut later_names: Vec<&str> = f.steps[1..].iter().map(|s| s.event.as_str()).collect();
-    later_names.sort_unstable();
-    later_names.dedup();
     let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), []);
     let mut numbers = Numbers::new(store, project).await?;
@@ -420,15 +558,42 @@ pub async fn funnel(
     // (`later`); the raw pieces' step events, numbered, in time order.
     let (mut first, mut later) = (Bits::default(), Bits::default());
     let mut raw: Vec<Vec<RawHit>> = Vec::new();
+    let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
+    let (mut kept_bytes, mut keep) = (0usize, true);
     for piece in &pieces {
         match *piece {
             Piece::Index(a, b) => {
                 store
-                    .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
+                    .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
                         let bad = || unreadable(project, h);
-                        each_person(blob, Some(first_name), |p| first.set(p)).ok_or_else(bad)?;
-                        for name in &later_names {
-                            each_person(blob, Some(name), |p| later.set(p)).ok_or_else(bad)?;
+                        let hour = EventsBlob::parse(&blob).ok_or_else(bad)?;
+                        let masks = hour.masks(mask_of);
+                        let mut ok = true;
+                        hour.each_run(|p, events| {
+                            let mut m = 0;
+                            for i in events {
+                                m |= hour.mask(&masks, i).unwrap_or_else(|| {
+                                    ok = false;
+                                    0
+                                });
+                            }
+                            if m & 1 != 0 {
+                                first.set(p);
+                            }
+                            if m & !1 != 0 {
+                                later.set(p);
+                            }
+                        })
+                        .filter(|()| ok)
+                        .ok_or_else(bad)?;
+                        if keep {
+                            kept_bytes += blob.len();
+                            keep = kept_bytes <= MAX_KEPT_BYTES;
+                            if keep {
+                                kept.push((h, blob));
+                            } else {
+                                kept = Vec::new();
+                            }
                         }
                         Ok(())
                     })
@@ -460,47 +625,43 @@ pub async fn funnel(
         }
     }
 
-    // Second pass: the people who did both, followed step by step. Each
-    // one's progress is its slot in `arena` (0: none yet).
-    let mut slot_of: Vec<u32> = vec![0; numbers.next as usize];
-    let mut arena = Progress::arena(n);
-    let mut advance = |person: u32, t: i64, tie: i64, mask: u32| {
-        if !later.get(person) {
-            return; // counted from `first` below
-        }
-        let p = person as usize;
-        if p >= slot_of.len() {
-            slot_of.resize(p + 1, 0);
-        }
-        if slot_of[p] == 0 {
-            if mask & 1 == 0 {
-                return; // nothing happens before a first step
-            }
-            slot_of[p] = arena.add();
-        }
-        arena.advance(slot_of[p], f.window_ms, (t, tie), mask, 0);
+    // Second pass: the people who did both, followed step by step.
+    let mut follow = Follow {
+        later: &later,
+        window: f.window_ms,
+        slot_of: vec![0; numbers.next as usize],
+        arena: Progress::arena(n),
     };
     let mut raw = raw.into_iter();
+    let mut kept = kept.into_iter().peekable();
     for piece in pieces {
         match piece {
+            Piece::Index(_, b) if keep => {
+                while let Some((h, blob)) = kept.next_if(|(h, _)| *h < b) {
+                    follow
+                        .hour(h, &blob, mask_of)
+                        .ok_or_else(|| unreadable(project, h))?;
+                }
+            }
             Piece::Index(a, b) => {
                 store
                     .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
-                        let start = h * HOUR_MS;
-                        each_event(blob, mask_of, |p, ms, ord, mask| {
-                            advance(p, start + ms, ord, mask);
-                        })
-                        .ok_or_else(|| unreadable(project, h))
+                        follow
+                            .hour(h, &blob, mask_of)
+                            .ok_or_else(|| unreadable(project, h))
                     })
                     .await?;
             }
             Piece::Raw(..) => {
                 for (p, t, seq, mask) in raw.next().unwrap_or_default() {
-                    advance(p, t, seq, mask);
+                    if later.get(p) {
+                        follow.event(p, (t, seq), mask);
+                    }
                 }
             }
         }
     }
+    let arena = follow.arena;
     let mut steps = vec![StepCount::default(); n];
     for slot in 1..u32::try_from(arena.len()).unwrap_or(u32::MAX) {
         if let Some((last, times, _)) = arena.furthest(slot) {
@@ -579,12 +740,12 @@ pub async fn retention(
                 store
                     .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
                         let t = h * HOUR_MS;
-                        each_person(blob, r.cohort_event.as_deref(), |p| {
+                        each_person(&blob, r.cohort_event.as_deref(), |p| {
                             seen(&mut first, p, t);
                         })
                         .ok_or_else(|| unreadable(project, h))?;
                         if let Some(i) = period_of(t) {
-                            each_person(blob, r.return_event.as_deref(), |p| active[i].set(p))
+                            each_person(&blob, r.return_event.as_deref(), |p| active[i].set(p))
                                 .ok_or_else(|| unreadable(project, h))?;
                         }
                         Ok(())
@@ -660,14 +821,9 @@ mod tests {
         ];
         let ids = HashMap::from([(70, 3), (90, 1_000_000)]);
         let hour = HourIndex::build(&events, &ids, start);
-        let mut seen = Vec::new();
-        each_event(
-            &hour.events_blob(),
-            |n| u32::from(n == "view") | u32::from(n == "buy") << 1,
-            |p, ms, ord, mask| {
-                seen.push((p, ms, ord, mask));
-            },
-        )
+        let seen = read_events(&hour.events_blob(), |n| {
+            u32::from(n == "view") | u32::from(n == "buy") << 1
+        })
         .unwrap();
         // By person, then time, then arrival.
         assert_eq!(
@@ -690,9 +846,54 @@ mod tests {
             each_person(&people, name, |p| got.push(p)).unwrap();
             assert_eq!(got, want, "{name:?}");
         }
-        // A cut blob is an error, not a panic.
+        // A cut or padded blob is an error, not a panic.
         let blob = hour.events_blob();
-        assert!(each_event(&blob[..blob.len() - 1], |_| 1, |_, _, _, _| {}).is_none());
+        assert!(read_events(&blob[..blob.len() - 1], |_| 1).is_none());
+        let mut longer = blob.clone();
+        longer.push(0);
+        assert!(read_events(&longer, |_| 1).is_none());
         assert!(each_person(&people[..people.len() - 1], Some("buy"), |_| {}).is_none());
+    }
+
+    /// Every event of an `events` blob: (person, ms, ordinal, mask).
+    fn read_events(
+        blob: &[u8],
+        mask_of: impl Fn(&str) -> u32,
+    ) -> Option<Vec<(u32, i64, usize, u32)>> {
+        let hour = EventsBlob::parse(blob)?;
+        let masks = hour.masks(mask_of);
+        let mut seen = Vec::new();
+        let mut ok = true;
+        hour.each_run(|p, events| {
+            for i in events {
+                match hour.mask(&masks, i) {
+                    Some(m) => seen.push((p, i64::from(hour.ms(i)), i, m)),
+                    None => ok = false,
+                }
+            }
+        })?;
+        ok.then_some(seen)
+    }
+
+    #[test]
+    fn many_names_take_wider_indexes() {
+        let start = 0;
+        for names in [256, 257, 70_000] {
+            let events: Vec<EventFacts> = (0..names)
+                .map(|i| event(i, &format!("e{i}"), start + i, 1 + (i as u64 % 3)))
+                .collect();
+            let ids = HashMap::from([(1, 0), (2, 5), (3, 6)]);
+            let blob = HourIndex::build(&events, &ids, start).events_blob();
+            let seen = read_events(&blob, |n| u32::from(n == format!("e{}", names - 1))).unwrap();
+            assert_eq!(seen.len(), names as usize);
+            // The last event's name is found, whatever the width.
+            let last = seen.iter().find(|e| e.3 == 1).unwrap();
+            assert_eq!(
+                (last.0, last.1),
+                ([0, 5, 6][(names as usize - 1) % 3], names - 1)
+            );
+            // Persons in order, each person's events in time order.
+            assert!(seen.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)));
+        }
     }
 }

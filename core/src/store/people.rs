@@ -387,7 +387,7 @@ impl Store {
         project: Uuid,
         (from_hour, to_hour): (i64, i64),
         column: PersonColumn,
-        mut each: impl FnMut(i64, &[u8]) -> Result<(), StoreError>,
+        mut each: impl FnMut(i64, Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let col = match column {
             PersonColumn::Events => "events",
@@ -401,7 +401,7 @@ impl Store {
             vec![project.into(), from_hour.into(), to_hour.into()],
             |r| {
                 let blob: Vec<u8> = r.try_get_by_index(1)?;
-                each(r.try_get_by_index(0)?, &blob)
+                each(r.try_get_by_index(0)?, blob)
             },
         )
         .await

@@ -8,8 +8,10 @@ pub struct Migration;
 /// hour (the format of `rollup_days`), so that the partial days at the
 /// edges of a range cost one row per hour instead of one per value. The
 /// per-value `rollups` rows stay, without their visitor sets, for the SQL
-/// endpoint's `rollups` view. Every rolled-up hour is marked, so the job
-/// packs it (queries read marked hours from raw events meanwhile).
+/// endpoint's `rollups` view. The person index's `events` blob changes
+/// form too (runs per person, then fixed-width times and names). Every
+/// rolled-up hour is marked, so the job packs it and writes its index row
+/// again (queries read marked hours from raw events meanwhile).
 #[derive(DeriveIden)]
 enum RollupHours {
     Table,
