@@ -215,6 +215,18 @@ impl Progress {
         u32::try_from(slot).unwrap_or(u32::MAX)
     }
 
+    /// Forgets every slot but the unused slot 0.
+    pub fn clear(&mut self) {
+        self.cells.truncate(self.n * self.width());
+    }
+
+    /// Bytes per slot of a funnel of `n` steps.
+    #[must_use]
+    pub fn slot_bytes(n: usize) -> usize {
+        let n = n.min(MAX_STEPS);
+        n * (n + 2) * std::mem::size_of::<i64>()
+    }
+
     /// Slots, the unused slot 0 included.
     #[must_use]
     pub fn len(&self) -> usize {

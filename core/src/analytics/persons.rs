@@ -471,12 +471,20 @@ type RawHit = (u32, i64, i64, u32);
 /// beyond, the second reads them again.
 const MAX_KEPT_BYTES: usize = 256 << 20;
 
-/// The second pass of [`funnel`]: each followed person's progress is
-/// its slot in `arena` (0 in `slot_of`: none yet).
+/// Bytes of progress slots per range of people in the second pass of
+/// [`funnel`] (when its blobs are kept): small enough to stay in the CPU
+/// cache, where following people of all ranges at once misses it on
+/// nearly every person-hour.
+const RANGE_BYTES: usize = 1 << 20;
+
+/// The second pass of [`funnel`]: the progress of the followed people
+/// numbered from `base`, person `base + i`'s in slot `slot_of[i]` of
+/// `arena` (0: none yet).
 struct Follow<'a> {
     /// The people to follow (the others are counted without).
     later: &'a Bits,
     window: i64,
+    base: u32,
     slot_of: Vec<u32>,
     arena: Progress,
 }
@@ -484,7 +492,7 @@ struct Follow<'a> {
 impl Follow<'_> {
     /// Takes person `p`'s next step event.
     fn event(&mut self, p: u32, at: (i64, i64), mask: u32) {
-        let i = p as usize;
+        let i = (p - self.base) as usize;
         if i >= self.slot_of.len() {
             self.slot_of.resize(i + 1, 0);
         }
@@ -498,31 +506,153 @@ impl Follow<'_> {
             .advance(self.slot_of[i], self.window, at, mask, 0);
     }
 
-    /// Takes the step events of hour `h`'s `events` blob of the people
-    /// followed, skipping the others' runs; `None` when the blob cannot
-    /// be read.
+    /// Takes the step events of person `p`'s run `events` of `hour`
+    /// (starting at `start` ms) when `p` is followed; `None` when a name
+    /// index is out of range.
+    fn run(
+        &mut self,
+        (hour, masks, start): (&EventsBlob, &[u32], i64),
+        p: u32,
+        events: std::ops::Range<usize>,
+    ) -> Option<()> {
+        if !self.later.get(p) {
+            return Some(()); // counted from `first`
+        }
+        for i in events {
+            let mask = hour.mask(masks, i)?;
+            if mask != 0 {
+                let t = start + i64::from(hour.ms(i));
+                self.event(p, (t, i as i64), mask);
+            }
+        }
+        Some(())
+    }
+
+    /// Takes hour `h`'s `events` blob whole; `None` when it cannot be
+    /// read.
     fn hour(&mut self, h: i64, blob: &[u8], mask_of: impl Fn(&str) -> u32) -> Option<()> {
         let hour = EventsBlob::parse(blob)?;
         let masks = hour.masks(mask_of);
-        let start = h * HOUR_MS;
         let mut ok = true;
         hour.each_run(|p, events| {
-            if !self.later.get(p) {
-                return; // counted from `first`
-            }
-            for i in events {
-                match hour.mask(&masks, i) {
-                    None => ok = false,
-                    Some(0) => {}
-                    Some(mask) => {
-                        let t = start + i64::from(hour.ms(i));
-                        self.event(p, (t, i as i64), mask);
-                    }
-                }
-            }
+            ok &= self.run((&hour, &masks, h * HOUR_MS), p, events).is_some();
         })?;
         ok.then_some(())
     }
+
+    /// Counts the progress so far into `steps`, and starts afresh with
+    /// the people numbered from `base`.
+    fn finish(&mut self, steps: &mut [StepCount], base: u32) {
+        for slot in 1..u32::try_from(self.arena.len()).unwrap_or(u32::MAX) {
+            if let Some((last, times, _)) = self.arena.furthest(slot) {
+                count(steps, last, times);
+            }
+        }
+        self.arena.clear();
+        self.slot_of.fill(0);
+        self.base = base;
+    }
+}
+
+/// Step events in time order, taken range of people by range of people
+/// (each person's in time order).
+enum Source<'a> {
+    /// An hour of the index (starting at `start` ms); `next` is the first
+    /// run not taken yet, `left` the runs after it, `at` its first event.
+    Hour {
+        h: i64,
+        blob: EventsBlob<'a>,
+        masks: Vec<u32>,
+        runs: Cursor<'a>,
+        left: usize,
+        person: u32,
+        next: Option<(u32, usize)>,
+        at: usize,
+    },
+    /// A raw piece's hits sorted by person, time and arrival, from `at`.
+    Raw { hits: Vec<RawHit>, at: usize },
+}
+
+impl<'a> Source<'a> {
+    fn hour(h: i64, blob: &'a [u8], mask_of: impl Fn(&str) -> u32) -> Option<Self> {
+        let blob = EventsBlob::parse(blob)?;
+        Some(Source::Hour {
+            h,
+            masks: blob.masks(mask_of),
+            runs: Cursor::new(blob.runs),
+            left: blob.run_count,
+            person: 0,
+            next: None,
+            at: 0,
+            blob,
+        })
+    }
+
+    /// Gives `follow` the events of people numbered below `end` not taken
+    /// yet; the hour whose blob cannot be read otherwise.
+    fn take(&mut self, end: u32, follow: &mut Follow) -> Result<(), i64> {
+        match self {
+            Source::Hour {
+                h,
+                blob,
+                masks,
+                runs,
+                left,
+                person,
+                next,
+                at,
+            } => loop {
+                let (p, len) = match *next {
+                    Some(run) => run,
+                    None if *left == 0 => return Ok(()),
+                    None => {
+                        let delta = runs.get32().ok_or(*h)?;
+                        let len = usize::try_from(runs.get().ok_or(*h)?).map_err(|_| *h)?;
+                        *person = person.checked_add(delta).ok_or(*h)?;
+                        *left -= 1;
+                        (*person, len)
+                    }
+                };
+                if p >= end {
+                    *next = Some((p, len));
+                    return Ok(());
+                }
+                *next = None;
+                follow
+                    .run((blob, masks, *h * HOUR_MS), p, *at..*at + len)
+                    .ok_or(*h)?;
+                *at += len;
+            },
+            Source::Raw { hits, at } => {
+                while let Some(&(p, t, seq, mask)) = hits.get(*at).filter(|x| x.0 < end) {
+                    if follow.later.get(p) {
+                        follow.event(p, (t, seq), mask);
+                    }
+                    *at += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Follows `people` people through `sources`, `per` at a time, counting
+/// into `steps`; the hour whose blob cannot be read otherwise.
+fn follow_ranges(
+    sources: &mut [Source],
+    follow: &mut Follow,
+    (people, per): (u32, u32),
+    steps: &mut [StepCount],
+) -> Result<(), i64> {
+    let mut end = 0u32;
+    while end < people {
+        end = end.saturating_add(per.max(1));
+        for source in sources.iter_mut() {
+            source.take(end, follow)?;
+        }
+        follow.finish(steps, end);
+    }
+    Ok(())
 }
 
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
@@ -560,6 +690,9 @@ pub async fn funnel(
     let mut raw: Vec<Vec<RawHit>> = Vec::new();
     let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
     let (mut kept_bytes, mut keep) = (0usize, true);
+    // The highest person number in the blobs (the job may have numbered
+    // people since `numbers` was made).
+    let mut last_person = 0u32;
     for piece in &pieces {
         match *piece {
             Piece::Index(a, b) => {
@@ -583,6 +716,7 @@ pub async fn funnel(
                             if m & !1 != 0 {
                                 later.set(p);
                             }
+                            last_person = last_person.max(p);
                         })
                         .filter(|()| ok)
                         .ok_or_else(bad)?;
@@ -629,44 +763,59 @@ pub async fn funnel(
     let mut follow = Follow {
         later: &later,
         window: f.window_ms,
-        slot_of: vec![0; numbers.next as usize],
+        base: 0,
+        slot_of: Vec::new(),
         arena: Progress::arena(n),
     };
-    let mut raw = raw.into_iter();
-    let mut kept = kept.into_iter().peekable();
-    for piece in pieces {
-        match piece {
-            Piece::Index(_, b) if keep => {
-                while let Some((h, blob)) = kept.next_if(|(h, _)| *h < b) {
-                    follow
-                        .hour(h, &blob, mask_of)
-                        .ok_or_else(|| unreadable(project, h))?;
+    let mut steps = vec![StepCount::default(); n];
+    if keep {
+        // A range of people at a time, through every hour and piece.
+        let mut sources = Vec::with_capacity(kept.len() + raw.len());
+        let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
+        for piece in &pieces {
+            match *piece {
+                Piece::Index(_, b) => {
+                    while let Some((h, blob)) = kept_iter.next_if(|(h, _)| *h < b) {
+                        let source = Source::hour(*h, blob, mask_of)
+                            .ok_or_else(|| unreadable(project, *h))?;
+                        sources.push(source);
+                    }
+                }
+                Piece::Raw(..) => {
+                    let mut hits = raw.next().unwrap_or_default();
+                    hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
+                    sources.push(Source::Raw { hits, at: 0 });
                 }
             }
-            Piece::Index(a, b) => {
-                store
-                    .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
-                        follow
-                            .hour(h, &blob, mask_of)
-                            .ok_or_else(|| unreadable(project, h))
-                    })
-                    .await?;
-            }
-            Piece::Raw(..) => {
-                for (p, t, seq, mask) in raw.next().unwrap_or_default() {
-                    if later.get(p) {
-                        follow.event(p, (t, seq), mask);
+        }
+        let per =
+            u32::try_from((RANGE_BYTES / Progress::slot_bytes(n)).max(1024)).unwrap_or(u32::MAX);
+        let people = numbers.next.max(last_person.saturating_add(1));
+        follow_ranges(&mut sources, &mut follow, (people, per), &mut steps)
+            .map_err(|h| unreadable(project, h))?;
+    } else {
+        let mut raw = raw.into_iter();
+        for piece in pieces {
+            match piece {
+                Piece::Index(a, b) => {
+                    store
+                        .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
+                            follow
+                                .hour(h, &blob, mask_of)
+                                .ok_or_else(|| unreadable(project, h))
+                        })
+                        .await?;
+                }
+                Piece::Raw(..) => {
+                    for (p, t, seq, mask) in raw.next().unwrap_or_default() {
+                        if later.get(p) {
+                            follow.event(p, (t, seq), mask);
+                        }
                     }
                 }
             }
         }
-    }
-    let arena = follow.arena;
-    let mut steps = vec![StepCount::default(); n];
-    for slot in 1..u32::try_from(arena.len()).unwrap_or(u32::MAX) {
-        if let Some((last, times, _)) = arena.furthest(slot) {
-            count(&mut steps, last, times);
-        }
+        follow.finish(&mut steps, 0);
     }
     // Who did the first step and no later one reached step 1 only.
     steps[0].people += first.count_without(&later);
@@ -873,6 +1022,107 @@ mod tests {
             }
         })?;
         ok.then_some(seen)
+    }
+
+    #[test]
+    fn people_followed_in_ranges_reach_the_steps_they_reach_all_at_once() {
+        // 60 people over 6 hours (the fourth one raw), with page views,
+        // signups and purchases; a 3-step funnel with a 2-hour window.
+        let mut rng = 7u64;
+        let mut next = |n: u64| {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (rng >> 33) % n
+        };
+        let names = ["view", "signup", "buy", "other"];
+        let mask_of = |n: &str| match n {
+            "view" => 1,
+            "signup" => 2,
+            "buy" => 4,
+            _ => 0,
+        };
+        let ids: HashMap<u64, u32> = (0..60).map(|v| (v, v as u32)).collect();
+        let mut blobs = Vec::new();
+        let mut raw_hits = Vec::new();
+        let mut seq = 0;
+        for h in 0..6 {
+            let start = h * HOUR_MS;
+            let events: Vec<EventFacts> = (0..200)
+                .map(|_| {
+                    seq += 1;
+                    let t = start + next(HOUR_MS as u64) as i64;
+                    event(seq, names[next(4) as usize], t, next(60))
+                })
+                .collect();
+            if h == 3 {
+                for e in &events {
+                    let mask = mask_of(&e.name);
+                    if mask != 0 {
+                        raw_hits.push((ids[&e.visitor.unwrap()], e.timestamp, e.seq, mask));
+                    }
+                }
+                raw_hits.sort_unstable_by_key(|h| (h.1, h.2));
+            } else {
+                blobs.push((h, HourIndex::build(&events, &ids, start).events_blob()));
+            }
+        }
+        let mut later = Bits::default();
+        for p in 0..60 {
+            if p % 5 != 0 {
+                later.set(p); // everyone but every fifth person
+            }
+        }
+        let follow = || Follow {
+            later: &later,
+            window: 2 * HOUR_MS,
+            base: 0,
+            slot_of: Vec::new(),
+            arena: Progress::arena(3),
+        };
+        // All at once, as the streaming second pass does.
+        let mut whole = vec![StepCount::default(); 3];
+        let mut f = follow();
+        for (h, blob) in &blobs {
+            if *h == 4 {
+                for &(p, t, seq, mask) in &raw_hits {
+                    if later.get(p) {
+                        f.event(p, (t, seq), mask);
+                    }
+                }
+            }
+            f.hour(*h, blob, mask_of).unwrap();
+        }
+        f.finish(&mut whole, 0);
+        assert!(whole[2].people > 0 && whole[0].people > whole[2].people, "{whole:?}");
+        assert!(raw_hits.len() > 100);
+        for per in [1, 7, 59, 1000] {
+            let mut sources = Vec::new();
+            for (h, blob) in &blobs {
+                if *h == 4 {
+                    let mut hits = raw_hits.clone();
+                    hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
+                    sources.push(Source::Raw { hits, at: 0 });
+                }
+                sources.push(Source::hour(*h, blob, mask_of).unwrap());
+            }
+            let mut steps = vec![StepCount::default(); 3];
+            follow_ranges(&mut sources, &mut follow(), (60, per), &mut steps).unwrap();
+            for (a, b) in steps.iter_mut().zip(&whole) {
+                a.times_ms.sort_unstable();
+                let mut want = b.times_ms.clone();
+                want.sort_unstable();
+                assert_eq!((a.people, &a.times_ms), (b.people, &want), "per {per}");
+            }
+        }
+        // A blob whose name index is out of range names its hour.
+        let (h, blob) = &blobs[0];
+        let mut bad = blob.clone();
+        *bad.last_mut().unwrap() = 200;
+        let mut sources = vec![Source::hour(*h, &bad, mask_of).unwrap()];
+        let mut steps = vec![StepCount::default(); 3];
+        assert_eq!(
+            follow_ranges(&mut sources, &mut follow(), (60, 10), &mut steps),
+            Err(*h)
+        );
     }
 
     #[test]
