@@ -50,6 +50,7 @@ pub(crate) fn put(out: &mut Vec<u8>, mut v: u64) {
 }
 
 /// Reads varints and byte strings from a blob.
+#[derive(Clone)]
 pub(crate) struct Cursor<'a> {
     b: &'a [u8],
     at: usize,
@@ -224,6 +225,7 @@ fn name_width(names: usize) -> usize {
 }
 
 /// An `events` blob, checked (see [`HourIndex::events_blob`]).
+#[derive(Clone)]
 struct EventsBlob<'a> {
     names: Vec<&'a str>,
     /// The runs: (person delta, length) varints.
@@ -477,6 +479,10 @@ const MAX_KEPT_BYTES: usize = 256 << 20;
 /// nearly every person-hour.
 const RANGE_BYTES: usize = 1 << 20;
 
+/// Threads at most of the second pass of [`funnel`] (people in ranges
+/// are independent; each thread takes a share of the ranges).
+const MAX_THREADS: u32 = 4;
+
 /// The second pass of [`funnel`]: the progress of the followed people
 /// numbered from `base`, person `base + i`'s in slot `slot_of[i]` of
 /// `arena` (0: none yet).
@@ -556,6 +562,7 @@ impl Follow<'_> {
 
 /// Step events in time order, taken range of people by range of people
 /// (each person's in time order).
+#[derive(Clone)]
 enum Source<'a> {
     /// An hour of the index (starting at `start` ms); `next` is the first
     /// run not taken yet, `left` the runs after it, `at` its first event.
@@ -589,8 +596,9 @@ impl<'a> Source<'a> {
     }
 
     /// Gives `follow` the events of people numbered below `end` not taken
-    /// yet; the hour whose blob cannot be read otherwise.
-    fn take(&mut self, end: u32, follow: &mut Follow) -> Result<(), i64> {
+    /// yet (skips them without one); the hour whose blob cannot be read
+    /// otherwise.
+    fn take(&mut self, end: u32, mut follow: Option<&mut Follow>) -> Result<(), i64> {
         match self {
             Source::Hour {
                 h,
@@ -618,15 +626,16 @@ impl<'a> Source<'a> {
                     return Ok(());
                 }
                 *next = None;
-                follow
-                    .run((blob, masks, *h * HOUR_MS), p, *at..*at + len)
-                    .ok_or(*h)?;
+                if let Some(f) = follow.as_deref_mut() {
+                    f.run((blob, masks, *h * HOUR_MS), p, *at..*at + len)
+                        .ok_or(*h)?;
+                }
                 *at += len;
             },
             Source::Raw { hits, at } => {
                 while let Some(&(p, t, seq, mask)) = hits.get(*at).filter(|x| x.0 < end) {
-                    if follow.later.get(p) {
-                        follow.event(p, (t, seq), mask);
+                    if let Some(f) = follow.as_deref_mut().filter(|f| f.later.get(p)) {
+                        f.event(p, (t, seq), mask);
                     }
                     *at += 1;
                 }
@@ -636,23 +645,78 @@ impl<'a> Source<'a> {
     }
 }
 
-/// Follows `people` people through `sources`, `per` at a time, counting
-/// into `steps`; the hour whose blob cannot be read otherwise.
+/// Follows the people numbered in `[start, end)` through `sources`, `per`
+/// at a time, counting into `steps`; the hour whose blob cannot be read
+/// otherwise.
 fn follow_ranges(
     sources: &mut [Source],
     follow: &mut Follow,
-    (people, per): (u32, u32),
+    (start, end, per): (u32, u32, u32),
     steps: &mut [StepCount],
 ) -> Result<(), i64> {
-    let mut end = 0u32;
-    while end < people {
-        end = end.saturating_add(per.max(1));
+    for source in sources.iter_mut() {
+        source.take(start, None)?;
+    }
+    follow.base = start;
+    let mut at = start;
+    while at < end {
+        at = at.saturating_add(per.max(1)).min(end);
         for source in sources.iter_mut() {
-            source.take(end, follow)?;
+            source.take(at, Some(follow))?;
         }
-        follow.finish(steps, end);
+        follow.finish(steps, at);
     }
     Ok(())
+}
+
+/// [`follow_ranges`] over `people` people on up to `threads` threads,
+/// each with its share of the ranges and its own progress.
+fn follow_in_parallel(
+    sources: &[Source],
+    (later, window, n): (&Bits, i64, usize),
+    (people, per, threads): (u32, u32, u32),
+) -> Result<Vec<StepCount>, i64> {
+    let ranges = people.div_ceil(per.max(1)).max(1);
+    let threads = threads.clamp(1, ranges);
+    let share = ranges.div_ceil(threads).saturating_mul(per.max(1));
+    let run = |start: u32| {
+        let mut follow = Follow {
+            later,
+            window,
+            base: start,
+            slot_of: Vec::new(),
+            arena: Progress::arena(n),
+        };
+        let mut steps = vec![StepCount::default(); n];
+        let end = start.saturating_add(share).min(people);
+        follow_ranges(
+            &mut sources.to_vec(),
+            &mut follow,
+            (start, end, per),
+            &mut steps,
+        )?;
+        Ok(steps)
+    };
+    let parts: Vec<Result<Vec<StepCount>, i64>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (1..threads)
+            .map(|i| scope.spawn(move || run(i.saturating_mul(share))))
+            .collect();
+        let mut parts = vec![run(0)];
+        parts.extend(
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))),
+        );
+        parts
+    });
+    let mut steps = vec![StepCount::default(); n];
+    for part in parts {
+        for (s, p) in steps.iter_mut().zip(part?) {
+            s.people += p.people;
+            s.times_ms.extend(p.times_ms);
+        }
+    }
+    Ok(steps)
 }
 
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
@@ -791,7 +855,10 @@ pub async fn funnel(
         let per =
             u32::try_from((RANGE_BYTES / Progress::slot_bytes(n)).max(1024)).unwrap_or(u32::MAX);
         let people = numbers.next.max(last_person.saturating_add(1));
-        follow_ranges(&mut sources, &mut follow, (people, per), &mut steps)
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+            .min(MAX_THREADS);
+        steps = follow_in_parallel(&sources, (&later, f.window_ms, n), (people, per, threads))
             .map_err(|h| unreadable(project, h))?;
     } else {
         let mut raw = raw.into_iter();
@@ -1092,36 +1159,55 @@ mod tests {
             f.hour(*h, blob, mask_of).unwrap();
         }
         f.finish(&mut whole, 0);
-        assert!(whole[2].people > 0 && whole[0].people > whole[2].people, "{whole:?}");
+        assert!(
+            whole[2].people > 0 && whole[0].people > whole[2].people,
+            "{whole:?}"
+        );
         assert!(raw_hits.len() > 100);
-        for per in [1, 7, 59, 1000] {
-            let mut sources = Vec::new();
-            for (h, blob) in &blobs {
-                if *h == 4 {
-                    let mut hits = raw_hits.clone();
-                    hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
-                    sources.push(Source::Raw { hits, at: 0 });
-                }
-                sources.push(Source::hour(*h, blob, mask_of).unwrap());
+        let mut fresh = Vec::new();
+        for (h, blob) in &blobs {
+            if *h == 4 {
+                let mut hits = raw_hits.clone();
+                hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
+                fresh.push(Source::Raw { hits, at: 0 });
             }
+            fresh.push(Source::hour(*h, blob, mask_of).unwrap());
+        }
+        for per in [1, 7, 59, 1000] {
+            let (mut sources, fresh) = (fresh.clone(), &fresh);
             let mut steps = vec![StepCount::default(); 3];
-            follow_ranges(&mut sources, &mut follow(), (60, per), &mut steps).unwrap();
-            for (a, b) in steps.iter_mut().zip(&whole) {
-                a.times_ms.sort_unstable();
-                let mut want = b.times_ms.clone();
-                want.sort_unstable();
-                assert_eq!((a.people, &a.times_ms), (b.people, &want), "per {per}");
+            follow_ranges(&mut sources, &mut follow(), (0, 60, per), &mut steps).unwrap();
+            let same = |got: &mut Vec<StepCount>, how: &str| {
+                for (a, b) in got.iter_mut().zip(&whole) {
+                    a.times_ms.sort_unstable();
+                    let mut want = b.times_ms.clone();
+                    want.sort_unstable();
+                    assert_eq!((a.people, &a.times_ms), (b.people, &want), "{how}");
+                }
+            };
+            same(&mut steps, &format!("per {per}"));
+            // On threads, each with a share of the ranges.
+            for threads in [1, 2, 3, 8] {
+                let mut steps =
+                    follow_in_parallel(fresh, (&later, 2 * HOUR_MS, 3), (60, per, threads))
+                        .unwrap();
+                same(&mut steps, &format!("per {per}, {threads} threads"));
             }
         }
         // A blob whose name index is out of range names its hour.
         let (h, blob) = &blobs[0];
         let mut bad = blob.clone();
         *bad.last_mut().unwrap() = 200;
-        let mut sources = vec![Source::hour(*h, &bad, mask_of).unwrap()];
+        let fresh = vec![Source::hour(*h, &bad, mask_of).unwrap()];
+        let mut sources = fresh.clone();
         let mut steps = vec![StepCount::default(); 3];
         assert_eq!(
-            follow_ranges(&mut sources, &mut follow(), (60, 10), &mut steps),
+            follow_ranges(&mut sources, &mut follow(), (0, 60, 10), &mut steps),
             Err(*h)
+        );
+        assert_eq!(
+            follow_in_parallel(&fresh, (&later, HOUR_MS, 3), (60, 10, 2)).unwrap_err(),
+            *h
         );
     }
 
