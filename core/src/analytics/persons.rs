@@ -7,7 +7,7 @@
 //!   sorted by person, time and arrival: each person's run (number as a
 //!   delta, length), then every event's ms (4 bytes) and name (1, 2 or 4
 //!   bytes), so that reading an event is two loads and a person who does
-//!   not matter is skipped whole (see [`EventsBlob`]);
+//!   not matter is skipped whole (see `EventsBlob`);
 //! - `people`: the people active in the hour, in all and per event name.
 //!
 //! People are dense per-project numbers (table `persons`, assigned by the
@@ -150,7 +150,7 @@ impl HourIndex {
         Self { names, entries }
     }
 
-    /// The `events` blob (read by [`EventsBlob`]): names; the number of
+    /// The `events` blob (read by `EventsBlob`): names; the number of
     /// events and of runs; per run (one person's events) the person as a
     /// delta and the run's length; then every event's ms into the hour
     /// (4 bytes, little-endian) and its name's index (1, 2 or 4 bytes, by
@@ -726,7 +726,7 @@ fn follow_in_parallel(
 /// page view), and their answer is known without following them: they
 /// reached step 1. So a first pass reads who did the first step's event
 /// and who did any later step's, from the index's `events` blobs (kept
-/// for the second pass, up to [`MAX_KEPT_BYTES`]) and the raw pieces'
+/// for the second pass, up to `MAX_KEPT_BYTES`) and the raw pieces'
 /// events (kept too); the second streams in time order through a
 /// [`Progress`] only the step events of people who did both, skipping
 /// everyone else's runs whole, and the rest count at step 1.
