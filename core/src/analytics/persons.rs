@@ -273,14 +273,18 @@ impl<'a> EventsBlob<'a> {
     }
 
     /// Calls `visit(person, events)` for each run: a person and the
-    /// indexes of its events (in time, then arrival, order).
-    fn each_run(&self, mut visit: impl FnMut(u32, std::ops::Range<usize>)) -> Option<()> {
+    /// indexes of its events (in time, then arrival, order); `None` at
+    /// the first `None` of `visit` (a name index out of range).
+    fn each_run(
+        &self,
+        mut visit: impl FnMut(u32, std::ops::Range<usize>) -> Option<()>,
+    ) -> Option<()> {
         let mut c = Cursor::new(self.runs);
         let (mut person, mut at) = (0u32, 0usize);
         for _ in 0..self.run_count {
             person = person.checked_add(c.get32()?)?;
             let len = usize::try_from(c.get()?).ok()?;
-            visit(person, at..at + len);
+            visit(person, at..at + len)?;
             at += len;
         }
         Some(())
@@ -495,7 +499,19 @@ struct Follow<'a> {
     arena: Progress,
 }
 
-impl Follow<'_> {
+impl<'a> Follow<'a> {
+    /// No progress yet, for a funnel of `n` steps with window `window`
+    /// (ms), following the people in `later`, numbered from `base`.
+    fn new(later: &'a Bits, window: i64, n: usize, base: u32) -> Self {
+        Self {
+            later,
+            window,
+            base,
+            slot_of: Vec::new(),
+            arena: Progress::arena(n),
+        }
+    }
+
     /// Takes person `p`'s next step event.
     fn event(&mut self, p: u32, at: (i64, i64), mask: u32) {
         let i = (p - self.base) as usize;
@@ -532,18 +548,6 @@ impl Follow<'_> {
             }
         }
         Some(())
-    }
-
-    /// Takes hour `h`'s `events` blob whole; `None` when it cannot be
-    /// read.
-    fn hour(&mut self, h: i64, blob: &[u8], mask_of: impl Fn(&str) -> u32) -> Option<()> {
-        let hour = EventsBlob::parse(blob)?;
-        let masks = hour.masks(mask_of);
-        let mut ok = true;
-        hour.each_run(|p, events| {
-            ok &= self.run((&hour, &masks, h * HOUR_MS), p, events).is_some();
-        })?;
-        ok.then_some(())
     }
 
     /// Counts the progress so far into `steps`, and starts afresh with
@@ -680,13 +684,7 @@ fn follow_in_parallel(
     let threads = threads.clamp(1, ranges);
     let share = ranges.div_ceil(threads).saturating_mul(per.max(1));
     let run = |start: u32| {
-        let mut follow = Follow {
-            later,
-            window,
-            base: start,
-            slot_of: Vec::new(),
-            arena: Progress::arena(n),
-        };
+        let mut follow = Follow::new(later, window, n, start);
         let mut steps = vec![StepCount::default(); n];
         let end = start.saturating_add(share).min(people);
         follow_ranges(
@@ -765,14 +763,10 @@ pub async fn funnel(
                         let bad = || unreadable(project, h);
                         let hour = EventsBlob::parse(&blob).ok_or_else(bad)?;
                         let masks = hour.masks(mask_of);
-                        let mut ok = true;
                         hour.each_run(|p, events| {
                             let mut m = 0;
                             for i in events {
-                                m |= hour.mask(&masks, i).unwrap_or_else(|| {
-                                    ok = false;
-                                    0
-                                });
+                                m |= hour.mask(&masks, i)?;
                             }
                             if m & 1 != 0 {
                                 first.set(p);
@@ -781,8 +775,8 @@ pub async fn funnel(
                                 later.set(p);
                             }
                             last_person = last_person.max(p);
+                            Some(())
                         })
-                        .filter(|()| ok)
                         .ok_or_else(bad)?;
                         if keep {
                             kept_bytes += blob.len();
@@ -809,7 +803,9 @@ pub async fn funnel(
                         Some((p, e.timestamp, e.seq, mask))
                     }));
                 }
-                hits.sort_unstable_by_key(|h| (h.1, h.2));
+                // By person, then time and arrival: each person's in order
+                // (what the second pass needs), for ranges of people.
+                hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
                 for &(p, _, _, mask) in &hits {
                     if mask & 1 != 0 {
                         first.set(p);
@@ -824,13 +820,6 @@ pub async fn funnel(
     }
 
     // Second pass: the people who did both, followed step by step.
-    let mut follow = Follow {
-        later: &later,
-        window: f.window_ms,
-        base: 0,
-        slot_of: Vec::new(),
-        arena: Progress::arena(n),
-    };
     let mut steps = vec![StepCount::default(); n];
     if keep {
         // A range of people at a time, through every hour and piece.
@@ -846,8 +835,7 @@ pub async fn funnel(
                     }
                 }
                 Piece::Raw(..) => {
-                    let mut hits = raw.next().unwrap_or_default();
-                    hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
+                    let hits = raw.next().unwrap_or_default();
                     sources.push(Source::Raw { hits, at: 0 });
                 }
             }
@@ -861,24 +849,26 @@ pub async fn funnel(
         steps = follow_in_parallel(&sources, (&later, f.window_ms, n), (people, per, threads))
             .map_err(|h| unreadable(project, h))?;
     } else {
+        // Everyone at once, each hour read again as it comes.
+        let mut follow = Follow::new(&later, f.window_ms, n, 0);
         let mut raw = raw.into_iter();
         for piece in pieces {
             match piece {
                 Piece::Index(a, b) => {
                     store
                         .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
-                            follow
-                                .hour(h, &blob, mask_of)
-                                .ok_or_else(|| unreadable(project, h))
+                            Source::hour(h, &blob, mask_of)
+                                .ok_or(h)
+                                .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
+                                .map_err(|h| unreadable(project, h))
                         })
                         .await?;
                 }
                 Piece::Raw(..) => {
-                    for (p, t, seq, mask) in raw.next().unwrap_or_default() {
-                        if later.get(p) {
-                            follow.event(p, (t, seq), mask);
-                        }
-                    }
+                    let hits = raw.next().unwrap_or_default();
+                    Source::Raw { hits, at: 0 }
+                        .take(u32::MAX, Some(&mut follow))
+                        .map_err(|h| unreadable(project, h))?;
                 }
             }
         }
@@ -1079,16 +1069,13 @@ mod tests {
         let hour = EventsBlob::parse(blob)?;
         let masks = hour.masks(mask_of);
         let mut seen = Vec::new();
-        let mut ok = true;
         hour.each_run(|p, events| {
             for i in events {
-                match hour.mask(&masks, i) {
-                    Some(m) => seen.push((p, i64::from(hour.ms(i)), i, m)),
-                    None => ok = false,
-                }
+                seen.push((p, i64::from(hour.ms(i)), i, hour.mask(&masks, i)?));
             }
+            Some(())
         })?;
-        ok.then_some(seen)
+        Some(seen)
     }
 
     #[test]
@@ -1138,14 +1125,8 @@ mod tests {
                 later.set(p); // everyone but every fifth person
             }
         }
-        let follow = || Follow {
-            later: &later,
-            window: 2 * HOUR_MS,
-            base: 0,
-            slot_of: Vec::new(),
-            arena: Progress::arena(3),
-        };
-        // All at once, as the streaming second pass does.
+        let follow = || Follow::new(&later, 2 * HOUR_MS, 3, 0);
+        // All at once, every event in time order, by hand.
         let mut whole = vec![StepCount::default(); 3];
         let mut f = follow();
         for (h, blob) in &blobs {
@@ -1156,7 +1137,18 @@ mod tests {
                     }
                 }
             }
-            f.hour(*h, blob, mask_of).unwrap();
+            let hour = EventsBlob::parse(blob).unwrap();
+            let masks = hour.masks(mask_of);
+            hour.each_run(|p, events| {
+                for i in events.filter(|_| later.get(p)) {
+                    let mask = hour.mask(&masks, i)?;
+                    if mask != 0 {
+                        f.event(p, (h * HOUR_MS + i64::from(hour.ms(i)), i as i64), mask);
+                    }
+                }
+                Some(())
+            })
+            .unwrap();
         }
         f.finish(&mut whole, 0);
         assert!(
