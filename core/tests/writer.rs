@@ -720,3 +720,211 @@ async fn the_same_hour_redone_twice_at_once_succeeds_both_times() {
         );
     }
 }
+
+/// Daily rollups keep large exact visitor sets apart. Merging cells over
+/// days gives what merging every set in memory gives, whichever way the
+/// merger takes: a union surely beyond the exact limit from the sketches
+/// alone (it still answers with the hashes gone), a smaller one from the
+/// hashes, exactly.
+#[tokio::test]
+async fn split_daily_sets_merge_as_the_sets_do() {
+    use std::collections::HashMap;
+
+    use orrery_core::analytics::rollup::DAY_EXACT_LIMIT;
+    use orrery_core::analytics::sketch::MERGE_EXACT_LIMIT;
+    use orrery_core::analytics::{Dim, Metrics, visitor_hash};
+    use orrery_core::store::rollups::{CellMerger, Span};
+
+    let page = Dim::Page.code();
+    let day0 = 20_400;
+    // Per value, the visitors of day d: returning ones (30,000 of the
+    // same 35,000 each day: 35,000 in all, exact), new ones (25,000 a
+    // day, 150,000 over 6 days: surely beyond 100,000), new ones near
+    // the limit (28,000 a day, 112,000 over 4 days: read exactly, then a
+    // sketch), and a few (never split).
+    let visitors = |value: &str, d: u64| -> std::ops::Range<u64> {
+        match value {
+            "/returning" => d * 1000..d * 1000 + 30_000,
+            "/new" => 1_000_000 + d * 25_000..1_000_000 + (d + 1) * 25_000,
+            "/border" if d < 4 => 2_000_000 + d * 28_000..2_000_000 + (d + 1) * 28_000,
+            "/border" => 0..0,
+            _ => 3_000_000 + d * 50..3_000_000 + d * 50 + 120,
+        }
+    };
+    let values = ["/returning", "/new", "/border", "/small"];
+    let cell = |value: &str, d: u64| {
+        let mut m = Metrics {
+            events: 2 * d as i64 + 1,
+            ..Metrics::default()
+        };
+        for v in visitors(value, d) {
+            m.visitors
+                .insert(visitor_hash(&format!("v{v}")), DAY_EXACT_LIMIT);
+        }
+        m
+    };
+    for backend in backends("split_daily_sets_merge_as_the_sets_do") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let mut expected: HashMap<Option<String>, Metrics> = HashMap::new();
+        for d in 0..6 {
+            let cells: Vec<(i16, Option<String>, Metrics)> = values
+                .iter()
+                .map(|v| (page, Some((*v).to_owned()), cell(v, d)))
+                .collect();
+            for (_, v, m) in &cells {
+                expected
+                    .entry(v.clone())
+                    .or_default()
+                    .merge(m, MERGE_EXACT_LIMIT);
+            }
+            store
+                .write_day(project, day0 + d as i64, 1, &cells)
+                .await
+                .unwrap();
+        }
+        let merged = |interleaved: bool| {
+            let store = store.clone();
+            async move {
+                let mut merger = CellMerger::new(MERGE_EXACT_LIMIT, interleaved);
+                let mut got: HashMap<Option<String>, Metrics> = HashMap::new();
+                store
+                    .rollup_cells(Span::Day, project, (page, day0, day0 + 6), |mut c| {
+                        let key = c.value.take();
+                        merger.add(&mut got, key, c)
+                    })
+                    .await?;
+                merger.finish(&store, project, &mut got).await?;
+                Ok::<_, orrery_core::store::StoreError>(got)
+            }
+        };
+        for interleaved in [true, false] {
+            let got = merged(interleaved).await.unwrap();
+            assert_eq!(got, expected, "{backend:?}, interleaved: {interleaved}");
+        }
+        let count = |v: &str| expected[&Some(v.to_owned())].visitors.count();
+        assert_eq!(count("/returning"), 35_000);
+        assert!(expected[&Some("/returning".to_owned())].visitors.is_exact());
+        assert_eq!(count("/small"), 370);
+        for (v, n) in [("/new", 150_000.0), ("/border", 112_000.0)] {
+            assert!(!expected[&Some(v.to_owned())].visitors.is_exact(), "{v}");
+            let err = (count(v) as f64 - n).abs() / n;
+            assert!(err < 0.02, "{v}: {} for {n}", count(v));
+        }
+        // The hashes gone: the union beyond the limit still comes from the
+        // sketches; the others cannot be answered, and say so.
+        store
+            .db()
+            .execute_unprepared("UPDATE rollup_days SET sets = NULL")
+            .await
+            .unwrap();
+        let err = merged(true).await.unwrap_err().to_string();
+        assert!(err.contains("changed while it was read"), "{err}");
+        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT, true);
+        let mut got: HashMap<Option<String>, Metrics> = HashMap::new();
+        store
+            .rollup_cells(Span::Day, project, (page, day0, day0 + 6), |mut c| {
+                let key = c.value.take();
+                if key.as_deref() == Some("/new") {
+                    merger.add(&mut got, key, c)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        merger.finish(&store, project, &mut got).await.unwrap();
+        let new = Some("/new".to_owned());
+        assert_eq!(got[&new], expected[&new], "{backend:?}");
+    }
+}
+
+/// Migrations 17 (split daily sets) and 18 (person index columns
+/// reordered) go down and up again: the person index rows stay, and the
+/// daily rollups the older code cannot read are dropped and their days
+/// marked, to be made again.
+#[tokio::test]
+async fn the_last_migrations_go_down_and_up_keeping_the_index() {
+    use orrery_core::analytics::rollup::DAY_EXACT_LIMIT;
+    use orrery_core::analytics::{HOUR_MS, Metrics, rollup, visitor_hash};
+    use orrery_core::store::migrations::Migrator;
+    use sea_orm_migration::MigratorTrait;
+
+    for backend in backends("the_last_migrations_go_down_and_up_keeping_the_index") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let t = 1_795_430_000_000 - 1_795_430_000_000 % HOUR_MS;
+        let (w, _) = writer(&store, 2, 10_000);
+        let events = (0..50)
+            .map(|i| {
+                EventBuilder::new("pageview")
+                    .project(project)
+                    .at(t + i * 1000)
+                    .field("distinct_id", format!("v{}", i % 20))
+                    .event()
+            })
+            .collect();
+        w.write(events, Vec::new()).await.unwrap();
+        w.close().await;
+        rollup::redo_hour(&store, project, t / HOUR_MS, None)
+            .await
+            .unwrap();
+        // A day with a large set (split) and one without.
+        let mut big = Metrics::default();
+        for v in 0..3000 {
+            big.visitors
+                .insert(visitor_hash(&format!("v{v}")), DAY_EXACT_LIMIT);
+        }
+        let small = Metrics::default();
+        store
+            .write_day(project, 100, 1, &[(0, None, big)])
+            .await
+            .unwrap();
+        store
+            .write_day(project, 101, 1, &[(0, None, small)])
+            .await
+            .unwrap();
+        let scalar = |sql: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .db()
+                    .query_one(sea_orm::Statement::from_string(store.backend(), sql))
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .try_get_by_index::<i64>(0)
+                    .unwrap()
+            }
+        };
+        let index =
+            "SELECT COUNT(*) FROM person_hours WHERE length(people) > 0 AND length(events) > 0";
+        let index = if backend == Backend::Postgres {
+            "SELECT COUNT(*) FROM person_hours WHERE octet_length(people) > 0 \
+             AND octet_length(events) > 0"
+        } else {
+            index
+        };
+        assert_eq!(scalar(index).await, 1, "{backend:?}");
+        Migrator::down(store.db(), Some(2)).await.unwrap();
+        assert_eq!(scalar(index).await, 1, "{backend:?}: the index stays");
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM rollup_days").await,
+            1,
+            "{backend:?}: the split day is dropped"
+        );
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM rollup_days_due WHERE day = 100").await,
+            1,
+            "{backend:?}: and marked"
+        );
+        store.migrate().await.unwrap();
+        assert_eq!(scalar(index).await, 1, "{backend:?}");
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM rollup_days_due WHERE day = 101").await,
+            1,
+            "{backend:?}: every day is made again after the upgrade"
+        );
+    }
+}

@@ -370,7 +370,7 @@ pub async fn run(
                 })
                 .await?;
         }
-        merger.finish(&mut grid)?;
+        merger.finish(store, q.project, &mut grid).await?;
     }
     // Only the columns the filters and the grouping read (no JSON to
     // parse for plain totals).

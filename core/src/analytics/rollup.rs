@@ -105,7 +105,7 @@ pub async fn make_day(
             })
             .await?;
     }
-    merger.finish(&mut merged)?;
+    merger.finish(store, project, &mut merged).await?;
     let cells: Vec<_> = merged
         .into_iter()
         .map(|((code, value), m)| (code, value, m))

@@ -13,6 +13,16 @@
 //!
 //! Stored form (a `BLOB`/`bytea`): one tag byte, then either the sorted
 //! hashes (8 bytes each, little-endian) or the 16384 registers.
+//!
+//! A daily rollup splits its large exact sets (more than [`SPLIT_MIN`]
+//! hashes): the cell keeps the set's sketch (tag 2, then the sketch's
+//! stored form) and the hashes are kept apart (see
+//! [`VisitorSet::to_split_bytes`]). A query merging many such cells
+//! reads the sketches first; when their union is clearly beyond its exact
+//! limit, the answer is that sketch, which is exactly the sketch that
+//! merging every hash gives (a HyperLogLog register is the maximum over
+//! the hashes, so the sketch of a union is the register-wise maximum of
+//! the sketches). Otherwise it reads the hashes and merges them exactly.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -53,6 +63,15 @@ const P: u32 = 14;
 const REGISTERS: usize = 1 << P;
 const TAG_EXACT: u8 = 0;
 const TAG_HLL: u8 = 1;
+const TAG_SPLIT: u8 = 2;
+/// Hashes beyond which a daily rollup keeps a cell's exact set apart,
+/// with only its sketch (16 KiB, no bigger than the set) in the cell.
+pub const SPLIT_MIN: usize = EXACT_LIMIT;
+/// How far beyond its exact limit a union's sketch estimate must be for
+/// a query to take the sketch without reading the hashes: 25%, about 30
+/// standard errors of the estimate (0.81%), so a union within the limit
+/// is never taken for a bigger one.
+pub const SKETCH_MARGIN_PERCENT: u64 = 125;
 
 /// A stable 64-bit hash of a visitor key (the same in every build and on
 /// every machine, unlike `std`'s `DefaultHasher`): FNV-1a, then a
@@ -221,6 +240,63 @@ impl VisitorSet {
                 out.extend_from_slice(&regs[..]);
                 out
             }
+        }
+    }
+
+    /// The stored form of a cell of a pack that keeps large sets apart:
+    /// an exact set of more than [`SPLIT_MIN`] hashes is appended to
+    /// `apart` (its [`Self::to_bytes`] form) and the cell keeps its sketch
+    /// (see [`Self::split_sketch`]); any other set is its
+    /// [`Self::to_bytes`] form, and `apart` is left alone.
+    #[must_use]
+    pub fn to_split_bytes(&self, apart: &mut Vec<u8>) -> Vec<u8> {
+        match self {
+            Self::Exact(set) if set.len() > SPLIT_MIN => {
+                apart.extend_from_slice(&self.to_bytes());
+                let mut out = Vec::with_capacity(2 + REGISTERS);
+                out.extend_from_slice(&[TAG_SPLIT, TAG_HLL]);
+                out.extend_from_slice(&to_registers(set)[..]);
+                out
+            }
+            _ => self.to_bytes(),
+        }
+    }
+
+    /// The stored form of a split set's sketch (a stored sketch, for
+    /// [`Self::merge_stored`]) when `bytes` are a split set's cell form
+    /// from [`Self::to_split_bytes`]; `None` for any other stored set.
+    #[must_use]
+    pub fn split_sketch(bytes: &[u8]) -> Option<&[u8]> {
+        match bytes.split_first() {
+            Some((&TAG_SPLIT, rest)) => Some(rest),
+            _ => None,
+        }
+    }
+
+    /// Whether this set is surely bigger than `limit`: a sketch whose
+    /// estimate is beyond `limit` by the margin of
+    /// [`SKETCH_MARGIN_PERCENT`] (an exact set never is: it turns into a
+    /// sketch beyond its limit).
+    #[must_use]
+    pub fn surely_beyond(&self, limit: usize) -> bool {
+        match self {
+            Self::Exact(set) => {
+                (set.len() as u64).saturating_mul(100)
+                    > (limit as u64).saturating_mul(SKETCH_MARGIN_PERCENT)
+            }
+            Self::Sketch(regs) => {
+                estimate(regs).saturating_mul(100)
+                    > (limit as u64).saturating_mul(SKETCH_MARGIN_PERCENT)
+            }
+        }
+    }
+
+    /// This set turned into a sketch (a copy of it when it is one).
+    #[must_use]
+    pub fn to_sketch(&self) -> Self {
+        match self {
+            Self::Exact(set) => Self::Sketch(to_registers(set)),
+            Self::Sketch(regs) => Self::Sketch(regs.clone()),
         }
     }
 

@@ -161,8 +161,23 @@ pub struct StoredCell {
     /// Its numbers, but for the visitors.
     pub metrics: Metrics,
     /// Its visitor set, stored form (merged with
-    /// [`VisitorSet::merge_stored`], without building it).
+    /// [`VisitorSet::merge_stored`], without building it); for a split
+    /// set, only its sketch.
     pub visitors: Vec<u8>,
+    /// Where the hashes of a split visitor set are (`visitors` is then
+    /// its sketch): the merger reads them when it needs them.
+    pub apart: Option<Apart>,
+}
+
+/// Where the hashes of a split visitor set are kept: under its value in
+/// the `sets` blob of its row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Apart {
+    span: Span,
+    dim: i16,
+    slot: i64,
+    /// The cell's value ("" for none).
+    value: String,
 }
 
 /// Visitor-set bytes a [`CellMerger`] keeps waiting before it merges them
@@ -178,17 +193,64 @@ const MERGE_PENDING_BYTES: usize = 64 << 20;
 /// one after another (totals by time bucket), they are merged as they
 /// come. (The merged set is the same either way: the union, or a sketch
 /// of it beyond `limit`.)
+///
+/// The sketches of split sets (large daily ones) are merged as they come,
+/// per key; at the end, a key whose union is surely beyond `limit` (see
+/// [`VisitorSet::surely_beyond`]) takes that sketch, which is the one
+/// merging every hash gives, and only the others' hashes are read.
 #[derive(Debug)]
 pub struct CellMerger<K> {
     limit: usize,
     /// Whether visitor sets wait (keys interleaved).
     defer: bool,
-    /// Per key, (hour, stored set) of the cells whose sets wait.
-    waiting: HashMap<K, Vec<(i64, Vec<u8>)>>,
+    waiting: Waiting<K>,
+    /// Per key, the union of its split sets' sketches and where their
+    /// hashes are.
+    split: HashMap<K, (VisitorSet, Vec<Apart>)>,
+}
+
+/// Per key, (hour, stored set) of the cells whose sets wait, and their
+/// bytes in all.
+#[derive(Debug)]
+struct Waiting<K> {
+    sets: HashMap<K, Vec<(i64, Vec<u8>)>>,
     bytes: usize,
 }
 
-impl<K: std::hash::Hash + Eq> CellMerger<K> {
+impl<K: std::hash::Hash + Eq> Waiting<K> {
+    /// Adds a set to `key`'s, merging them all into `into` when too many
+    /// bytes wait.
+    fn push(
+        &mut self,
+        into: &mut HashMap<K, Metrics>,
+        key: K,
+        (hour, set): (i64, Vec<u8>),
+        limit: usize,
+    ) -> Result<(), StoreError> {
+        self.bytes += set.len();
+        self.sets.entry(key).or_default().push((hour, set));
+        if self.bytes > MERGE_PENDING_BYTES {
+            self.merge(into, limit)?;
+        }
+        Ok(())
+    }
+
+    /// Merges every waiting visitor set into `into`.
+    fn merge(&mut self, into: &mut HashMap<K, Metrics>, limit: usize) -> Result<(), StoreError> {
+        self.bytes = 0;
+        for (key, cells) in self.sets.drain() {
+            let set = &mut into.entry(key).or_default().visitors;
+            let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
+            set.reserve(hashes, limit);
+            for (hour, bytes) in &cells {
+                merge_set(set, *hour, bytes, limit)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> CellMerger<K> {
     /// Merges visitor sets exactly up to `limit` hashes (as in
     /// [`VisitorSet::merge`]); `interleaved` when many keys' cells come
     /// mixed (their visitor sets then wait).
@@ -197,8 +259,11 @@ impl<K: std::hash::Hash + Eq> CellMerger<K> {
         Self {
             limit,
             defer: interleaved,
-            waiting: HashMap::new(),
-            bytes: 0,
+            waiting: Waiting {
+                sets: HashMap::new(),
+                bytes: 0,
+            },
+            split: HashMap::new(),
         }
     }
 
@@ -212,45 +277,97 @@ impl<K: std::hash::Hash + Eq> CellMerger<K> {
         into: &mut HashMap<K, Metrics>,
         key: K,
         cell: StoredCell,
-    ) -> Result<(), StoreError>
-    where
-        K: Clone,
-    {
+    ) -> Result<(), StoreError> {
+        let sum = into.entry(key.clone()).or_default();
+        sum.merge(&cell.metrics, self.limit);
+        if let Some(apart) = cell.apart {
+            let (sketch, aparts) = self.split.entry(key).or_default();
+            aparts.push(apart);
+            return merge_set(sketch, cell.hour, &cell.visitors, usize::MAX);
+        }
         if !self.defer {
-            let sum = into.entry(key).or_default();
-            sum.merge(&cell.metrics, self.limit);
             return merge_set(&mut sum.visitors, cell.hour, &cell.visitors, self.limit);
         }
-        into.entry(key.clone())
-            .or_default()
-            .merge(&cell.metrics, self.limit);
-        self.bytes += cell.visitors.len();
         self.waiting
-            .entry(key)
-            .or_default()
-            .push((cell.hour, cell.visitors));
-        if self.bytes > MERGE_PENDING_BYTES {
-            self.finish(into)?;
-        }
-        Ok(())
+            .push(into, key, (cell.hour, cell.visitors), self.limit)
     }
 
-    /// Merges every waiting visitor set into `into`.
+    /// Merges every visitor set into `into`, reading from `store` the
+    /// hashes of the split sets of `project` that it needs.
     ///
     /// # Errors
-    /// A visitor set that cannot be read.
-    pub fn finish(&mut self, into: &mut HashMap<K, Metrics>) -> Result<(), StoreError> {
-        self.bytes = 0;
-        for (key, cells) in self.waiting.drain() {
-            let set = &mut into.entry(key).or_default().visitors;
-            let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
-            set.reserve(hashes, self.limit);
-            for (hour, bytes) in &cells {
-                merge_set(set, *hour, bytes, self.limit)?;
+    /// A visitor set that cannot be read, or the database error.
+    pub async fn finish(
+        &mut self,
+        store: &Store,
+        project: Uuid,
+        into: &mut HashMap<K, Metrics>,
+    ) -> Result<(), StoreError> {
+        self.waiting.merge(into, self.limit)?;
+        // Per (span, dimension), per slot, the values to read and their keys.
+        type Wanted<K> = HashMap<(Span, i16), HashMap<i64, Vec<(String, K)>>>;
+        let mut wanted: Wanted<K> = HashMap::new();
+        for (key, (sketch, aparts)) in self.split.drain() {
+            let sum = &mut into.entry(key.clone()).or_default().visitors;
+            let mut union = sum.to_sketch();
+            union.merge(&sketch, usize::MAX);
+            if !sum.is_exact() || union.surely_beyond(self.limit) {
+                *sum = union;
+                continue;
+            }
+            for a in aparts {
+                wanted
+                    .entry((a.span, a.dim))
+                    .or_default()
+                    .entry(a.slot)
+                    .or_default()
+                    .push((a.value, key.clone()));
             }
         }
-        Ok(())
+        for ((span, dim), slots) in wanted {
+            let list: Vec<i64> = slots.keys().copied().collect();
+            let mut found = HashSet::new();
+            let (waiting, limit) = (&mut self.waiting, self.limit);
+            store
+                .rollup_sets(span, project, dim, &list, |slot, blob| {
+                    let hour = slot * span.hours();
+                    let Some(cells) = slots.get(&slot) else {
+                        return Ok(());
+                    };
+                    found.insert(slot);
+                    let sets = unpack_apart(blob).ok_or_else(|| unreadable(span, slot))?;
+                    for (value, key) in cells {
+                        let set = sets
+                            .get(value.as_str())
+                            .ok_or_else(|| changed(span, slot))?;
+                        waiting.push(into, key.clone(), (hour, set.to_vec()), limit)?;
+                    }
+                    Ok(())
+                })
+                .await?;
+            if let Some(missing) = list.iter().find(|s| !found.contains(*s)) {
+                return Err(changed(span, *missing));
+            }
+        }
+        self.waiting.merge(into, self.limit)
     }
+}
+
+/// The error of a pack that cannot be read.
+fn unreadable(span: Span, slot: i64) -> StoreError {
+    StoreError::Db(DbErr::Custom(format!(
+        "the rollup of {} {slot} cannot be read",
+        span.table().1
+    )))
+}
+
+/// The error of split hashes that are gone: the pack was made again, or
+/// deleted, between reading its cells and reading its hashes.
+fn changed(span: Span, slot: i64) -> StoreError {
+    StoreError::Db(DbErr::Custom(format!(
+        "the rollup of {} {slot} changed while it was read; try again",
+        span.table().1
+    )))
 }
 
 /// Merges the stored visitor set of the cell of `hour` into `set`.
@@ -270,16 +387,21 @@ fn merge_set(
 /// Hours per daily rollup.
 pub const HOURS_PER_DAY: i64 = 24;
 
-/// The `cells` blob of a daily rollup row: every value's cell of one
-/// dimension and day. A count, then per cell the value (length and bytes;
+/// The `cells` blob of a rollup row: every value's cell of one dimension
+/// and hour or day. A count, then per cell the value (length and bytes;
 /// empty for none), the six counts (zigzag varints: events, page views,
 /// sessions, bounces, duration, session page views) and the stored
-/// visitor set (length and bytes).
+/// visitor set (length and bytes). With `split`, large exact sets are
+/// split ([`VisitorSet::to_split_bytes`]) and their hashes go into the
+/// second blob, the row's `sets`: a count, then per split cell its value
+/// and its stored set (lengths and bytes); empty when no set is split.
 fn pack_cells<'a>(
     cells: impl ExactSizeIterator<Item = (&'a Option<String>, &'a Metrics)>,
-) -> Vec<u8> {
+    split: bool,
+) -> (Vec<u8>, Vec<u8>) {
     let zigzag = |v: i64| ((v << 1) ^ (v >> 63)).cast_unsigned();
     let mut out = Vec::new();
+    let (mut apart, mut apart_cells) = (Vec::new(), 0u64);
     put(&mut out, cells.len() as u64);
     for (value, m) in cells {
         let value = value.as_deref().unwrap_or_default();
@@ -295,18 +417,36 @@ fn pack_cells<'a>(
         ] {
             put(&mut out, zigzag(n));
         }
-        let set = m.visitors.to_bytes();
+        let set = if split {
+            let mut hashes = Vec::new();
+            let set = m.visitors.to_split_bytes(&mut hashes);
+            if !hashes.is_empty() {
+                apart_cells += 1;
+                put(&mut apart, value.len() as u64);
+                apart.extend_from_slice(value.as_bytes());
+                put(&mut apart, hashes.len() as u64);
+                apart.extend_from_slice(&hashes);
+            }
+            set
+        } else {
+            m.visitors.to_bytes()
+        };
         put(&mut out, set.len() as u64);
         out.extend_from_slice(&set);
     }
-    out
+    let mut sets = Vec::new();
+    if apart_cells > 0 {
+        put(&mut sets, apart_cells);
+        sets.append(&mut apart);
+    }
+    (out, sets)
 }
 
-/// Calls `each` with every cell of a `cells` blob (see [`pack_cells`]),
-/// each at `hour`; `None` when the blob is not one.
+/// Calls `each` with every cell of a `cells` blob (see [`pack_cells`])
+/// of `dim`'s `slot` of `span`; `None` when the blob is not one.
 fn unpack_cells(
     blob: &[u8],
-    hour: i64,
+    (span, dim, slot): (Span, i16, i64),
     each: &mut impl FnMut(StoredCell) -> Result<(), StoreError>,
 ) -> Option<Result<(), StoreError>> {
     let unzigzag = |v: u64| (v >> 1).cast_signed() ^ -((v & 1).cast_signed());
@@ -319,7 +459,19 @@ fn unpack_cells(
             *x = unzigzag(c.get()?);
         }
         let len = usize::try_from(c.get()?).ok()?;
-        let visitors = c.bytes(len)?.to_vec();
+        let set = c.bytes(len)?;
+        let (visitors, apart) = match VisitorSet::split_sketch(set) {
+            Some(sketch) => (
+                sketch.to_vec(),
+                Some(Apart {
+                    span,
+                    dim,
+                    slot,
+                    value: value.to_owned(),
+                }),
+            ),
+            None => (set.to_vec(), None),
+        };
         let [
             events,
             pageviews,
@@ -329,7 +481,7 @@ fn unpack_cells(
             session_pageviews,
         ] = n;
         let cell = StoredCell {
-            hour,
+            hour: slot * span.hours(),
             value: (!value.is_empty()).then(|| value.to_owned()),
             metrics: Metrics {
                 events,
@@ -341,6 +493,7 @@ fn unpack_cells(
                 session_pageviews,
             },
             visitors,
+            apart,
         };
         if let Err(e) = each(cell) {
             return Some(Err(e));
@@ -349,8 +502,22 @@ fn unpack_cells(
     (c.at_end()).then_some(Ok(()))
 }
 
+/// The split sets of a `sets` blob (see [`pack_cells`]) by value; `None`
+/// when the blob is not one.
+fn unpack_apart(blob: &[u8]) -> Option<HashMap<&str, &[u8]>> {
+    let mut c = Cursor::new(blob);
+    let mut sets = HashMap::new();
+    for _ in 0..c.get()? {
+        let len = usize::try_from(c.get()?).ok()?;
+        let value = std::str::from_utf8(c.bytes(len)?).ok()?;
+        let len = usize::try_from(c.get()?).ok()?;
+        sets.insert(value, c.bytes(len)?);
+    }
+    c.at_end().then_some(sets)
+}
+
 /// A packed rollup table: hourly or daily.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Span {
     /// `rollup_hours`, by `hour`.
     Hour,
@@ -365,6 +532,12 @@ impl Span {
             Span::Hour => ("rollup_hours", "hour"),
             Span::Day => ("rollup_days", "day"),
         }
+    }
+
+    /// Whether its packs split large visitor sets (see [`pack_cells`]):
+    /// the daily ones (an hour's exact sets are never large).
+    fn splits(self) -> bool {
+        self == Span::Day
     }
 
     /// Hours per slot.
@@ -426,20 +599,25 @@ async fn write_packs(
         if of_dim.is_empty() {
             continue;
         }
+        let (cells, sets) = pack_cells(of_dim.into_iter(), span.splits());
+        let mut values: Vec<DbValue> = vec![project.into(), code.into(), slot.into(), cells.into()];
+        let sets_column = if span.splits() {
+            values.push((!sets.is_empty()).then_some(sets).into());
+            ", sets"
+        } else {
+            ""
+        };
+        let marks = vec!["?"; values.len()].join(", ");
         tx.execute(Statement::from_sql_and_values(
             backend,
             sql_for(
                 backend,
                 &format!(
-                    "INSERT INTO {table} (project_id, dim, {column}, cells) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO {table} (project_id, dim, {column}, cells{sets_column}) \
+                     VALUES ({marks})"
                 ),
             ),
-            vec![
-                project.into(),
-                code.into(),
-                slot.into(),
-                pack_cells(of_dim.into_iter()).into(),
-            ],
+            values,
         ))
         .await?;
     }
@@ -649,14 +827,47 @@ impl Store {
             |r| {
                 let slot: i64 = r.try_get_by_index(0)?;
                 let blob: Vec<u8> = r.try_get_by_index(1)?;
-                unpack_cells(&blob, slot * span.hours(), &mut each).unwrap_or_else(|| {
-                    Err(StoreError::Db(DbErr::Custom(format!(
-                        "the rollup of {column} {slot} cannot be read"
-                    ))))
-                })
+                unpack_cells(&blob, (span, dim, slot), &mut each)
+                    .unwrap_or_else(|| Err(unreadable(span, slot)))
             },
         )
         .await
+    }
+
+    /// Calls `each` with the `sets` blob (the hashes of its split
+    /// visitor sets, see [`pack_cells`]) of each of `slots` of `span` of
+    /// `project`, dimension code `dim`, that has one.
+    ///
+    /// # Errors
+    /// The database error, or the first error of `each`.
+    async fn rollup_sets(
+        &self,
+        span: Span,
+        project: Uuid,
+        dim: i16,
+        slots: &[i64],
+        mut each: impl FnMut(i64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let (table, column) = span.table();
+        for chunk in slots.chunks(SQLITE_IDS_PER_LOOKUP) {
+            let mut values: Vec<DbValue> = vec![project.into(), dim.into()];
+            values.extend(chunk.iter().map(|s| DbValue::from(*s)));
+            self.each_row(
+                &format!(
+                    "SELECT {column}, sets FROM {table} WHERE project_id = ? AND dim = ? \
+                     AND {column} IN ({}) AND sets IS NOT NULL",
+                    vec!["?"; chunk.len()].join(", ")
+                ),
+                values,
+                |r| {
+                    let slot: i64 = r.try_get_by_index(0)?;
+                    let blob: Vec<u8> = r.try_get_by_index(1)?;
+                    each(slot, &blob)
+                },
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// The events of `project` with a time in `[from, to)` (with the
@@ -734,12 +945,12 @@ impl Store {
         .await?;
         if let Some((events, people)) = index {
             tx.execute(stmt(
-                "INSERT INTO person_hours (project_id, hour, events, people) VALUES (?, ?, ?, ?)",
+                "INSERT INTO person_hours (project_id, hour, people, events) VALUES (?, ?, ?, ?)",
                 vec![
                     project.into(),
                     hour.into(),
-                    events.clone().into(),
                     people.clone().into(),
+                    events.clone().into(),
                 ],
             ))
             .await?;
@@ -871,7 +1082,10 @@ impl Store {
                      CAST(v.b + h.b + d.b AS BIGINT) FROM ({}) AS v, ({}) AS h, ({}) AS d",
                     size("rollups", &format!("{length}(value)")),
                     size("rollup_hours", &format!("{length}(cells)")),
-                    size("rollup_days", &format!("{length}(cells)"))
+                    size(
+                        "rollup_days",
+                        &format!("{length}(cells) + COALESCE({length}(sets), 0)")
+                    )
                 ),
                 vec![],
             )
@@ -994,6 +1208,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analytics::sketch::SPLIT_MIN;
     use crate::analytics::visitor_hash;
 
     impl StoredCell {
@@ -1021,11 +1236,26 @@ mod tests {
                 ..Metrics::default()
             },
             visitors: set.to_bytes(),
+            apart: None,
         }
     }
 
-    #[test]
-    fn the_merger_gives_what_merging_cell_by_cell_gives() {
+    /// A store on a new SQLite file.
+    async fn store(dir: &tempfile::TempDir) -> Store {
+        let config = crate::config::Config {
+            data_dir: dir.path().to_owned(),
+            ..crate::config::Config::default()
+        };
+        let store = Store::connect(&config).await.unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn the_merger_gives_what_merging_cell_by_cell_gives() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let project = Uuid::nil();
         // Two keys, cells interleaved; key 1's union (3,000) crosses the
         // limit (2,500) and turns into a sketch, key 2's stays exact.
         let cells = [
@@ -1049,7 +1279,7 @@ mod tests {
             for (key, c) in cells.clone() {
                 merger.add(&mut merged, key, c).unwrap();
             }
-            merger.finish(&mut merged).unwrap();
+            merger.finish(&store, project, &mut merged).await.unwrap();
             assert_eq!(merged, one_by_one, "interleaved: {interleaved}");
         }
         assert_eq!((merged[&1].events, merged[&2].events), (13, 3));
@@ -1060,7 +1290,11 @@ mod tests {
         bad.visitors.pop();
         let mut merger = CellMerger::new(limit, true);
         merger.add(&mut merged, 1, bad.clone()).unwrap();
-        let err = merger.finish(&mut merged).unwrap_err().to_string();
+        let err = merger
+            .finish(&store, project, &mut merged)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("hour 7"), "{err}");
         let err = CellMerger::new(limit, false)
             .add(&mut merged, 1, bad)
@@ -1093,27 +1327,51 @@ mod tests {
                     session_pageviews: 3,
                 },
             ),
+            // Large and exact: split in a daily pack.
+            (
+                Some("/big".to_owned()),
+                cell(0, 9, 0..0).metrics_with(0..(SPLIT_MIN as u64 + 1)),
+            ),
         ];
-        let blob = pack_cells(cells.iter().map(|(v, m)| (v, m)));
-        let mut back = Vec::new();
-        unpack_cells(&blob, 48, &mut |c: StoredCell| {
-            back.push(c);
-            Ok(())
-        })
-        .unwrap()
-        .unwrap();
-        assert_eq!(back.len(), 3);
-        for ((value, m), c) in cells.iter().zip(&back) {
-            assert_eq!((&c.value, c.hour), (value, 48));
-            let mut got = c.metrics.clone();
-            got.visitors = VisitorSet::from_bytes(&c.visitors).unwrap();
-            assert_eq!(&got, m);
+        for span in [Span::Hour, Span::Day] {
+            let (blob, sets) = pack_cells(cells.iter().map(|(v, m)| (v, m)), span.splits());
+            let mut back = Vec::new();
+            unpack_cells(&blob, (span, 3, 2), &mut |c: StoredCell| {
+                back.push(c);
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+            assert_eq!(back.len(), 4);
+            let apart = unpack_apart(&sets);
+            for ((value, m), c) in cells.iter().zip(&back) {
+                assert_eq!((&c.value, c.hour), (value, 2 * span.hours()));
+                let mut got = c.metrics.clone();
+                got.visitors = VisitorSet::from_bytes(&c.visitors).unwrap();
+                let big = value.as_deref() == Some("/big");
+                if span == Span::Day && big {
+                    // The cell keeps the sketch; the hashes are apart.
+                    assert_eq!(got.visitors, m.visitors.to_sketch());
+                    let a = c.apart.as_ref().unwrap();
+                    assert_eq!((a.span, a.dim, a.slot), (span, 3, 2));
+                    let hashes = apart.as_ref().unwrap()[a.value.as_str()];
+                    got.visitors = VisitorSet::from_bytes(hashes).unwrap();
+                } else {
+                    assert!(c.apart.is_none());
+                }
+                assert_eq!(&got, m, "{span:?} {value:?}");
+            }
+            assert_eq!(apart.map(|a| a.len()), (span == Span::Day).then_some(1));
+            // A cut or padded blob is not read as cells.
+            let ok = |_: StoredCell| Ok(());
+            let at = (span, 0, 0);
+            assert!(unpack_cells(&blob[..blob.len() - 1], at, &mut { ok }).is_none());
+            let mut longer = blob.clone();
+            longer.push(0);
+            assert!(unpack_cells(&longer, at, &mut { ok }).is_none());
+            if !sets.is_empty() {
+                assert!(unpack_apart(&sets[..sets.len() - 1]).is_none());
+            }
         }
-        // A cut or padded blob is not read as cells.
-        let ok = |_: StoredCell| Ok(());
-        assert!(unpack_cells(&blob[..blob.len() - 1], 0, &mut { ok }).is_none());
-        let mut longer = blob.clone();
-        longer.push(0);
-        assert!(unpack_cells(&longer, 0, &mut { ok }).is_none());
     }
 }

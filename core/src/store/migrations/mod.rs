@@ -18,6 +18,8 @@ mod m20261203_000013_create_person_index;
 mod m20261204_000014_create_rollup_days;
 mod m20261204_000015_pack_rollup_days;
 mod m20261205_000016_pack_rollup_hours;
+mod m20261206_000017_split_day_sets;
+mod m20261206_000018_people_before_events;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261204_000014_create_rollup_days::Migration),
             Box::new(m20261204_000015_pack_rollup_days::Migration),
             Box::new(m20261205_000016_pack_rollup_hours::Migration),
+            Box::new(m20261206_000017_split_day_sets::Migration),
+            Box::new(m20261206_000018_people_before_events::Migration),
         ]
     }
 }
