@@ -641,8 +641,10 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         store.delete_project(project).await.unwrap();
         for table in [
             "rollups",
+            "rollup_hours",
             "rollup_dirty",
             "rollup_days",
+            "rollup_day_sets",
             "rollup_days_due",
             "person_hours",
             "persons",
@@ -816,7 +818,7 @@ async fn split_daily_sets_merge_as_the_sets_do() {
         // sketches; the others cannot be answered, and say so.
         store
             .db()
-            .execute_unprepared("UPDATE rollup_days SET sets = NULL")
+            .execute_unprepared("DELETE FROM rollup_day_sets")
             .await
             .unwrap();
         let err = merged(true).await.unwrap_err().to_string();
@@ -872,7 +874,7 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
             .unwrap();
         // A day with a large set (split) and one without.
         let mut big = Metrics::default();
-        for v in 0..3000 {
+        for v in 0..5000 {
             big.visitors
                 .insert(visitor_hash(&format!("v{v}")), DAY_EXACT_LIMIT);
         }

@@ -507,10 +507,10 @@ async fn statistics_equal_a_raw_count_before_and_after_rollups() {
                 plan: None,
             });
         }
-        // A crowd on one day: 2,500 visitors of "/", more than a daily
+        // A crowd on one day: 4,500 visitors of "/", more than a daily
         // rollup keeps with its cells (their hashes lie apart, and are
         // read back to count exactly).
-        for i in 0..2500 {
+        for i in 0..4500 {
             seq += 1;
             events.push(Sent {
                 ts: day0 + 2 * DAY + (i % 24) * HOUR + (i % 3600) * 1000,
@@ -643,7 +643,7 @@ async fn check_users(server: &Server, events: &[Sent], from: i64, to: i64) {
     let mut offset = 0;
     loop {
         let path = format!(
-            "/api/v1/projects/{}/users?from={from}&to={to}&limit=7&offset={offset}",
+            "/api/v1/projects/{}/users?from={from}&to={to}&limit=97&offset={offset}",
             keys.project_id
         );
         let (status, page) = server.get(&path, &keys.secret_key).await;

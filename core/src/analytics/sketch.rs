@@ -16,7 +16,7 @@
 //!
 //! A daily rollup splits its large exact sets (more than [`SPLIT_MIN`]
 //! hashes): the cell keeps the set's sketch (tag 2, then the sketch's
-//! stored form) and the hashes are kept apart (see
+//! stored form) and the hashes are kept apart, in a row of their own (see
 //! [`VisitorSet::to_split_bytes`]). A query merging many such cells
 //! reads the sketches first; when their union is clearly beyond its exact
 //! limit, the answer is that sketch, which is exactly the sketch that
@@ -65,8 +65,8 @@ const TAG_EXACT: u8 = 0;
 const TAG_HLL: u8 = 1;
 const TAG_SPLIT: u8 = 2;
 /// Hashes beyond which a daily rollup keeps a cell's exact set apart,
-/// with only its sketch (16 KiB, no bigger than the set) in the cell.
-pub const SPLIT_MIN: usize = EXACT_LIMIT;
+/// with only its sketch (16 KiB, half the set or less) in the cell.
+pub const SPLIT_MIN: usize = 4096;
 /// How far beyond its exact limit a union's sketch estimate must be for
 /// a query to take the sketch without reading the hashes: 25%, about 30
 /// standard errors of the estimate (0.81%), so a union within the limit

@@ -124,8 +124,10 @@ impl Store {
         // Statistics: rollups, their marks and the person index.
         for table in [
             "rollups",
+            "rollup_hours",
             "rollup_dirty",
             "rollup_days",
+            "rollup_day_sets",
             "rollup_days_due",
             "person_hours",
             "persons",

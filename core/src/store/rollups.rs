@@ -169,13 +169,12 @@ pub struct StoredCell {
     pub apart: Option<Apart>,
 }
 
-/// Where the hashes of a split visitor set are kept: under its value in
-/// the `sets` blob of its row.
+/// Where the hashes of a split visitor set are kept: the
+/// `rollup_day_sets` row of its dimension, day and value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Apart {
-    span: Span,
     dim: i16,
-    slot: i64,
+    day: i64,
     /// The cell's value ("" for none).
     value: String,
 }
@@ -304,9 +303,9 @@ impl<K: std::hash::Hash + Eq + Clone> CellMerger<K> {
         into: &mut HashMap<K, Metrics>,
     ) -> Result<(), StoreError> {
         self.waiting.merge(into, self.limit)?;
-        // Per (span, dimension), per slot, the values to read and their keys.
-        type Wanted<K> = HashMap<(Span, i16), HashMap<i64, Vec<(String, K)>>>;
-        let mut wanted: Wanted<K> = HashMap::new();
+        // Per dimension, the split sets to read: their days and values, and
+        // whose they are.
+        let mut wanted: HashMap<i16, HashMap<(i64, String), K>> = HashMap::new();
         for (key, (sketch, aparts)) in self.split.drain() {
             let sum = &mut into.entry(key.clone()).or_default().visitors;
             let mut union = sum.to_sketch();
@@ -317,36 +316,29 @@ impl<K: std::hash::Hash + Eq + Clone> CellMerger<K> {
             }
             for a in aparts {
                 wanted
-                    .entry((a.span, a.dim))
+                    .entry(a.dim)
                     .or_default()
-                    .entry(a.slot)
-                    .or_default()
-                    .push((a.value, key.clone()));
+                    .insert((a.day, a.value), key.clone());
             }
         }
-        for ((span, dim), slots) in wanted {
-            let list: Vec<i64> = slots.keys().copied().collect();
-            let mut found = HashSet::new();
+        for (dim, mut sets) in wanted {
+            let days = sets.keys().map(|(d, _)| *d);
+            let range = (days.clone().min().unwrap_or(0), days.max().unwrap_or(0) + 1);
+            let mut values: Vec<&str> = sets.keys().map(|(_, v)| v.as_str()).collect();
+            values.sort_unstable();
+            values.dedup();
+            let values: Vec<String> = values.into_iter().map(str::to_owned).collect();
             let (waiting, limit) = (&mut self.waiting, self.limit);
             store
-                .rollup_sets(span, project, dim, &list, |slot, blob| {
-                    let hour = slot * span.hours();
-                    let Some(cells) = slots.get(&slot) else {
-                        return Ok(());
-                    };
-                    found.insert(slot);
-                    let sets = unpack_apart(blob).ok_or_else(|| unreadable(span, slot))?;
-                    for (value, key) in cells {
-                        let set = sets
-                            .get(value.as_str())
-                            .ok_or_else(|| changed(span, slot))?;
-                        waiting.push(into, key.clone(), (hour, set.to_vec()), limit)?;
+                .rollup_day_sets(project, dim, range, &values, |day, value, hashes| {
+                    if let Some(key) = sets.remove(&(day, value)) {
+                        waiting.push(into, key, (day * HOURS_PER_DAY, hashes), limit)?;
                     }
                     Ok(())
                 })
                 .await?;
-            if let Some(missing) = list.iter().find(|s| !found.contains(*s)) {
-                return Err(changed(span, *missing));
+            if let Some((day, _)) = sets.keys().next() {
+                return Err(changed(*day));
             }
         }
         self.waiting.merge(into, self.limit)
@@ -361,12 +353,11 @@ fn unreadable(span: Span, slot: i64) -> StoreError {
     )))
 }
 
-/// The error of split hashes that are gone: the pack was made again, or
-/// deleted, between reading its cells and reading its hashes.
-fn changed(span: Span, slot: i64) -> StoreError {
+/// The error of split hashes that are gone: the daily rollup was made
+/// again, or deleted, between reading its cells and reading its hashes.
+fn changed(day: i64) -> StoreError {
     StoreError::Db(DbErr::Custom(format!(
-        "the rollup of {} {slot} changed while it was read; try again",
-        span.table().1
+        "the rollup of day {day} changed while it was read; try again"
     )))
 }
 
@@ -392,16 +383,15 @@ pub const HOURS_PER_DAY: i64 = 24;
 /// empty for none), the six counts (zigzag varints: events, page views,
 /// sessions, bounces, duration, session page views) and the stored
 /// visitor set (length and bytes). With `split`, large exact sets are
-/// split ([`VisitorSet::to_split_bytes`]) and their hashes go into the
-/// second blob, the row's `sets`: a count, then per split cell its value
-/// and its stored set (lengths and bytes); empty when no set is split.
+/// split ([`VisitorSet::to_split_bytes`]): their hashes are returned too,
+/// with their values, for `rollup_day_sets`.
 fn pack_cells<'a>(
     cells: impl ExactSizeIterator<Item = (&'a Option<String>, &'a Metrics)>,
     split: bool,
-) -> (Vec<u8>, Vec<u8>) {
+) -> (Vec<u8>, Vec<(&'a str, Vec<u8>)>) {
     let zigzag = |v: i64| ((v << 1) ^ (v >> 63)).cast_unsigned();
     let mut out = Vec::new();
-    let (mut apart, mut apart_cells) = (Vec::new(), 0u64);
+    let mut apart = Vec::new();
     put(&mut out, cells.len() as u64);
     for (value, m) in cells {
         let value = value.as_deref().unwrap_or_default();
@@ -421,11 +411,7 @@ fn pack_cells<'a>(
             let mut hashes = Vec::new();
             let set = m.visitors.to_split_bytes(&mut hashes);
             if !hashes.is_empty() {
-                apart_cells += 1;
-                put(&mut apart, value.len() as u64);
-                apart.extend_from_slice(value.as_bytes());
-                put(&mut apart, hashes.len() as u64);
-                apart.extend_from_slice(&hashes);
+                apart.push((value, hashes));
             }
             set
         } else {
@@ -434,12 +420,7 @@ fn pack_cells<'a>(
         put(&mut out, set.len() as u64);
         out.extend_from_slice(&set);
     }
-    let mut sets = Vec::new();
-    if apart_cells > 0 {
-        put(&mut sets, apart_cells);
-        sets.append(&mut apart);
-    }
-    (out, sets)
+    (out, apart)
 }
 
 /// Calls `each` with every cell of a `cells` blob (see [`pack_cells`])
@@ -461,15 +442,15 @@ fn unpack_cells(
         let len = usize::try_from(c.get()?).ok()?;
         let set = c.bytes(len)?;
         let (visitors, apart) = match VisitorSet::split_sketch(set) {
-            Some(sketch) => (
+            Some(sketch) if span.splits() => (
                 sketch.to_vec(),
                 Some(Apart {
-                    span,
                     dim,
-                    slot,
+                    day: slot,
                     value: value.to_owned(),
                 }),
             ),
+            Some(_) => return None,
             None => (set.to_vec(), None),
         };
         let [
@@ -500,20 +481,6 @@ fn unpack_cells(
         }
     }
     (c.at_end()).then_some(Ok(()))
-}
-
-/// The split sets of a `sets` blob (see [`pack_cells`]) by value; `None`
-/// when the blob is not one.
-fn unpack_apart(blob: &[u8]) -> Option<HashMap<&str, &[u8]>> {
-    let mut c = Cursor::new(blob);
-    let mut sets = HashMap::new();
-    for _ in 0..c.get()? {
-        let len = usize::try_from(c.get()?).ok()?;
-        let value = std::str::from_utf8(c.bytes(len)?).ok()?;
-        let len = usize::try_from(c.get()?).ok()?;
-        sets.insert(value, c.bytes(len)?);
-    }
-    c.at_end().then_some(sets)
 }
 
 /// A packed rollup table: hourly or daily.
@@ -581,15 +548,21 @@ async fn write_packs(
     let (dims, codes) = every_dim();
     let mut values: Vec<DbValue> = vec![project.into(), slot.into()];
     values.extend(codes);
-    tx.execute(Statement::from_sql_and_values(
-        backend,
-        sql_for(
+    let mut tables = vec![(table, column)];
+    if span.splits() {
+        tables.push(("rollup_day_sets", "day"));
+    }
+    for (table, column) in tables {
+        tx.execute(Statement::from_sql_and_values(
             backend,
-            &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ? AND {dims}"),
-        ),
-        values,
-    ))
-    .await?;
+            sql_for(
+                backend,
+                &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ? AND {dims}"),
+            ),
+            values.clone(),
+        ))
+        .await?;
+    }
     for code in rollup_codes() {
         let of_dim: Vec<(&Option<String>, &Metrics)> = cells
             .iter()
@@ -599,27 +572,36 @@ async fn write_packs(
         if of_dim.is_empty() {
             continue;
         }
-        let (cells, sets) = pack_cells(of_dim.into_iter(), span.splits());
-        let mut values: Vec<DbValue> = vec![project.into(), code.into(), slot.into(), cells.into()];
-        let sets_column = if span.splits() {
-            values.push((!sets.is_empty()).then_some(sets).into());
-            ", sets"
-        } else {
-            ""
-        };
-        let marks = vec!["?"; values.len()].join(", ");
+        let (cells, apart) = pack_cells(of_dim.into_iter(), span.splits());
         tx.execute(Statement::from_sql_and_values(
             backend,
             sql_for(
                 backend,
                 &format!(
-                    "INSERT INTO {table} (project_id, dim, {column}, cells{sets_column}) \
-                     VALUES ({marks})"
+                    "INSERT INTO {table} (project_id, dim, {column}, cells) VALUES (?, ?, ?, ?)"
                 ),
             ),
-            values,
+            vec![project.into(), code.into(), slot.into(), cells.into()],
         ))
         .await?;
+        for (value, hashes) in apart {
+            tx.execute(Statement::from_sql_and_values(
+                backend,
+                sql_for(
+                    backend,
+                    "INSERT INTO rollup_day_sets (project_id, dim, day, value, hashes) \
+                     VALUES (?, ?, ?, ?, ?)",
+                ),
+                vec![
+                    project.into(),
+                    code.into(),
+                    slot.into(),
+                    value.into(),
+                    hashes.into(),
+                ],
+            ))
+            .await?;
+        }
     }
     Ok(())
 }
@@ -674,7 +656,8 @@ pub struct RollupSize {
     pub hour_packs: i64,
     /// Daily packs, one per dimension and day.
     pub day_rows: i64,
-    /// All three, about, in bytes.
+    /// All three, with the hashes of the daily packs' split visitor
+    /// sets, about, in bytes.
     pub bytes: i64,
 }
 
@@ -834,35 +817,37 @@ impl Store {
         .await
     }
 
-    /// Calls `each` with the `sets` blob (the hashes of its split
-    /// visitor sets, see [`pack_cells`]) of each of `slots` of `span` of
-    /// `project`, dimension code `dim`, that has one.
+    /// Calls `each` with the hashes of the split visitor sets (see
+    /// [`pack_cells`]) of `project`, dimension code `dim`, of the UTC days
+    /// in `[from, to)` and of one of `values` ("" for none): day, value,
+    /// stored set.
     ///
     /// # Errors
     /// The database error, or the first error of `each`.
-    async fn rollup_sets(
+    async fn rollup_day_sets(
         &self,
-        span: Span,
         project: Uuid,
         dim: i16,
-        slots: &[i64],
-        mut each: impl FnMut(i64, &[u8]) -> Result<(), StoreError>,
+        (from, to): (i64, i64),
+        values: &[String],
+        mut each: impl FnMut(i64, String, Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let (table, column) = span.table();
-        for chunk in slots.chunks(SQLITE_IDS_PER_LOOKUP) {
-            let mut values: Vec<DbValue> = vec![project.into(), dim.into()];
-            values.extend(chunk.iter().map(|s| DbValue::from(*s)));
+        for chunk in values.chunks(SQLITE_IDS_PER_LOOKUP) {
+            let mut binds: Vec<DbValue> = vec![project.into(), dim.into(), from.into(), to.into()];
+            binds.extend(chunk.iter().map(|v| DbValue::from(v.as_str())));
             self.each_row(
                 &format!(
-                    "SELECT {column}, sets FROM {table} WHERE project_id = ? AND dim = ? \
-                     AND {column} IN ({}) AND sets IS NOT NULL",
+                    "SELECT day, value, hashes FROM rollup_day_sets WHERE project_id = ? \
+                     AND dim = ? AND day >= ? AND day < ? AND value IN ({})",
                     vec!["?"; chunk.len()].join(", ")
                 ),
-                values,
+                binds,
                 |r| {
-                    let slot: i64 = r.try_get_by_index(0)?;
-                    let blob: Vec<u8> = r.try_get_by_index(1)?;
-                    each(slot, &blob)
+                    each(
+                        r.try_get_by_index(0)?,
+                        r.try_get_by_index(1)?,
+                        r.try_get_by_index(2)?,
+                    )
                 },
             )
             .await?;
@@ -1079,13 +1064,12 @@ impl Store {
             .rows(
                 &format!(
                     "SELECT CAST(v.n AS BIGINT), CAST(h.n AS BIGINT), CAST(d.n AS BIGINT), \
-                     CAST(v.b + h.b + d.b AS BIGINT) FROM ({}) AS v, ({}) AS h, ({}) AS d",
+                     CAST(v.b + h.b + d.b + s.b AS BIGINT) \
+                     FROM ({}) AS v, ({}) AS h, ({}) AS d, ({}) AS s",
                     size("rollups", &format!("{length}(value)")),
                     size("rollup_hours", &format!("{length}(cells)")),
-                    size(
-                        "rollup_days",
-                        &format!("{length}(cells) + COALESCE({length}(sets), 0)")
-                    )
+                    size("rollup_days", &format!("{length}(cells)")),
+                    size("rollup_day_sets", &format!("{length}(hashes)"))
                 ),
                 vec![],
             )
@@ -1334,7 +1318,7 @@ mod tests {
             ),
         ];
         for span in [Span::Hour, Span::Day] {
-            let (blob, sets) = pack_cells(cells.iter().map(|(v, m)| (v, m)), span.splits());
+            let (blob, apart) = pack_cells(cells.iter().map(|(v, m)| (v, m)), span.splits());
             let mut back = Vec::new();
             unpack_cells(&blob, (span, 3, 2), &mut |c: StoredCell| {
                 back.push(c);
@@ -1343,7 +1327,6 @@ mod tests {
             .unwrap()
             .unwrap();
             assert_eq!(back.len(), 4);
-            let apart = unpack_apart(&sets);
             for ((value, m), c) in cells.iter().zip(&back) {
                 assert_eq!((&c.value, c.hour), (value, 2 * span.hours()));
                 let mut got = c.metrics.clone();
@@ -1353,15 +1336,16 @@ mod tests {
                     // The cell keeps the sketch; the hashes are apart.
                     assert_eq!(got.visitors, m.visitors.to_sketch());
                     let a = c.apart.as_ref().unwrap();
-                    assert_eq!((a.span, a.dim, a.slot), (span, 3, 2));
-                    let hashes = apart.as_ref().unwrap()[a.value.as_str()];
-                    got.visitors = VisitorSet::from_bytes(hashes).unwrap();
+                    assert_eq!((a.dim, a.day, a.value.as_str()), (3, 2, "/big"));
+                    assert_eq!(apart.len(), 1);
+                    assert_eq!(apart[0].0, "/big");
+                    got.visitors = VisitorSet::from_bytes(&apart[0].1).unwrap();
                 } else {
                     assert!(c.apart.is_none());
                 }
                 assert_eq!(&got, m, "{span:?} {value:?}");
             }
-            assert_eq!(apart.map(|a| a.len()), (span == Span::Day).then_some(1));
+            assert_eq!(apart.is_empty(), span == Span::Hour);
             // A cut or padded blob is not read as cells.
             let ok = |_: StoredCell| Ok(());
             let at = (span, 0, 0);
@@ -1369,9 +1353,10 @@ mod tests {
             let mut longer = blob.clone();
             longer.push(0);
             assert!(unpack_cells(&longer, at, &mut { ok }).is_none());
-            if !sets.is_empty() {
-                assert!(unpack_apart(&sets[..sets.len() - 1]).is_none());
-            }
         }
+        // An hourly pack never holds a split set.
+        let (day, _) = pack_cells(cells.iter().map(|(v, m)| (v, m)), true);
+        let ok = |_: StoredCell| Ok(());
+        assert!(unpack_cells(&day, (Span::Hour, 0, 0), &mut { ok }).is_none());
     }
 }
