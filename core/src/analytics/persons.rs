@@ -921,15 +921,26 @@ pub async fn retention(
         let (a, b) = (h * HOUR_MS, (h + 1) * HOUR_MS);
         b <= from || (a >= from && r.period.bucket(r.tz, a) == r.period.bucket(r.tz, b - 1))
     };
-    // First-seen time per person; activity bits per period.
+    // First-seen time per person (and who has one, a small bit set that
+    // stays in the CPU cache: the pieces come in time order, so a person
+    // seen before is never first seen in a later hour); activity bits per
+    // period.
     let mut first: Vec<i64> = vec![i64::MAX; people];
+    let mut known = Bits::default();
     let mut active: Vec<Bits> = vec![Bits::default(); starts.len()];
-    let seen = |first: &mut Vec<i64>, p: u32, t: i64| {
+    let seen = |first: &mut Vec<i64>, known: &mut Bits, p: u32, t: i64| {
+        if known.get(p) {
+            // Seen in an earlier piece, or earlier in this raw one.
+            let f = &mut first[p as usize];
+            *f = (*f).min(t);
+            return;
+        }
+        known.set(p);
         let p = p as usize;
         if p >= first.len() {
             first.resize(p + 1, i64::MAX);
         }
-        first[p] = first[p].min(t);
+        first[p] = t;
     };
     // The period `t` counts in, when it is in the range.
     let period_of = |t: i64| if t < from || t >= to { None } else { index(t) };
@@ -946,15 +957,32 @@ pub async fn retention(
                 store
                     .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
                         let t = h * HOUR_MS;
-                        each_person(&blob, r.cohort_event.as_deref(), |p| {
-                            seen(&mut first, p, t);
-                        })
-                        .ok_or_else(|| unreadable(project, h))?;
-                        if let Some(i) = period_of(t) {
-                            each_person(&blob, r.return_event.as_deref(), |p| active[i].set(p))
-                                .ok_or_else(|| unreadable(project, h))?;
-                        }
-                        Ok(())
+                        let period = period_of(t);
+                        // An hour counts whole: a person seen before it
+                        // (`known`) was first seen no later.
+                        let mut first_seen = |p: u32| {
+                            if !known.get(p) {
+                                seen(&mut first, &mut known, p, t);
+                            }
+                        };
+                        let read = match (period, r.cohort_event == r.return_event) {
+                            // One list for both: read once.
+                            (Some(i), true) => each_person(&blob, r.cohort_event.as_deref(), |p| {
+                                first_seen(p);
+                                active[i].set(p);
+                            }),
+                            (Some(i), false) => {
+                                each_person(&blob, r.cohort_event.as_deref(), first_seen).and_then(
+                                    |()| {
+                                        each_person(&blob, r.return_event.as_deref(), |p| {
+                                            active[i].set(p);
+                                        })
+                                    },
+                                )
+                            }
+                            (None, _) => each_person(&blob, r.cohort_event.as_deref(), first_seen),
+                        };
+                        read.ok_or_else(|| unreadable(project, h))
                     })
                     .await?;
             }
@@ -968,7 +996,7 @@ pub async fn retention(
                             continue;
                         };
                         if r.cohort_event.as_ref().is_none_or(|n| *n == e.name) {
-                            seen(&mut first, p, e.timestamp);
+                            seen(&mut first, &mut known, p, e.timestamp);
                         }
                         if r.return_event.as_ref().is_none_or(|n| *n == e.name)
                             && let Some(i) = period_of(e.timestamp)

@@ -316,8 +316,13 @@ impl Store {
         let mut ids = HashMap::with_capacity(hashes.len());
         if self.backend() == sea_orm::DatabaseBackend::Postgres {
             let list: Vec<i64> = hashes.iter().map(|h| db_hash(*h)).collect();
+            // A join on the array, not `hash = ANY(array)`: with the
+            // latter the planner may scan all of the project's people by
+            // the other index (65 ms instead of 5 for 1,500 hashes among
+            // 775,000 people, seen with statistics from before a bulk load).
             let rows: Vec<(i64, i32)> = sqlx::query_as(
-                "SELECT hash, id FROM persons WHERE project_id = $1 AND hash = ANY($2::int8[])",
+                "SELECT p.hash, p.id FROM UNNEST($2::int8[]) AS u(hash) \
+                 JOIN persons p ON p.project_id = $1 AND p.hash = u.hash",
             )
             .bind(project)
             .bind(list)
