@@ -659,6 +659,25 @@ async fn people_are_numbered_once_and_go_with_their_project() {
     }
 }
 
+/// Writes `n` page views of `people` people to `project`, a second apart
+/// from the start of an hour, which it returns (ms).
+async fn pageviews_in_an_hour(store: &Store, project: Uuid, n: i64, people: i64) -> i64 {
+    let t = 1_795_430_000_000 - 1_795_430_000_000 % orrery_core::analytics::HOUR_MS;
+    let (w, _) = writer(store, 2, 10_000);
+    let events = (0..n)
+        .map(|i| {
+            EventBuilder::new("pageview")
+                .project(project)
+                .at(t + i * 1000)
+                .field("distinct_id", format!("v{}", i % people))
+                .event()
+        })
+        .collect();
+    w.write(events, Vec::new()).await.unwrap();
+    w.close().await;
+    t
+}
+
 /// The rollup job and `orrery rollups rebuild` may redo the same hour and
 /// make the same day at once: they take turns, both succeed, and the
 /// rollup is the one of the events.
@@ -669,19 +688,7 @@ async fn the_same_hour_redone_twice_at_once_succeeds_both_times() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _db) = open(backend, &dir).await;
         let project = store.create_project("p").await.unwrap().id;
-        let t = 1_795_430_000_000 - 1_795_430_000_000 % HOUR_MS;
-        let (w, _) = writer(&store, 2, 10_000);
-        let events = (0..200)
-            .map(|i| {
-                EventBuilder::new("pageview")
-                    .project(project)
-                    .at(t + i * 1000)
-                    .field("distinct_id", format!("v{}", i % 50))
-                    .event()
-            })
-            .collect();
-        w.write(events, Vec::new()).await.unwrap();
-        w.close().await;
+        let t = pageviews_in_an_hour(&store, project, 200, 50).await;
         let hour = t / HOUR_MS;
         for _ in 0..5 {
             let (a, b) = tokio::join!(
@@ -856,19 +863,7 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _db) = open(backend, &dir).await;
         let project = store.create_project("p").await.unwrap().id;
-        let t = 1_795_430_000_000 - 1_795_430_000_000 % HOUR_MS;
-        let (w, _) = writer(&store, 2, 10_000);
-        let events = (0..50)
-            .map(|i| {
-                EventBuilder::new("pageview")
-                    .project(project)
-                    .at(t + i * 1000)
-                    .field("distinct_id", format!("v{}", i % 20))
-                    .event()
-            })
-            .collect();
-        w.write(events, Vec::new()).await.unwrap();
-        w.close().await;
+        let t = pageviews_in_an_hour(&store, project, 50, 20).await;
         rollup::redo_hour(&store, project, t / HOUR_MS, None)
             .await
             .unwrap();

@@ -433,6 +433,29 @@ mod tests {
     }
 
     #[test]
+    fn large_sets_split_and_sketches_are_taken_only_when_surely_beyond() {
+        // At most SPLIT_MIN hashes: stored whole, nothing apart.
+        let mut apart = Vec::new();
+        let small = set_of(0..SPLIT_MIN as u64, usize::MAX);
+        assert_eq!(small.to_split_bytes(&mut apart), small.to_bytes());
+        assert!(apart.is_empty());
+        // One more: the cell keeps the sketch, the hashes go apart.
+        let big = set_of(0..SPLIT_MIN as u64 + 1, usize::MAX);
+        let cell = big.to_split_bytes(&mut apart);
+        assert_eq!(VisitorSet::from_bytes(&apart), Some(big.clone()));
+        let sketch = VisitorSet::split_sketch(&cell).unwrap();
+        assert_eq!(VisitorSet::from_bytes(sketch), Some(big.to_sketch()));
+        assert_eq!(VisitorSet::split_sketch(&big.to_bytes()), None);
+        // A split cell is not a stored set: it is never merged as one.
+        assert_eq!(VisitorSet::from_bytes(&cell), None);
+        // Beyond the limit by the margin, and only then.
+        let limit = 100_000;
+        assert!(set_of(0..130_000, 1).surely_beyond(limit));
+        assert!(!set_of(0..118_000, 1).surely_beyond(limit));
+        assert!(!set_of(0..90_000, usize::MAX).surely_beyond(limit));
+    }
+
+    #[test]
     fn garbage_is_not_a_set() {
         assert_eq!(VisitorSet::from_bytes(&[]), None);
         assert_eq!(VisitorSet::from_bytes(&[0, 1, 2]), None);
