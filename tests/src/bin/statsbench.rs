@@ -61,6 +61,11 @@ struct Args {
     /// removed afterwards.
     #[arg(long)]
     compare_raw: bool,
+    /// Load sessions in the order they start, as a live site sends them
+    /// (an hour's events then lie together in the events table), instead
+    /// of at random times across the days.
+    #[arg(long)]
+    time_order: bool,
     /// Warm runs per query (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -321,7 +326,8 @@ fn ms(d: Duration) -> f64 {
 
 /// Loads `args.events` events over `args.days` days: visitors with
 /// sessions of 1 to 8 events a few minutes apart, page views and a few
-/// other events, enrichment filled in.
+/// other events, enrichment filled in; sessions at random times, or in
+/// time order with `--time-order`.
 async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
     let writer = Writer::start(
         store.clone(),
@@ -345,7 +351,13 @@ async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
     while sent < args.events {
         session += 1;
         let visitor = rng.next(visitors);
-        let mut ts = start + rng.next(span) as i64;
+        let offset = if args.time_order {
+            // Spread over the span by progress, a minute of jitter.
+            (span as f64 * sent as f64 / args.events as f64) as u64 + rng.next(60_000)
+        } else {
+            rng.next(span)
+        };
+        let mut ts = start + offset.min(span - 1) as i64;
         let country = COUNTRIES[rng.next(COUNTRIES.len() as u64) as usize];
         let browser = BROWSERS[rng.next(BROWSERS.len() as u64) as usize];
         let (source, host) = SOURCES[rng.next(SOURCES.len() as u64) as usize];
