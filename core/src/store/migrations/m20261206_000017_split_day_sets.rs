@@ -28,6 +28,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(RollupDaySets::Table)
+                    .if_not_exists()
                     .col(ColumnDef::new(RollupDaySets::ProjectId).uuid().not_null())
                     .col(
                         ColumnDef::new(RollupDaySets::Dim)

@@ -37,11 +37,19 @@ impl MigrationTrait for Migration {
 /// Makes `person_hours` again with its two blobs in the order `blobs`,
 /// keeping its rows: one batch of statements on one connection (on
 /// SQLite, a second pooled connection could still see the old table when
-/// it checks the new name).
+/// it checks the new name), in one transaction (PostgreSQL migrations run
+/// in one already; SQLite's run statement by statement), so a crash
+/// halfway leaves the table as it was.
 async fn remake(manager: &SchemaManager<'_>, blobs: [PersonHours; 2]) -> Result<(), DbErr> {
     let [a, b] = blobs;
     let (a_name, b_name) = (a.to_string(), b.to_string());
-    let create = manager.get_database_backend().build(
+    let backend = manager.get_database_backend();
+    let (begin, commit) = if backend == sea_orm::DatabaseBackend::Sqlite {
+        ("BEGIN IMMEDIATE;\n", ";\nCOMMIT")
+    } else {
+        ("", "")
+    };
+    let create = backend.build(
         Table::create()
             .table(Staging::PersonHoursCopy)
             .col(ColumnDef::new(PersonHours::ProjectId).uuid().not_null())
@@ -57,11 +65,11 @@ async fn remake(manager: &SchemaManager<'_>, blobs: [PersonHours; 2]) -> Result<
     manager
         .get_connection()
         .execute_unprepared(&format!(
-            "{};\n\
+            "{begin}{};\n\
              INSERT INTO person_hours_copy (project_id, hour, {a_name}, {b_name}) \
              SELECT project_id, hour, {a_name}, {b_name} FROM person_hours;\n\
              DROP TABLE person_hours;\n\
-             ALTER TABLE person_hours_copy RENAME TO person_hours",
+             ALTER TABLE person_hours_copy RENAME TO person_hours{commit}",
             create.sql
         ))
         .await?;
