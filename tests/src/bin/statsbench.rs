@@ -66,6 +66,11 @@ struct Args {
     /// of at random times across the days.
     #[arg(long)]
     time_order: bool,
+    /// With --reuse: time the queries as of just after the data's last
+    /// event, as a fresh run does, instead of as of now (hours after a
+    /// load, the current hour and the last hours are empty).
+    #[arg(long)]
+    at_data_end: bool,
     /// Warm runs per query (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -127,7 +132,21 @@ async fn run(args: Args) {
             .unwrap();
     }
     let store = open(&config).await;
-    let now = now_ms();
+    let now = if args.reuse && args.at_data_end {
+        use sea_orm::ConnectionTrait;
+        let row = store
+            .db()
+            .query_one(sea_orm::Statement::from_string(
+                store.backend(),
+                "SELECT MAX(\"timestamp\") FROM events",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get_by_index::<Option<i64>>(0).unwrap().unwrap_or(0) + 1
+    } else {
+        now_ms()
+    };
     let project = if args.reuse && !args.rebuild {
         // What the rollup job does after an upgrade: the marked hours,
         // then the daily rollups of the days that are over.
