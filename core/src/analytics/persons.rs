@@ -928,13 +928,8 @@ pub async fn retention(
     let mut first: Vec<i64> = vec![i64::MAX; people];
     let mut known = Bits::default();
     let mut active: Vec<Bits> = vec![Bits::default(); starts.len()];
-    let seen = |first: &mut Vec<i64>, known: &mut Bits, p: u32, t: i64| {
-        if known.get(p) {
-            // Seen in an earlier piece, or earlier in this raw one.
-            let f = &mut first[p as usize];
-            *f = (*f).min(t);
-            return;
-        }
+    // `p`, never seen before, first seen at `t`.
+    let first_seen = |first: &mut Vec<i64>, known: &mut Bits, p: u32, t: i64| {
         known.set(p);
         let p = p as usize;
         if p >= first.len() {
@@ -960,27 +955,24 @@ pub async fn retention(
                         let period = period_of(t);
                         // An hour counts whole: a person seen before it
                         // (`known`) was first seen no later.
-                        let mut first_seen = |p: u32| {
+                        let mut seen = |p: u32| {
                             if !known.get(p) {
-                                seen(&mut first, &mut known, p, t);
+                                first_seen(&mut first, &mut known, p, t);
                             }
                         };
                         let read = match (period, r.cohort_event == r.return_event) {
                             // One list for both: read once.
                             (Some(i), true) => each_person(&blob, r.cohort_event.as_deref(), |p| {
-                                first_seen(p);
+                                seen(p);
                                 active[i].set(p);
                             }),
-                            (Some(i), false) => {
-                                each_person(&blob, r.cohort_event.as_deref(), first_seen).and_then(
-                                    |()| {
-                                        each_person(&blob, r.return_event.as_deref(), |p| {
-                                            active[i].set(p);
-                                        })
-                                    },
-                                )
-                            }
-                            (None, _) => each_person(&blob, r.cohort_event.as_deref(), first_seen),
+                            (Some(i), false) => each_person(&blob, r.cohort_event.as_deref(), seen)
+                                .and_then(|()| {
+                                    each_person(&blob, r.return_event.as_deref(), |p| {
+                                        active[i].set(p);
+                                    })
+                                }),
+                            (None, _) => each_person(&blob, r.cohort_event.as_deref(), seen),
                         };
                         read.ok_or_else(|| unreadable(project, h))
                     })
@@ -996,7 +988,14 @@ pub async fn retention(
                             continue;
                         };
                         if r.cohort_event.as_ref().is_none_or(|n| *n == e.name) {
-                            seen(&mut first, &mut known, p, e.timestamp);
+                            if known.get(p) {
+                                // Seen in an earlier piece, or earlier in
+                                // this one: the earliest counts.
+                                let f = &mut first[p as usize];
+                                *f = (*f).min(e.timestamp);
+                            } else {
+                                first_seen(&mut first, &mut known, p, e.timestamp);
+                            }
                         }
                         if r.return_event.as_ref().is_none_or(|n| *n == e.name)
                             && let Some(i) = period_of(e.timestamp)
