@@ -470,6 +470,43 @@ impl Bits {
     }
 }
 
+/// What the first pass of [`funnel`] learns: who did the first step's
+/// event, who the second's, and the highest person number seen (the job
+/// may have numbered people since the query's `Numbers` were made).
+#[derive(Debug, Clone, Default)]
+struct Seen {
+    first: Bits,
+    second: Bits,
+    last: u32,
+}
+
+impl Seen {
+    /// Person `p` did the steps in `mask`. Only who did the second
+    /// step's event can get past the first step.
+    fn saw(&mut self, p: u32, mask: u32) {
+        if mask & 1 != 0 {
+            self.first.set(p);
+        }
+        if mask & 2 != 0 {
+            self.second.set(p);
+        }
+        self.last = self.last.max(p);
+    }
+
+    /// Takes an hour of the index whose names' masks are `masks`; `None`
+    /// when a name index is out of range.
+    fn hour(&mut self, hour: &EventsBlob, masks: &[u32]) -> Option<()> {
+        hour.each_run(|p, events| {
+            let mut m = 0;
+            for i in events {
+                m |= hour.mask(masks, i)?;
+            }
+            self.saw(p, m);
+            Some(())
+        })
+    }
+}
+
 /// A step event of a raw piece, numbered: (person, time, arrival, mask).
 type RawHit = (u32, i64, i64, u32);
 
@@ -720,14 +757,14 @@ fn follow_in_parallel(
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
 /// range).
 ///
-/// Most people never do a later step's event (the first step is often a
-/// page view), and their answer is known without following them: they
-/// reached step 1. So a first pass reads who did the first step's event
-/// and who did any later step's, from the index's `events` blobs (kept
-/// for the second pass, up to `MAX_KEPT_BYTES`) and the raw pieces'
-/// events (kept too); the second streams in time order through a
-/// [`Progress`] only the step events of people who did both, skipping
-/// everyone else's runs whole, and the rest count at step 1.
+/// Most people never do the second step's event (the first step is often
+/// a page view), and their answer is known without following them: they
+/// reached step 1 if they did its event. So a first pass reads who did the
+/// first step's event and who did the second's, from the index's `events`
+/// blobs (kept for the second pass, up to `MAX_KEPT_BYTES`) and the raw
+/// pieces' events (kept too); the second streams in time order through a [`Progress`] only the step
+/// events of people who did both, skipping everyone else's runs whole,
+/// and the rest count at step 1.
 ///
 /// # Errors
 /// The database error, or an unreadable blob.
@@ -746,38 +783,23 @@ pub async fn funnel(
     let mut numbers = Numbers::new(store, project).await?;
     let pieces = plan(store, project, (from, to), now, |_| true).await?;
 
-    // First pass: who did the first step (`first`), who a later one
-    // (`later`); the raw pieces' step events, numbered, in time order.
-    let (mut first, mut later) = (Bits::default(), Bits::default());
+    // First pass: who did the first step, who the second (`seen`); the
+    // raw pieces' step events, numbered, in time order.
+    let mut seen = Seen::default();
     let mut raw: Vec<Vec<RawHit>> = Vec::new();
     let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
     let (mut kept_bytes, mut keep) = (0usize, true);
-    // The highest person number in the blobs (the job may have numbered
-    // people since `numbers` was made).
-    let mut last_person = 0u32;
+    let scan = |seen: &mut Seen, h: i64, blob: &[u8]| {
+        EventsBlob::parse(blob)
+            .and_then(|hour| seen.hour(&hour, &hour.masks(mask_of)))
+            .ok_or_else(|| unreadable(project, h))
+    };
     for piece in &pieces {
         match *piece {
             Piece::Index(a, b) => {
                 store
                     .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
-                        let bad = || unreadable(project, h);
-                        let hour = EventsBlob::parse(&blob).ok_or_else(bad)?;
-                        let masks = hour.masks(mask_of);
-                        hour.each_run(|p, events| {
-                            let mut m = 0;
-                            for i in events {
-                                m |= hour.mask(&masks, i)?;
-                            }
-                            if m & 1 != 0 {
-                                first.set(p);
-                            }
-                            if m & !1 != 0 {
-                                later.set(p);
-                            }
-                            last_person = last_person.max(p);
-                            Some(())
-                        })
-                        .ok_or_else(bad)?;
+                        scan(&mut seen, h, &blob)?;
                         if keep {
                             kept_bytes += blob.len();
                             keep = kept_bytes <= MAX_KEPT_BYTES;
@@ -807,12 +829,7 @@ pub async fn funnel(
                 // (what the second pass needs), for ranges of people.
                 hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
                 for &(p, _, _, mask) in &hits {
-                    if mask & 1 != 0 {
-                        first.set(p);
-                    }
-                    if mask & !1 != 0 {
-                        later.set(p);
-                    }
+                    seen.saw(p, mask);
                 }
                 raw.push(hits);
             }
@@ -842,15 +859,19 @@ pub async fn funnel(
         }
         let per =
             u32::try_from((RANGE_BYTES / Progress::slot_bytes(n)).max(1024)).unwrap_or(u32::MAX);
-        let people = numbers.next.max(last_person.saturating_add(1));
+        let people = numbers.next.max(seen.last.saturating_add(1));
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
             .min(MAX_THREADS);
-        steps = follow_in_parallel(&sources, (&later, f.window_ms, n), (people, per, threads))
-            .map_err(|h| unreadable(project, h))?;
+        steps = follow_in_parallel(
+            &sources,
+            (&seen.second, f.window_ms, n),
+            (people, per, threads),
+        )
+        .map_err(|h| unreadable(project, h))?;
     } else {
         // Everyone at once, each hour read again as it comes.
-        let mut follow = Follow::new(&later, f.window_ms, n, 0);
+        let mut follow = Follow::new(&seen.second, f.window_ms, n, 0);
         let mut raw = raw.into_iter();
         for piece in pieces {
             match piece {
@@ -874,8 +895,9 @@ pub async fn funnel(
         }
         follow.finish(&mut steps, 0);
     }
-    // Who did the first step and no later one reached step 1 only.
-    steps[0].people += first.count_without(&later);
+    // Who did the first step's event and never the second's reached
+    // step 1 only.
+    steps[0].people += seen.first.count_without(&seen.second);
     Ok(FunnelAnswer {
         steps,
         groups: Vec::new(),

@@ -61,11 +61,12 @@ struct Args {
     /// removed afterwards.
     #[arg(long)]
     compare_raw: bool,
-    /// Load sessions in the order they start, as a live site sends them
-    /// (an hour's events then lie together in the events table), instead
-    /// of at random times across the days.
+    /// Load sessions at random times across the days, instead of in the
+    /// order they start, as a live site sends them (where an hour's
+    /// events lie together in the events table): the layout of the
+    /// figures before 2026-12.
     #[arg(long)]
-    time_order: bool,
+    random_order: bool,
     /// With --reuse: time the queries as of just after the data's last
     /// event, as a fresh run does, instead of as of now (hours after a
     /// load, the current hour and the last hours are empty).
@@ -345,8 +346,8 @@ fn ms(d: Duration) -> f64 {
 
 /// Loads `args.events` events over `args.days` days: visitors with
 /// sessions of 1 to 8 events a few minutes apart, page views and a few
-/// other events, enrichment filled in; sessions at random times, or in
-/// time order with `--time-order`.
+/// other events, enrichment filled in; sessions in the order they start,
+/// or at random times with `--random-order`.
 async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
     let writer = Writer::start(
         store.clone(),
@@ -370,7 +371,7 @@ async fn load(store: &Store, args: &Args, project: Uuid, now: i64) {
     while sent < args.events {
         session += 1;
         let visitor = rng.next(visitors);
-        let offset = if args.time_order {
+        let offset = if !args.random_order {
             // Spread over the span by progress, a minute of jitter.
             (span as f64 * sent as f64 / args.events as f64) as u64 + rng.next(60_000)
         } else {
