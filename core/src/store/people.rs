@@ -86,15 +86,23 @@ impl Store {
         to: i64,
         cols: &EventColumns<'_>,
     ) -> Result<Vec<EventFacts>, StoreError> {
-        if self.backend() == sea_orm::DatabaseBackend::Sqlite {
-            return self.event_facts_packed(project, (from, to), cols).await;
-        }
-        let column = |c: &str, wanted: bool| {
-            if wanted {
-                format!("{c}::text")
-            } else {
-                "NULL".to_owned()
+        let postgres = self.backend() == sea_orm::DatabaseBackend::Postgres;
+        if !postgres {
+            // A page too big for SQLite (over 1 GB of text: only with an
+            // `ingest.max_event_bytes` far above the default) reads a row
+            // per event instead.
+            match self.event_facts_packed(project, (from, to), cols).await {
+                Ok(events) => return Ok(events),
+                Err(err) => tracing::warn!(
+                    %project, %err,
+                    "events could not be read in pages; reading them a row each"
+                ),
             }
+        }
+        let column = |c: &str, wanted: bool| match (wanted, postgres) {
+            (false, _) => "NULL".to_owned(),
+            (true, true) => format!("{c}::text"),
+            (true, false) => c.to_owned(),
         };
         let mut values: Vec<sea_orm::Value> = vec![project.into(), from.into(), to.into()];
         let names = names_condition(&mut values, cols.names);
