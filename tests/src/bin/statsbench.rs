@@ -229,6 +229,10 @@ async fn run(args: Args) {
         window_ms: 24 * HOUR_MS,
         breakdown: None,
     };
+    let filtered_funnel = funnel::Funnel {
+        query: filtered.clone(),
+        ..funnel.clone()
+    };
     let retention = retention::Retention {
         query: Query {
             from: Interval::Week.bucket(tz, now - 11 * 7 * 24 * HOUR_MS),
@@ -254,6 +258,8 @@ async fn run(args: Args) {
     ];
     if args.compare_raw {
         names.extend([
+            // Filters make a funnel read raw events, marked or not.
+            "funnel, 3 steps, country=DE (raw)",
             "mark every hour",
             "funnel, 3 steps",
             "retention, weekly, 12 weeks",
@@ -292,6 +298,9 @@ async fn run(args: Args) {
                 }
                 "funnel, 3 steps" => {
                     funnel::run(&store, &funnel, now).await.unwrap();
+                }
+                "funnel, 3 steps, country=DE (raw)" => {
+                    funnel::run(&store, &filtered_funnel, now).await.unwrap();
                 }
                 "retention, weekly, 12 weeks" => {
                     let starts = Interval::Week
