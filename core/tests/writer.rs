@@ -961,6 +961,7 @@ async fn raw_event_reads_return_every_event_once_with_its_fields() {
             names: None,
             enrichment: true,
             properties: true,
+            filters: &[],
         };
         let read = store
             .event_facts(project, t, t + 10_000_000, &all)
@@ -998,6 +999,7 @@ async fn raw_event_reads_return_every_event_once_with_its_fields() {
             names: Some(&signups),
             enrichment: false,
             properties: false,
+            filters: &[],
         };
         let read = store
             .event_facts(project, t, t + 10_000_000, &named)
@@ -1015,5 +1017,103 @@ async fn raw_event_reads_return_every_event_once_with_its_fields() {
             .await
             .unwrap();
         assert_eq!(read.len(), 7, "{backend:?}");
+    }
+}
+
+/// Raw reads given filters may leave out events that surely fail them
+/// (SQLite does, for `eq`/`in` on the name or an enrichment field), and
+/// never one that passes, or whose field is not text (the caller compares
+/// its JSON text), or whose enrichment is not valid JSON.
+#[tokio::test]
+async fn raw_reads_leave_out_only_events_that_surely_fail_a_filter() {
+    use orrery_core::analytics::{Dimension, Filter, Op};
+    use orrery_core::store::people::EventColumns;
+    for backend in backends("raw_reads_leave_out_only_events_that_surely_fail_a_filter") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        let t = 1_795_430_000_000;
+        let (w, _) = writer(&store, 2, 1_000);
+        // Country by i % 4: "DE", "FR", the number 5, none.
+        let events: Vec<Event> = (0..400i64)
+            .map(|i| {
+                let name = if i % 2 == 0 { "pageview" } else { "signup" };
+                let mut e = EventBuilder::new(name)
+                    .project(project)
+                    .at(t + i * 1000)
+                    .field("properties", serde_json::json!({"i": i}))
+                    .event();
+                match i % 4 {
+                    0 => e.enrichment.insert("country".into(), "DE".into()),
+                    1 => e.enrichment.insert("country".into(), "FR".into()),
+                    2 => e.enrichment.insert("country".into(), 5.into()),
+                    _ => None,
+                };
+                e
+            })
+            .collect();
+        w.write(events, Vec::new()).await.unwrap();
+        w.close().await;
+        let sqlite = backend == Backend::Sqlite;
+        if sqlite {
+            // Event 4 (a "DE" one) gets enrichment that is not JSON.
+            store
+                .db()
+                .execute_unprepared(
+                    "UPDATE events SET enrichment = '{bad' WHERE json_extract(properties, '$.i') = 4",
+                )
+                .await
+                .unwrap();
+        }
+        let filter = |dim: &str, op: Op, values: &[&str]| Filter {
+            dimension: Dimension::parse(dim).unwrap(),
+            op,
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+        };
+        let read = |filters: Vec<Filter>| {
+            let store = store.clone();
+            async move {
+                let cols = EventColumns {
+                    properties: true,
+                    ..EventColumns::reading(None, filters.iter().map(|f| &f.dimension))
+                        .keeping(&filters)
+                };
+                let mut is: Vec<i64> = store
+                    .event_facts(project, t, t + 400_000, &cols)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.properties.as_ref().unwrap()["i"].as_i64().unwrap())
+                    .collect();
+                is.sort_unstable();
+                is
+            }
+        };
+        let all: Vec<i64> = (0..400).collect();
+        let de = read(vec![filter("country", Op::Eq, &["DE"])]).await;
+        if sqlite {
+            // "DE", the number, and the event whose enrichment is not JSON.
+            let kept: Vec<i64> = all
+                .iter()
+                .copied()
+                .filter(|i| i % 4 == 0 || i % 4 == 2)
+                .collect();
+            assert_eq!(de, kept);
+        } else {
+            assert_eq!(de, all, "PostgreSQL leaves the filters to the caller");
+        }
+        let both = read(vec![filter("country", Op::In, &["DE", "FR"])]).await;
+        assert_eq!(both.len(), if sqlite { 300 } else { 400 }, "{backend:?}");
+        let signups = read(vec![filter("event", Op::Eq, &["signup"])]).await;
+        let odd: Vec<i64> = all.iter().copied().filter(|i| i % 2 == 1).collect();
+        assert_eq!(signups, if sqlite { odd } else { all.clone() });
+        // Not left out: `neq`, `contains` and property filters.
+        for f in [
+            filter("country", Op::Neq, &["DE"]),
+            filter("country", Op::Contains, &["D"]),
+            filter("properties.i", Op::Eq, &["3"]),
+        ] {
+            assert_eq!(read(vec![f]).await, all, "{backend:?}");
+        }
     }
 }

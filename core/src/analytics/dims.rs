@@ -105,7 +105,7 @@ impl Dim {
 
     /// The enrichment key the dimension reads, for event dimensions read
     /// from enrichment.
-    fn enrichment_key(self) -> Option<&'static str> {
+    pub(crate) fn enrichment_key(self) -> Option<&'static str> {
         Some(match self {
             Dim::ReferrerSource => "referrer_source",
             Dim::ReferrerHost => "referrer_host",

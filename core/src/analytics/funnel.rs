@@ -331,7 +331,8 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
         return persons::funnel(store, f, (from, to), now).await;
     }
     let names = f.step_names();
-    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d));
+    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
+        .keeping(&f.query.filters);
     let mut values: Vec<Option<String>> = vec![None];
     let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
     let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();

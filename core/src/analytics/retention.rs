@@ -102,7 +102,8 @@ pub async fn run(
             }
         }
     } else {
-        let cols = EventColumns::reading(None, r.query.filters.iter().map(|f| &f.dimension));
+        let cols = EventColumns::reading(None, r.query.filters.iter().map(|f| &f.dimension))
+            .keeping(&r.query.filters);
         let Some(earliest) = store.first_event_at(r.query.project).await? else {
             return Ok(cohorts);
         };

@@ -37,6 +37,7 @@ pub async fn redo_hour(
                 names: None,
                 enrichment: true,
                 properties: false,
+                filters: &[],
             },
         )
         .await?;

@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
-use crate::analytics::{Dim, Dimension, EventFacts, HOUR_MS, visitor_hash};
+use crate::analytics::{Dim, Dimension, EventFacts, Filter, HOUR_MS, Op, visitor_hash};
 
 /// The person of an event, in SQL.
 const PERSON: &str = "COALESCE(distinct_id, visitor_id, ip_hash)";
@@ -25,6 +25,11 @@ pub struct EventColumns<'a> {
     pub enrichment: bool,
     /// Read the properties (property paths).
     pub properties: bool,
+    /// Events that fail one of these may be left out (the caller still
+    /// checks every event it gets): SQLite leaves out those that surely
+    /// fail an `eq` or `in` filter on the event name or on an enrichment
+    /// field, before reading them out.
+    pub filters: &'a [Filter],
 }
 
 impl<'a> EventColumns<'a> {
@@ -39,6 +44,7 @@ impl<'a> EventColumns<'a> {
             names,
             enrichment: false,
             properties: false,
+            filters: &[],
         };
         for d in dims {
             match d {
@@ -48,6 +54,13 @@ impl<'a> EventColumns<'a> {
             }
         }
         cols
+    }
+
+    /// The same, leaving out events that surely fail `filters` (see
+    /// [`EventColumns::filters`]).
+    #[must_use]
+    pub fn keeping(self, filters: &'a [Filter]) -> Self {
+        Self { filters, ..self }
     }
 }
 
@@ -63,6 +76,38 @@ fn names_condition(values: &mut Vec<sea_orm::Value>, names: Option<&[String]>) -
         values.extend(names.iter().map(|n| n.as_str().into()));
         format!(" AND name IN ({})", vec!["?"; names.len()].join(", "))
     })
+}
+
+/// SQL conditions that leave out the events that surely fail one of
+/// `filters` (their values added to `values`; see
+/// [`EventColumns::filters`]): `eq` and `in` on the event name, and on an
+/// enrichment field, where an event is left out only when its enrichment
+/// is valid JSON and the field is missing, JSON null, or text that is
+/// none of the values (a number or a boolean is left to the caller, which
+/// compares its JSON text).
+fn prefilter(values: &mut Vec<sea_orm::Value>, filters: &[Filter]) -> String {
+    let mut sql = String::new();
+    for f in filters {
+        if !matches!(f.op, Op::Eq | Op::In) || f.values.is_empty() {
+            continue;
+        }
+        let marks = vec!["?"; f.values.len()].join(", ");
+        let condition = match &f.dimension {
+            Dimension::Rolled(Dim::Event) => format!(" AND name IN ({marks})"),
+            Dimension::Rolled(d) => match d.enrichment_key() {
+                Some(key) => format!(
+                    " AND CASE WHEN json_valid(enrichment) THEN \
+                     json_extract(enrichment, '$.{key}') IN ({marks}) \
+                     OR json_type(enrichment, '$.{key}') NOT IN ('text', 'null') ELSE 1 END"
+                ),
+                None => continue,
+            },
+            Dimension::Property(_) => continue,
+        };
+        sql.push_str(&condition);
+        values.extend(f.values.iter().map(|v| v.as_str().into()));
+    }
+    sql
 }
 
 /// `name = ?` when a name is given (its value added to `values`).
@@ -156,6 +201,7 @@ impl Store {
         };
         let mut names_values = Vec::new();
         let names = names_condition(&mut names_values, cols.names);
+        let names = names + &prefilter(&mut names_values, cols.filters);
         // (`json()` outside the subquery: a value's JSON subtype does not
         // cross it, and `json_array` would take the text as a string.)
         let sql = format!(
