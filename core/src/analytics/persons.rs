@@ -762,9 +762,9 @@ fn follow_in_parallel(
 /// reached step 1 if they did its event. So a first pass reads who did the
 /// first step's event and who did the second's, from the index's `events`
 /// blobs (kept for the second pass, up to `MAX_KEPT_BYTES`) and the raw
-/// pieces' events (kept too); the second streams in time order through a [`Progress`] only the step
-/// events of people who did both, skipping everyone else's runs whole,
-/// and the rest count at step 1.
+/// pieces' events (kept too); the second streams in time order through a
+/// [`Progress`] only the step events of people who did both, skipping
+/// everyone else's runs whole, and the rest count at step 1.
 ///
 /// # Errors
 /// The database error, or an unreadable blob.

@@ -199,9 +199,9 @@ impl Store {
                 "NULL".to_owned()
             }
         };
-        let mut names_values = Vec::new();
-        let names = names_condition(&mut names_values, cols.names);
-        let names = names + &prefilter(&mut names_values, cols.filters);
+        let mut condition_values = Vec::new();
+        let conditions = names_condition(&mut condition_values, cols.names)
+            + &prefilter(&mut condition_values, cols.filters);
         // (`json()` outside the subquery: a value's JSON subtype does not
         // cross it, and `json_array` would take the text as a string.)
         let sql = format!(
@@ -209,7 +209,7 @@ impl Store {
              {}, {}, {})) FROM (SELECT seq, name, \"timestamp\", {PERSON} AS person, \
              session_id, url, enrichment, properties FROM events \
              WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ? \
-             AND (\"timestamp\", seq) > (?, ?){names} \
+             AND (\"timestamp\", seq) > (?, ?){conditions} \
              ORDER BY \"timestamp\", seq LIMIT {PACKED_EVENTS})",
             if cols.enrichment { "url" } else { "NULL" },
             json("enrichment", cols.enrichment),
@@ -225,10 +225,6 @@ impl Store {
             Option<Value>,
             Option<Value>,
         );
-        let object = |v: Value| match v {
-            Value::Object(m) => m,
-            _ => Map::new(),
-        };
         let mut events = Vec::new();
         let mut after = (from, i64::MIN);
         loop {
@@ -239,7 +235,7 @@ impl Store {
                 after.0.into(),
                 after.1.into(),
             ];
-            values.extend(names_values.iter().cloned());
+            values.extend(condition_values.iter().cloned());
             let rows = self.rows(&sql, values).await?;
             let text: String = match rows.first() {
                 Some(r) => r.try_get_by_index(0)?,
@@ -347,8 +343,13 @@ impl Store {
 
 /// A JSON object column (`{}` when it is not one).
 fn json_map(text: &str) -> Map<String, Value> {
-    match serde_json::from_str(text) {
-        Ok(Value::Object(m)) => m,
+    serde_json::from_str(text).map_or_else(|_| Map::new(), object)
+}
+
+/// A JSON value as an object (`{}` when it is not one).
+fn object(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
         _ => Map::new(),
     }
 }
