@@ -577,12 +577,25 @@ impl<'a> Follow<'a> {
         if !self.later.get(p) {
             return Some(()); // counted from `first`
         }
+        // Of a row of events that are the first step only, each replaces
+        // the start before it and changes nothing else (see
+        // `Progress::advance`), so only the row's last one is taken.
+        let mut start_row = None;
+        let at = |i: usize| (start + i64::from(hour.ms(i)), i as i64);
         for i in events {
-            let mask = hour.mask(masks, i)?;
-            if mask != 0 {
-                let t = start + i64::from(hour.ms(i));
-                self.event(p, (t, i as i64), mask);
+            match hour.mask(masks, i)? {
+                0 => {}
+                1 => start_row = Some(i),
+                mask => {
+                    if let Some(j) = start_row.take() {
+                        self.event(p, at(j), 1);
+                    }
+                    self.event(p, at(i), mask);
+                }
             }
+        }
+        if let Some(j) = start_row {
+            self.event(p, at(j), 1);
         }
         Some(())
     }
