@@ -9,7 +9,7 @@
 //! stays bounded by the busiest hour), with the same code that builds
 //! rollups, so both ways give the same numbers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
@@ -299,11 +299,17 @@ impl Reads {
     }
 }
 
+/// A bucket start and a group value.
+pub type GridKey = (i64, Option<String>);
+
 /// Numbers per (bucket start, group value).
-pub type Grid = HashMap<(i64, Option<String>), Metrics>;
+pub type Grid = HashMap<GridKey, Metrics>;
 
 /// Runs `q`, grouped by `group` (or not), into the buckets of `bucket`;
-/// `now` (ms) decides which hours are over.
+/// `now` (ms) decides which hours are over. With `top` below the number
+/// of values, only the visitor sets that the `top` values with the most
+/// visitors need are merged whole (see [`CellMerger::finish_top`]); the
+/// keys of the others come back apart, their other numbers complete.
 ///
 /// # Errors
 /// The database error.
@@ -313,10 +319,11 @@ pub async fn run(
     group: Option<&Dimension>,
     bucket: &(dyn Fn(i64) -> i64 + Sync),
     now: i64,
-) -> Result<Grid, StoreError> {
+    top: usize,
+) -> Result<(Grid, HashSet<GridKey>), StoreError> {
     let mut grid = Grid::new();
     let Some((from, to)) = data_range(store, q, now).await? else {
-        return Ok(grid);
+        return Ok((grid, HashSet::new()));
     };
     let first_hour = from.div_euclid(HOUR_MS);
     let end_hour = (to - 1).div_euclid(HOUR_MS) + 1;
@@ -347,31 +354,6 @@ pub async fn run(
             raw.push((s.max(from), e.min(to)));
         }
     }
-    if let Some(code) = code {
-        // A breakdown's values come mixed, hour after hour (or day after
-        // day); totals come bucket after bucket.
-        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT, group.is_some());
-        for piece in by_days(store, q.project, &rolled, bucket).await? {
-            let (span, a, b) = match piece {
-                Rolled::Hours(a, b) => (Span::Hour, a, b),
-                Rolled::Days(a, b) => (Span::Day, a, b),
-            };
-            store
-                .rollup_cells(span, q.project, (code, a, b), |mut cell| {
-                    if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
-                        return Ok(());
-                    }
-                    let key = if group.is_some() {
-                        cell.value.take()
-                    } else {
-                        None
-                    };
-                    merger.add(&mut grid, (bucket(cell.hour * HOUR_MS), key), cell)
-                })
-                .await?;
-        }
-        merger.finish(store, q.project, &mut grid).await?;
-    }
     // Only the columns the filters and the grouping read (no JSON to
     // parse for plain totals).
     let cols = EventColumns::reading(None, q.filters.iter().map(|f| &f.dimension).chain(group));
@@ -397,7 +379,35 @@ pub async fn run(
             }
         }
     }
-    Ok(grid)
+    // Rolled-up hours last: their visitor sets are merged knowing the
+    // rest (see `top`).
+    let mut left = HashSet::new();
+    if let Some(code) = code {
+        // A breakdown's values come mixed, hour after hour (or day after
+        // day); totals come bucket after bucket.
+        let mut merger = CellMerger::new(MERGE_EXACT_LIMIT, group.is_some());
+        for piece in by_days(store, q.project, &rolled, bucket).await? {
+            let (span, a, b) = match piece {
+                Rolled::Hours(a, b) => (Span::Hour, a, b),
+                Rolled::Days(a, b) => (Span::Day, a, b),
+            };
+            store
+                .rollup_cells(span, q.project, (code, a, b), |mut cell| {
+                    if !q.filters.iter().all(|f| f.matches(cell.value.as_deref())) {
+                        return Ok(());
+                    }
+                    let key = if group.is_some() {
+                        cell.value.take()
+                    } else {
+                        None
+                    };
+                    merger.add(&mut grid, (bucket(cell.hour * HOUR_MS), key), cell)
+                })
+                .await?;
+        }
+        left = merger.finish_top(store, q.project, &mut grid, top).await?;
+    }
+    Ok((grid, left))
 }
 
 /// A run of rolled-up time: hours `[a, b)` from the hourly rollups, or
@@ -469,7 +479,7 @@ fn merge_pieces(pieces: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
 /// # Errors
 /// The database error.
 pub async fn totals(store: &Store, q: &Query, now: i64) -> Result<Metrics, StoreError> {
-    let mut grid = run(store, q, None, &|_| 0, now).await?;
+    let (mut grid, _) = run(store, q, None, &|_| 0, now, usize::MAX).await?;
     Ok(grid.remove(&(0, None)).unwrap_or_default())
 }
 
@@ -486,14 +496,29 @@ pub async fn timeseries(
     buckets: Vec<i64>,
     now: i64,
 ) -> Result<Vec<(i64, Metrics)>, StoreError> {
-    let mut grid = run(store, q, None, &|t| interval.bucket(tz, t), now).await?;
+    let (mut grid, _) = run(store, q, None, &|t| interval.bucket(tz, t), now, usize::MAX).await?;
     Ok(buckets
         .into_iter()
         .map(|b| (b, grid.remove(&(b, None)).unwrap_or_default()))
         .collect())
 }
 
-/// Every value of `by` in `q` with its numbers (unsorted).
+/// A page of a breakdown.
+#[derive(Debug, Clone, Default)]
+pub struct BreakdownPage {
+    /// The page's values with their numbers, in order.
+    pub rows: Vec<(Option<String>, Metrics)>,
+    /// The values with events or sessions, on every page.
+    pub total: usize,
+}
+
+/// The values of `by` in `q` that have events or sessions, with their
+/// numbers: most visitors first, then most events, then by value; the
+/// `limit` of them from `offset`.
+///
+/// Only the values that can place in the first `offset + limit` have
+/// their visitor sets merged whole (see [`CellMerger::finish_top`]): a
+/// long tail of small values costs its counts, not its sets.
 ///
 /// # Errors
 /// The database error.
@@ -502,9 +527,33 @@ pub async fn breakdown(
     q: &Query,
     by: &Dimension,
     now: i64,
-) -> Result<Vec<(Option<String>, Metrics)>, StoreError> {
-    let grid = run(store, q, Some(by), &|_| 0, now).await?;
-    Ok(grid.into_iter().map(|((_, v), m)| (v, m)).collect())
+    (offset, limit): (usize, usize),
+) -> Result<BreakdownPage, StoreError> {
+    let top = offset.saturating_add(limit);
+    let (grid, left) = run(store, q, Some(by), &|_| 0, now, top).await?;
+    // The values left unmerged rank below the first `top` (whatever
+    // their full sets), so they go last, where their order is not shown.
+    let mut rows: Vec<(bool, u64, Option<String>, Metrics)> = grid
+        .into_iter()
+        .filter(|(_, m)| m.events > 0 || m.sessions > 0)
+        .map(|(key, m)| (left.contains(&key), m.visitors.count(), key.1, m))
+        .collect();
+    rows.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(b.1.cmp(&a.1))
+            .then(b.3.events.cmp(&a.3.events))
+            .then_with(|| a.2.cmp(&b.2))
+    });
+    let total = rows.len();
+    Ok(BreakdownPage {
+        rows: rows
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(|(_, _, value, m)| (value, m))
+            .collect(),
+        total,
+    })
 }
 
 #[cfg(test)]

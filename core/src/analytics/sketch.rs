@@ -129,6 +129,25 @@ impl VisitorSet {
         }
     }
 
+    /// The number of hashes of an exact set; `None` for a sketch.
+    #[must_use]
+    pub fn exact_len(&self) -> Option<usize> {
+        match self {
+            Self::Exact(set) => Some(set.len()),
+            Self::Sketch(_) => None,
+        }
+    }
+
+    /// The number of hashes of a stored exact set; `None` for a stored
+    /// sketch or anything else.
+    #[must_use]
+    pub fn stored_exact_len(bytes: &[u8]) -> Option<usize> {
+        match bytes.split_first() {
+            Some((&TAG_EXACT, rest)) if rest.len() % 8 == 0 => Some(rest.len() / 8),
+            _ => None,
+        }
+    }
+
     /// The number of hashes of a stored exact set (0 for a sketch or
     /// anything else): what merging it adds at most.
     #[must_use]

@@ -10,7 +10,8 @@
 //! are over and clears a mark only if it was not renewed meanwhile
 //! (`version`), so a late event or a dead-letter replay is never lost.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
 
 use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbValue};
 use sqlx::{PgConnection, SqliteConnection};
@@ -238,14 +239,63 @@ impl<K: std::hash::Hash + Eq> Waiting<K> {
     fn merge(&mut self, into: &mut HashMap<K, Metrics>, limit: usize) -> Result<(), StoreError> {
         self.bytes = 0;
         for (key, cells) in self.sets.drain() {
-            let set = &mut into.entry(key).or_default().visitors;
-            let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
-            set.reserve(hashes, limit);
-            for (hour, bytes) in &cells {
-                merge_set(set, *hour, bytes, limit)?;
-            }
+            merge_cells(&mut into.entry(key).or_default().visitors, &cells, limit)?;
         }
         Ok(())
+    }
+}
+
+/// Merges the stored sets `cells` ((hour, bytes) each) into `set`, sized
+/// once for all their hashes.
+fn merge_cells(
+    set: &mut VisitorSet,
+    cells: &[(i64, Vec<u8>)],
+    limit: usize,
+) -> Result<(), StoreError> {
+    let hashes = cells.iter().map(|(_, b)| VisitorSet::stored_len(b)).sum();
+    set.reserve(hashes, limit);
+    for (hour, bytes) in cells {
+        merge_set(set, *hour, bytes, limit)?;
+    }
+    Ok(())
+}
+
+/// The most visitors that merging the stored sets `cells` into `set` can
+/// give, when the union is sure to stay exact (within `limit`): the sizes
+/// added up. `None` when it may not (a sketch, or more than `limit`).
+fn most_visitors(set: &VisitorSet, cells: &[(i64, Vec<u8>)], limit: usize) -> Option<u64> {
+    let mut most = set.exact_len()?;
+    for (_, bytes) in cells {
+        most = most.checked_add(VisitorSet::stored_exact_len(bytes)?)?;
+    }
+    (most <= limit).then_some(most as u64)
+}
+
+/// The `k` highest visitor counts seen (a min-heap of at most `k`).
+struct Highest {
+    k: usize,
+    heap: BinaryHeap<Reverse<u64>>,
+}
+
+impl Highest {
+    fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    fn push(&mut self, count: u64) {
+        self.heap.push(Reverse(count));
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// Whether `k` counts above `most` are known: a key with at most
+    /// `most` visitors then ranks below `k` others.
+    fn beat(&self, most: u64) -> bool {
+        self.heap.len() == self.k && self.heap.peek().is_some_and(|Reverse(c)| *c > most)
     }
 }
 
@@ -302,6 +352,45 @@ impl<K: std::hash::Hash + Eq + Clone> CellMerger<K> {
         project: Uuid,
         into: &mut HashMap<K, Metrics>,
     ) -> Result<(), StoreError> {
+        self.finish_top(store, project, into, usize::MAX).await?;
+        Ok(())
+    }
+
+    /// [`Self::finish`] for the `top` keys with the most visitors: what a
+    /// breakdown's page shows. Only the keys with events or sessions rank
+    /// (the others are not shown), most visitors first.
+    ///
+    /// A key whose waiting sets could add up to no more than the counts
+    /// of `top` keys already merged is left unmerged: whatever its union,
+    /// `top` keys rank above it. Keys are merged from the largest such
+    /// bound down, so in a long tail of small values most are left (the
+    /// bound is their sets' sizes added up; a key with a sketch, or that
+    /// could pass the exact limit, is always merged). Returns the keys
+    /// left, whose visitor sets in `into` lack some cells (their other
+    /// numbers are complete).
+    ///
+    /// # Errors
+    /// As [`Self::finish`].
+    pub async fn finish_top(
+        &mut self,
+        store: &Store,
+        project: Uuid,
+        into: &mut HashMap<K, Metrics>,
+        top: usize,
+    ) -> Result<HashSet<K>, StoreError> {
+        // The keys without split sets wait for the ranking (all of them
+        // are merged at once when every key is wanted).
+        let mut ranked: HashMap<K, Vec<(i64, Vec<u8>)>> = HashMap::new();
+        if top < into.len() {
+            let split = &self.split;
+            let (keep, rank) = self
+                .waiting
+                .sets
+                .drain()
+                .partition(|(k, _)| split.contains_key(k));
+            self.waiting.sets = keep;
+            ranked = rank;
+        }
         self.waiting.merge(into, self.limit)?;
         // Per dimension, the split sets to read: their days and values, and
         // whose they are.
@@ -341,7 +430,40 @@ impl<K: std::hash::Hash + Eq + Clone> CellMerger<K> {
                 return Err(changed(*day));
             }
         }
-        self.waiting.merge(into, self.limit)
+        self.waiting.merge(into, self.limit)?;
+        if ranked.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let shown = |m: &Metrics| m.events > 0 || m.sessions > 0;
+        let mut highest = Highest::new(top);
+        for (key, m) in into.iter() {
+            if !ranked.contains_key(key) && shown(m) {
+                highest.push(m.visitors.count());
+            }
+        }
+        let mut order: Vec<(u64, K)> = ranked
+            .iter()
+            .map(|(key, cells)| {
+                let set = into.get(key).map(|m| &m.visitors);
+                let most = set.and_then(|s| most_visitors(s, cells, self.limit));
+                (most.unwrap_or(u64::MAX), key.clone())
+            })
+            .collect();
+        order.sort_unstable_by_key(|(most, _)| Reverse(*most));
+        let mut left = HashSet::new();
+        for (most, key) in order {
+            let cells = ranked.remove(&key).unwrap_or_default();
+            if highest.beat(most) {
+                left.insert(key);
+                continue;
+            }
+            let m = into.entry(key).or_default();
+            merge_cells(&mut m.visitors, &cells, self.limit)?;
+            if shown(m) {
+                highest.push(m.visitors.count());
+            }
+        }
+        Ok(left)
     }
 }
 
@@ -1285,6 +1407,98 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("hour 7"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_top_merge_leaves_only_values_that_rank_below_the_top() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(&dir).await;
+        let project = Uuid::nil();
+        let limit = 100_000;
+        // 60 values, a long tail: value i has about 3000 / (i + 1)
+        // visitors over three days, half of them back every day (so the
+        // sizes added up overstate the union). Value 60 has the most
+        // visitors but no events or sessions (not shown, so it must not
+        // push anything out); value 61's cell is a sketch.
+        let mut cells = Vec::new();
+        for i in 0..60u64 {
+            let n = 3000 / (i + 1) + 1;
+            let base = i * 10_000;
+            for day in 0..3 {
+                let fresh = base + n + day * n;
+                let mut c = cell(i64::try_from(day).unwrap(), 2, 0..0);
+                let mut set = VisitorSet::default();
+                for v in (base..base + n / 2).chain(fresh..fresh + n / 2) {
+                    set.insert(visitor_hash(&format!("v{v}")), usize::MAX);
+                }
+                c.visitors = set.to_bytes();
+                cells.push((i, c));
+            }
+        }
+        cells.push((60, cell(0, 0, 900_000..920_000)));
+        let mut sketch = VisitorSet::default();
+        for v in 950_000..953_000 {
+            sketch.insert(visitor_hash(&format!("v{v}")), 10);
+        }
+        let mut big = cell(0, 1, 0..0);
+        big.visitors = sketch.to_bytes();
+        cells.push((61, big));
+        // Mixed, as a breakdown's cells come.
+        cells.sort_by_key(|(i, c)| (c.hour, *i));
+
+        let mut all = HashMap::new();
+        let mut merger = CellMerger::new(limit, true);
+        for (key, c) in cells.clone() {
+            merger.add(&mut all, key, c).unwrap();
+        }
+        merger.finish(&store, project, &mut all).await.unwrap();
+        let mut ranked: Vec<(u64, u64)> = all
+            .iter()
+            .filter(|(_, m)| m.events > 0 || m.sessions > 0)
+            .map(|(k, m)| (m.visitors.count(), *k))
+            .collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+
+        for top in [1, 5, 12] {
+            let mut some = HashMap::new();
+            let mut merger = CellMerger::new(limit, true);
+            for (key, c) in cells.clone() {
+                merger.add(&mut some, key, c).unwrap();
+            }
+            let left = merger
+                .finish_top(&store, project, &mut some, top)
+                .await
+                .unwrap();
+            // Most of the tail is left unmerged...
+            assert!(left.len() >= 30, "top {top}: only {} left", left.len());
+            // ...and none of the top (nor the sketch or the unshown).
+            let kth = ranked[top - 1].0;
+            for (count, key) in &ranked[..top] {
+                assert!(!left.contains(key), "top {top}: {key} ({count}) left");
+            }
+            assert!(!left.contains(&61) && !left.contains(&60));
+            for (key, m) in &some {
+                let full = &all[key];
+                assert_eq!(m.events, full.events, "key {key}");
+                if left.contains(key) {
+                    assert!(full.visitors.count() < kth, "top {top}: {key}");
+                } else {
+                    assert_eq!(m, full, "top {top}: key {key}");
+                }
+            }
+        }
+        // Asking for as many as there are merges everything.
+        let mut some = HashMap::new();
+        let mut merger = CellMerger::new(limit, true);
+        for (key, c) in cells.clone() {
+            merger.add(&mut some, key, c).unwrap();
+        }
+        let left = merger
+            .finish_top(&store, project, &mut some, 62)
+            .await
+            .unwrap();
+        assert!(left.is_empty());
+        assert_eq!(some, all);
     }
 
     #[test]

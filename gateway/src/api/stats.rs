@@ -584,40 +584,26 @@ impl StatsApi {
             let state = app_state(req);
             let dimension = by.0.0;
             let limit = limit.0.map_or(DEFAULT_BREAKDOWN_LIMIT, |l| l.0);
-            let offset = offset.0.unwrap_or(0);
+            let offset = usize::try_from(offset.0.unwrap_or(0)).unwrap_or(usize::MAX);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
             let q = query_of(state, project_id.0, range.0, from.0, to.0, filter.0).await?;
-            let mut values = query::breakdown(&state.store, &q, &dimension, now_ms()).await?;
-            let mut rows: Vec<(Option<String>, Summary)> = values
-                .drain(..)
-                .map(|(v, m)| {
-                    let s = Summary::from(&m);
-                    (v, s)
-                })
-                .filter(|(_, s)| s.events > 0 || s.sessions > 0)
-                .collect();
-            rows.sort_by(|a, b| {
-                b.1.visitors
-                    .cmp(&a.1.visitors)
-                    .then(b.1.events.cmp(&a.1.events))
-                    .then_with(|| a.0.cmp(&b.0))
-            });
-            let total = rows.len() as u64;
-            let start = usize::try_from(offset)
-                .unwrap_or(usize::MAX)
-                .min(rows.len());
-            let end = start
-                .saturating_add(usize::try_from(limit).unwrap_or(usize::MAX))
-                .min(rows.len());
-            let next_offset = (end < rows.len()).then_some(end as u64);
+            let page =
+                query::breakdown(&state.store, &q, &dimension, now_ms(), (offset, limit)).await?;
+            let end = offset.saturating_add(page.rows.len());
+            let next_offset = (end < page.total).then_some(end as u64);
             Ok(Breakdown {
                 by: dimension.name(),
                 from: rfc3339_ms(q.from),
                 to: rfc3339_ms(q.to),
-                rows: rows
-                    .drain(start..end)
-                    .map(|(value, summary)| BreakdownRow { value, summary })
+                rows: page
+                    .rows
+                    .into_iter()
+                    .map(|(value, m)| BreakdownRow {
+                        value,
+                        summary: Summary::from(&m),
+                    })
                     .collect(),
-                total_values: total,
+                total_values: page.total as u64,
                 next_offset,
             })
         })

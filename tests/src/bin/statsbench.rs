@@ -252,6 +252,7 @@ async fn run(args: Args) {
         "overview",
         "timeseries",
         "breakdown page",
+        "breakdown page, every value",
         "breakdown page, country=DE",
         "funnel, 3 steps",
         "retention, weekly, 12 weeks",
@@ -293,8 +294,17 @@ async fn run(args: Args) {
                         .await
                         .unwrap();
                 }
+                // The first page of 10 (the endpoint's default), and every
+                // value (their visitor sets all merged).
                 "breakdown page" => {
-                    query::breakdown(&store, &month, &page, now).await.unwrap();
+                    query::breakdown(&store, &month, &page, now, (0, 10))
+                        .await
+                        .unwrap();
+                }
+                "breakdown page, every value" => {
+                    query::breakdown(&store, &month, &page, now, (0, usize::MAX))
+                        .await
+                        .unwrap();
                 }
                 "funnel, 3 steps" => {
                     funnel::run(&store, &funnel, now).await.unwrap();
@@ -316,6 +326,7 @@ async fn run(args: Args) {
                         &filtered,
                         &Dimension::parse("country").unwrap(),
                         now,
+                        (0, 10),
                     )
                     .await
                     .unwrap();
