@@ -26,9 +26,9 @@ pub struct EventColumns<'a> {
     /// Read the properties (property paths).
     pub properties: bool,
     /// Events that fail one of these may be left out (the caller still
-    /// checks every event it gets): SQLite leaves out those that surely
-    /// fail an `eq` or `in` filter on the event name or on an enrichment
-    /// field, before reading them out.
+    /// checks every event it gets): the database leaves out those that
+    /// surely fail an `eq` or `in` filter on the event name or on an
+    /// enrichment field, before reading them out.
     pub filters: &'a [Filter],
 }
 
@@ -84,8 +84,9 @@ fn names_condition(values: &mut Vec<sea_orm::Value>, names: Option<&[String]>) -
 /// enrichment field, where an event is left out only when its enrichment
 /// is valid JSON and the field is missing, JSON null, or text that is
 /// none of the values (a number or a boolean is left to the caller, which
-/// compares its JSON text).
-fn prefilter(values: &mut Vec<sea_orm::Value>, filters: &[Filter]) -> String {
+/// compares its JSON text). In PostgreSQL's form when `postgres` (where
+/// the column is `json`, always valid).
+fn prefilter(values: &mut Vec<sea_orm::Value>, filters: &[Filter], postgres: bool) -> String {
     let mut sql = String::new();
     for f in filters {
         if !matches!(f.op, Op::Eq | Op::In) || f.values.is_empty() {
@@ -95,6 +96,10 @@ fn prefilter(values: &mut Vec<sea_orm::Value>, filters: &[Filter]) -> String {
         let condition = match &f.dimension {
             Dimension::Rolled(Dim::Event) => format!(" AND name IN ({marks})"),
             Dimension::Rolled(d) => match d.enrichment_key() {
+                Some(key) if postgres => format!(
+                    " AND (enrichment->>'{key}' IN ({marks}) \
+                     OR json_typeof(enrichment->'{key}') NOT IN ('string', 'null'))"
+                ),
                 Some(key) => format!(
                     " AND CASE WHEN json_valid(enrichment) THEN \
                      json_extract(enrichment, '$.{key}') IN ({marks}) \
@@ -150,10 +155,11 @@ impl Store {
             (true, false) => c.to_owned(),
         };
         let mut values: Vec<sea_orm::Value> = vec![project.into(), from.into(), to.into()];
-        let names = names_condition(&mut values, cols.names);
+        let conditions = names_condition(&mut values, cols.names)
+            + &prefilter(&mut values, cols.filters, postgres);
         let sql = format!(
             "SELECT seq, name, \"timestamp\", {PERSON}, session_id, {}, {}, {} FROM events \
-             WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ?{names}",
+             WHERE project_id = ? AND \"timestamp\" >= ? AND \"timestamp\" < ?{conditions}",
             column("url", cols.enrichment),
             column("enrichment", cols.enrichment),
             column("properties", cols.properties),
@@ -201,7 +207,7 @@ impl Store {
         };
         let mut condition_values = Vec::new();
         let conditions = names_condition(&mut condition_values, cols.names)
-            + &prefilter(&mut condition_values, cols.filters);
+            + &prefilter(&mut condition_values, cols.filters, false);
         // (`json()` outside the subquery: a value's JSON subtype does not
         // cross it, and `json_array` would take the text as a string.)
         let sql = format!(
