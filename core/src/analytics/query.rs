@@ -508,7 +508,7 @@ pub async fn timeseries(
 pub struct BreakdownPage {
     /// The page's values with their numbers, in order.
     pub rows: Vec<(Option<String>, Metrics)>,
-    /// The values with events or sessions, on every page.
+    /// How many values have events or sessions, on all pages.
     pub total: usize,
 }
 
