@@ -767,6 +767,15 @@ fn follow_in_parallel(
     Ok(steps)
 }
 
+/// A task that is aborted when this is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The step events of `f` in the raw pieces `ranges`, numbered with
 /// `numbers`, each piece's by person, then time and arrival (each
 /// person's in order, what the second pass of [`funnel`] needs); and the
@@ -839,7 +848,13 @@ pub async fn funnel(
             Piece::Index(..) => None,
         })
         .collect();
-    let raw_task = tokio::spawn(read_raw_hits(store.clone(), f.clone(), raw_ranges, numbers));
+    // Stopped when this query is (its caller gone, or an error below).
+    let mut raw_task = AbortOnDrop(tokio::spawn(read_raw_hits(
+        store.clone(),
+        f.clone(),
+        raw_ranges,
+        numbers,
+    )));
     let mut seen = Seen::default();
     let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
     let (mut kept_bytes, mut keep) = (0usize, true);
@@ -850,7 +865,7 @@ pub async fn funnel(
     };
     for piece in &pieces {
         if let Piece::Index(a, b) = *piece {
-            let read = store
+            store
                 .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
                     scan(&mut seen, h, &blob)?;
                     if keep {
@@ -864,14 +879,10 @@ pub async fn funnel(
                     }
                     Ok(())
                 })
-                .await;
-            if let Err(e) = read {
-                raw_task.abort();
-                return Err(e);
-            }
+                .await?;
         }
     }
-    let (raw, numbers) = raw_task.await.map_err(|e| {
+    let (raw, numbers) = (&mut raw_task.0).await.map_err(|e| {
         StoreError::Db(sea_orm::DbErr::Custom(format!(
             "the funnel's read of raw events stopped: {e}"
         )))
