@@ -534,7 +534,7 @@ async fn expired_logins_tickets_and_failure_counts_are_purged() {
 
 /// The person index: a rebuild numbers people once (a second rebuild and
 /// two numberings at once give the same numbers), writes one row per hour
-/// with events, and deleting the project deletes its statistics with it.
+/// with events and one per day that is over, and deleting the project deletes its statistics with it.
 #[tokio::test]
 async fn people_are_numbered_once_and_go_with_their_project() {
     use orrery_core::analytics::{HOUR_MS, rollup};
@@ -602,6 +602,8 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         numbers.sort_unstable();
         assert_eq!(numbers, [1, 2, 3], "{backend:?}: dense, from 1");
         assert_eq!(count("person_hours", project).await, 2, "{backend:?}");
+        // The day is over: its hours are merged into one row by day.
+        assert_eq!(count("person_days", project).await, 1, "{backend:?}");
         assert_eq!(count("persons", other).await, 1, "{backend:?}");
         // The day is over: its daily rollup is made, its mark gone.
         assert!(count("rollup_days", project).await > 0, "{backend:?}");
@@ -647,6 +649,7 @@ async fn people_are_numbered_once_and_go_with_their_project() {
             "rollup_day_sets",
             "rollup_days_due",
             "person_hours",
+            "person_days",
             "persons",
         ] {
             assert_eq!(count(table, project).await, 0, "{backend:?}: {table}");
@@ -656,6 +659,110 @@ async fn people_are_numbered_once_and_go_with_their_project() {
             1,
             "{backend:?}: the other project's stay"
         );
+    }
+}
+
+/// A day's row of the person index is read only while it is up to date:
+/// a late event's hour is read raw while it is marked, then from its new
+/// row once redone (while the day waits to be made again), then from the
+/// day made again; the funnel counts the late event each time.
+#[tokio::test]
+async fn a_funnel_reads_a_day_row_only_while_it_is_up_to_date() {
+    use orrery_core::analytics::funnel::{self, Funnel, Step};
+    use orrery_core::analytics::query::Query;
+    use orrery_core::analytics::{HOUR_MS, rollup};
+    for backend in backends("a_funnel_reads_a_day_row_only_while_it_is_up_to_date") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        const DAY: i64 = 24 * HOUR_MS;
+        let day = (now_ms() / DAY - 3) * DAY;
+        let at = |id: &str, name: &str, t: i64| {
+            EventBuilder::new(name)
+                .project(project)
+                .at(day + t)
+                .field("distinct_id", id)
+                .event()
+        };
+        let write = |events: Vec<Event>| {
+            let store = store.clone();
+            async move {
+                let (w, _) = writer(&store, 2, 10_000);
+                w.write(events, Vec::new()).await.unwrap();
+                w.close().await;
+            }
+        };
+        // carl the day before (so the day lies wholly in the range), ann
+        // and bob in the day, bob again the day after.
+        write(vec![
+            at("carl", "view", -20 * HOUR_MS),
+            at("ann", "view", HOUR_MS),
+            at("ann", "signup", 2 * HOUR_MS),
+            at("bob", "view", 3 * HOUR_MS),
+            at("bob", "view", 30 * HOUR_MS),
+        ])
+        .await;
+        rollup::rebuild(&store, None, 0, now_ms()).await.unwrap();
+        let f = Funnel {
+            query: Query {
+                project,
+                from: day - DAY,
+                to: now_ms(),
+                filters: Vec::new(),
+            },
+            steps: ["view", "signup"]
+                .map(|e| Step {
+                    event: e.into(),
+                    filters: Vec::new(),
+                })
+                .to_vec(),
+            window_ms: DAY,
+            breakdown: None,
+        };
+        let reached = || {
+            let (store, f) = (store.clone(), f.clone());
+            async move {
+                let answer = funnel::run(&store, &f, now_ms()).await;
+                answer.map(|a| a.steps.iter().map(|s| s.people).collect::<Vec<u64>>())
+            }
+        };
+        assert_eq!(reached().await.unwrap(), [3, 1], "{backend:?}");
+        let days_due = || async {
+            store
+                .days_due(project, day / DAY, day / DAY + 1)
+                .await
+                .unwrap()
+                .len()
+        };
+        assert_eq!(days_due().await, 0, "{backend:?}: the day is made");
+
+        // bob signs up in the day's hour 4, late: the hour is marked.
+        let hour = day / HOUR_MS + 4;
+        write(vec![at("bob", "signup", 4 * HOUR_MS + 5)]).await;
+        let dirty = store.dirty_hours(project, hour, hour + 1).await.unwrap();
+        assert_eq!(dirty.len(), 1, "{backend:?}");
+        assert_eq!(reached().await.unwrap(), [3, 2], "{backend:?}: marked");
+        // Redone: the day waits to be made again, its row is old.
+        rollup::redo_hour(&store, project, hour, None)
+            .await
+            .unwrap();
+        assert_eq!(days_due().await, 1, "{backend:?}");
+        assert_eq!(reached().await.unwrap(), [3, 2], "{backend:?}: redone");
+        // Made again.
+        rollup::make_due_days(&store, now_ms(), 100).await.unwrap();
+        assert_eq!(days_due().await, 0, "{backend:?}");
+        assert_eq!(reached().await.unwrap(), [3, 2], "{backend:?}: made");
+
+        // The day's row is what is read: a cut one is an error.
+        store
+            .db()
+            .execute_unprepared(
+                "UPDATE person_days SET events = substr(events, 1, length(events) - 1)",
+            )
+            .await
+            .unwrap();
+        let err = reached().await.unwrap_err().to_string();
+        assert!(err.contains("cannot be read"), "{backend:?}: {err}");
     }
 }
 
@@ -789,7 +896,7 @@ async fn split_daily_sets_merge_as_the_sets_do() {
                     .merge(m, MERGE_EXACT_LIMIT);
             }
             store
-                .write_day(project, day0 + d as i64, 1, &cells)
+                .write_day(project, day0 + d as i64, 1, &cells, None)
                 .await
                 .unwrap();
         }
@@ -867,15 +974,15 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
         }
         let small = Metrics::default();
         store
-            .write_day(project, 100, 1, &[(0, None, big)])
+            .write_day(project, 100, 1, &[(0, None, big)], None)
             .await
             .unwrap();
         store
-            .write_day(project, 101, 1, &[(0, None, small)])
+            .write_day(project, 101, 1, &[(0, None, small)], None)
             .await
             .unwrap();
-        let scalar = |sql: &'static str| {
-            let store = store.clone();
+        let scalar = |sql: &str| {
+            let (store, sql) = (store.clone(), sql.to_owned());
             async move {
                 store
                     .db()
@@ -896,7 +1003,9 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
             index
         };
         assert_eq!(scalar(index).await, 1, "{backend:?}");
-        Migrator::down(store.db(), Some(2)).await.unwrap();
+        // Down past the index by day (19), the index's column order (18)
+        // and the split daily sets (17).
+        Migrator::down(store.db(), Some(3)).await.unwrap();
         assert_eq!(scalar(index).await, 1, "{backend:?}: the index stays");
         assert_eq!(
             scalar("SELECT COUNT(*) FROM rollup_days").await,
@@ -914,6 +1023,24 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
             scalar("SELECT COUNT(*) FROM rollup_days_due WHERE day = 101").await,
             1,
             "{backend:?}: every day is made again after the upgrade"
+        );
+        // And every day with indexed hours, for its row by day.
+        let day = t / HOUR_MS / 24;
+        assert_eq!(
+            scalar(&format!(
+                "SELECT COUNT(*) FROM rollup_days_due WHERE day = {day}"
+            ))
+            .await,
+            1,
+            "{backend:?}"
+        );
+        rollup::make_due_days(&store, i64::MAX / 2, 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM person_days").await,
+            1,
+            "{backend:?}: the day of the indexed hour has its row"
         );
     }
 }

@@ -199,13 +199,16 @@ async fn a_wrong_number_of_verdicts_is_a_malformed_answer() {
 #[tokio::test]
 async fn a_log_flood_is_cut_to_the_rate_and_counted() {
     let (catalog, metrics, _dir) = catalog();
+    // 100,000 log calls per event: time enough for a debug build on a
+    // busy machine (the test is about the rate limit, not time).
     let limits = PluginLimits {
         log_lines_per_second: 10,
+        wall_time_ms: 8000,
         ..PluginLimits::default()
     };
     loaded(&catalog, "flood", "log-flood", limits);
     let dropped_by_check = PluginMetrics::of(&metrics.log_dropped, "flood").get();
-    let flood = stage(&catalog, "flood", 5000);
+    let flood = stage(&catalog, "flood", 8000);
     let verdicts = flood.process(&mut batch(&["a"])).await.unwrap();
     assert_eq!(verdicts, vec![Verdict::Keep]);
     let dropped = PluginMetrics::of(&metrics.log_dropped, "flood").get() - dropped_by_check;

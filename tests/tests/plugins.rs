@@ -444,7 +444,13 @@ async fn misbehaving_plugins_are_contained_while_another_project_keeps_ingesting
         ("bomb", "memory-bomb", json!({"memory_bytes": 16_777_216})),
         ("trap", "trap", json!({})),
         ("short", "wrong-count", json!({})),
-        ("flood", "log-flood", json!({"log_lines_per_second": 5})),
+        // 100,000 log calls per event: time enough for a debug build on
+        // a busy machine (the test is about the rate limit, not time).
+        (
+            "flood",
+            "log-flood",
+            json!({"log_lines_per_second": 5, "wall_time_ms": 8000}),
+        ),
     ] {
         let body = json!({"name": name, "code": b64(&component(component_name)), "limits": limits});
         let (status, answer) = server.post_json("/api/v1/plugins", &admin, body).await;
@@ -458,7 +464,7 @@ async fn misbehaving_plugins_are_contained_while_another_project_keeps_ingesting
             {"plugin": "bomb", "on_error": "dead_letter", "timeout_ms": 2000},
             {"plugin": "trap", "on_error": "dead_letter", "timeout_ms": 2000},
             {"plugin": "short", "on_error": "skip", "timeout_ms": 2000},
-            {"plugin": "flood", "timeout_ms": 2000},
+            {"plugin": "flood", "timeout_ms": 8000},
         ]}),
     )
     .await;

@@ -10,17 +10,24 @@
 //!   not matter is skipped whole (see `EventsBlob`);
 //! - `people`: the people active in the hour, in all and per event name.
 //!
+//! When a UTC day is over and its hours rolled up, the job merges its
+//! hours' rows into one `person_days` row of the same form (ms into the
+//! day), with the day's daily rollup: a month is then 30 rows instead of
+//! 720, and a funnel follows each range of people through 30 blobs.
+//!
 //! People are dense per-project numbers (table `persons`, assigned by the
 //! job), so a query keeps its per-person state in plain arrays. About 5 to
 //! 6 bytes per event, and 2 per active person and name.
 //!
-//! A query reads an hour from the index when it lies wholly in the range,
-//! is over, has no mark (nothing changed since its rollup) and has a row;
-//! every other piece (the current hour, marked hours, the partial hours at
-//! the edges, hours rolled up before the index existed) is read from raw
-//! events, which get their person numbers from the same table (people the
-//! job has not numbered yet get numbers for the query alone). The answers
-//! are the same either way; tests compare them.
+//! A query reads a day from the index when it lies wholly in the range,
+//! has a row, and neither it nor one of its hours is marked (nothing
+//! changed since the row was made); else each hour that lies wholly in
+//! the range, is over, has no mark (nothing changed since its rollup) and
+//! has a row; every other piece (the current hour, marked hours, the
+//! partial hours at the edges, hours rolled up before the index existed)
+//! is read from raw events, which get their person numbers from the same
+//! table (people the job has not numbered yet get numbers for the query
+//! alone). The answers are the same either way; tests compare them.
 
 use std::collections::HashMap;
 
@@ -32,6 +39,7 @@ use super::funnel::{Funnel, FunnelAnswer, Progress, StepCount, count};
 use super::query::Reads;
 use super::retention::{Cohort, Retention};
 use crate::store::people::{EventColumns, PersonColumn};
+use crate::store::rollups::{HOURS_PER_DAY, Span};
 use crate::store::{Store, StoreError};
 
 /// Raw pieces are read a day at a time.
@@ -148,6 +156,43 @@ impl HourIndex {
             .map(|(p, t, _, n)| (p, u32::try_from(t - start).unwrap_or(0), n))
             .collect();
         Self { names, entries }
+    }
+
+    /// The index of a span (a day) made of hours, from their `events`
+    /// blobs: each hour's start in ms into the span, and its blob, in time
+    /// order. The same events, people and order as [`HourIndex::build`]
+    /// over the span's events gives (the names may be numbered in another
+    /// order); `None` when a blob cannot be read.
+    #[must_use]
+    pub fn merge<'b>(hours: impl IntoIterator<Item = (u32, &'b [u8])>) -> Option<Self> {
+        let mut names: Vec<String> = Vec::new();
+        let mut name_ids: HashMap<&'b str, u32> = HashMap::new();
+        let mut entries = Vec::new();
+        for (offset, blob) in hours {
+            let hour = EventsBlob::parse(blob)?;
+            let ids: Vec<u32> = hour
+                .names
+                .iter()
+                .map(|&n| {
+                    *name_ids.entry(n).or_insert_with(|| {
+                        names.push(n.to_owned());
+                        u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
+                    })
+                })
+                .collect();
+            entries.reserve(hour.ms.len() / 4);
+            hour.each_run(|p, events| {
+                for i in events {
+                    let name = *ids.get(hour.name_id(i)?)?;
+                    entries.push((p, offset.checked_add(hour.ms(i))?, name));
+                }
+                Some(())
+            })?;
+        }
+        // Stable: a person's events at one ms of one hour keep their
+        // arrival order, and two hours never share a ms.
+        entries.sort_by_key(|&(p, ms, _)| (p, ms));
+        Some(Self { names, entries })
     }
 
     /// The `events` blob (read by `EventsBlob`): names; the number of
@@ -296,17 +341,21 @@ impl<'a> EventsBlob<'a> {
         u32::from_le_bytes([b[0], b[1], b[2], b[3]])
     }
 
-    /// The mask (from `masks`, one per name) of event `i`'s name; `None`
-    /// when its index is out of range.
-    fn mask(&self, masks: &[u32], i: usize) -> Option<u32> {
+    /// Event `i`'s name index (not checked against the names).
+    fn name_id(&self, i: usize) -> Option<usize> {
         let b = &self.ids[i * self.width..(i + 1) * self.width];
-        let id = match *b {
+        Some(match *b {
             [x] => usize::from(x),
             [x, y] => usize::from(u16::from_le_bytes([x, y])),
             [x, y, z, w] => u32::from_le_bytes([x, y, z, w]) as usize,
             _ => return None,
-        };
-        masks.get(id).copied()
+        })
+    }
+
+    /// The mask (from `masks`, one per name) of event `i`'s name; `None`
+    /// when its index is out of range.
+    fn mask(&self, masks: &[u32], i: usize) -> Option<u32> {
+        masks.get(self.name_id(i)?).copied()
     }
 }
 
@@ -342,42 +391,73 @@ fn unreadable(project: Uuid, hour: i64) -> StoreError {
     )))
 }
 
-/// A piece of a range, in time order: hours `[a, b)` from the index, or
-/// `[from, to)` ms from raw events.
+/// A piece of a range, in time order: hours `[a, b)` from the index's
+/// rows by hour or by day (then whole days), or `[from, to)` ms from raw
+/// events.
 enum Piece {
-    Index(i64, i64),
+    Index(Span, i64, i64),
     Raw(i64, i64),
 }
 
-/// Cuts `[from, to)` into pieces: the hours wholly inside it that are
-/// over (before `now`'s hour), unmarked, indexed and `usable` from the
-/// index, the rest raw.
+/// Cuts `[from, to)` into pieces: the days, else the hours, wholly inside
+/// it that are over (before `now`'s hour), indexed, up to date and
+/// `usable` (given their `[start, end)` in ms) from the index, the rest
+/// raw. A day's row is up to date when the day is not marked (its hours
+/// were not redone since the row was made) and none of its hours is; an
+/// hour's when it is not marked.
 async fn plan(
     store: &Store,
     project: Uuid,
     (from, to): (i64, i64),
     now: i64,
-    usable: impl Fn(i64) -> bool,
+    usable: impl Fn(i64, i64) -> bool,
 ) -> Result<Vec<Piece>, StoreError> {
     let first = from.div_euclid(HOUR_MS) + i64::from(from.rem_euclid(HOUR_MS) != 0);
     let end = to.div_euclid(HOUR_MS).min(now.div_euclid(HOUR_MS));
-    let mut pieces = Vec::new();
-    let mut cursor = from;
+    // (first hour, span) of each row read, in time order.
+    let mut rows: Vec<(i64, Span)> = Vec::new();
     if first < end {
         let dirty = store.dirty_hours(project, first, end).await?;
-        for h in store.indexed_hours(project, first, end).await? {
-            if dirty.contains(&h) || !usable(h) {
-                continue;
+        let (d0, d1) = (
+            first.div_euclid(HOURS_PER_DAY),
+            end.div_euclid(HOURS_PER_DAY),
+        );
+        let mut days = std::collections::HashSet::new();
+        if d0 < d1 {
+            let due = store.days_due(project, d0, d1 + 1).await?;
+            for h in store.indexed(project, Span::Day, (first, end)).await? {
+                let day = h.div_euclid(HOURS_PER_DAY);
+                if !due.contains(&day)
+                    && !(h..h + HOURS_PER_DAY).any(|x| dirty.contains(&x))
+                    && usable(h * HOUR_MS, (h + HOURS_PER_DAY) * HOUR_MS)
+                {
+                    rows.push((h, Span::Day));
+                    days.insert(day);
+                }
             }
-            if h * HOUR_MS > cursor {
-                pieces.push(Piece::Raw(cursor, h * HOUR_MS));
-            }
-            match pieces.last_mut() {
-                Some(Piece::Index(_, b)) if *b == h => *b = h + 1,
-                _ => pieces.push(Piece::Index(h, h + 1)),
-            }
-            cursor = (h + 1) * HOUR_MS;
         }
+        for h in store.indexed(project, Span::Hour, (first, end)).await? {
+            if !days.contains(&h.div_euclid(HOURS_PER_DAY))
+                && !dirty.contains(&h)
+                && usable(h * HOUR_MS, (h + 1) * HOUR_MS)
+            {
+                rows.push((h, Span::Hour));
+            }
+        }
+        rows.sort_unstable_by_key(|r| r.0);
+    }
+    let mut pieces = Vec::new();
+    let mut cursor = from;
+    for (h, span) in rows {
+        let next = h + span.hours();
+        if h * HOUR_MS > cursor {
+            pieces.push(Piece::Raw(cursor, h * HOUR_MS));
+        }
+        match pieces.last_mut() {
+            Some(Piece::Index(s, _, b)) if *s == span && *b == h => *b = next,
+            _ => pieces.push(Piece::Index(span, h, next)),
+        }
+        cursor = next * HOUR_MS;
     }
     if cursor < to {
         pieces.push(Piece::Raw(cursor, to));
@@ -834,7 +914,7 @@ pub async fn funnel(
     // No step filters here (see `answers_funnel`).
     let mask_of = |name: &str| f.mask(name, |_| true);
     let numbers = Numbers::new(store, project).await?;
-    let pieces = plan(store, project, (from, to), now, |_| true).await?;
+    let pieces = plan(store, project, (from, to), now, |_, _| true).await?;
 
     // First pass: who did the first step, who the second (`seen`); the
     // raw pieces' step events, numbered, in time order. The raw pieces are
@@ -864,9 +944,9 @@ pub async fn funnel(
             .ok_or_else(|| unreadable(project, h))
     };
     for piece in &pieces {
-        if let Piece::Index(a, b) = *piece {
+        if let Piece::Index(span, a, b) = *piece {
             store
-                .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
+                .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
                     scan(&mut seen, h, &blob)?;
                     if keep {
                         kept_bytes += blob.len();
@@ -899,7 +979,7 @@ pub async fn funnel(
         let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
         for piece in &pieces {
             match *piece {
-                Piece::Index(_, b) => {
+                Piece::Index(_, _, b) => {
                     while let Some((h, blob)) = kept_iter.next_if(|(h, _)| *h < b) {
                         let source = Source::hour(*h, blob, mask_of)
                             .ok_or_else(|| unreadable(project, *h))?;
@@ -930,9 +1010,9 @@ pub async fn funnel(
         let mut raw = raw.into_iter();
         for piece in pieces {
             match piece {
-                Piece::Index(a, b) => {
+                Piece::Index(span, a, b) => {
                     store
-                        .person_hours(project, (a, b), PersonColumn::Events, |h, blob| {
+                        .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
                             Source::hour(h, &blob, mask_of)
                                 .ok_or(h)
                                 .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
@@ -963,11 +1043,12 @@ pub async fn funnel(
 /// `starts`) from the index, when it has no filters and the person and
 /// activity arrays fit; `None` otherwise.
 ///
-/// An hour from the index counts as a whole: its people were first seen
-/// or active at its start. That is exact because the only hours read
-/// from the index are those before the range and those inside it that
-/// lie in one period (in a zone at :30 or :45 from UTC, none do, and the
-/// answer comes from raw events).
+/// An hour (a day) from the index counts as a whole: its people were
+/// first seen or active at its start. That is exact because the only
+/// hours (days) read from the index are those before the range and those
+/// inside it that lie in one period (in a zone at :30 or :45 from UTC,
+/// no hour does, and the answer comes from raw events; a UTC day that
+/// spans two periods in the caller's zone is read from its hours).
 ///
 /// # Errors
 /// The database error, or an unreadable blob.
@@ -994,8 +1075,7 @@ pub async fn retention(
     // (the periods are consecutive), found without a time-zone
     // conversion per person.
     let index = |t: i64| starts.partition_point(|&s| s <= t).checked_sub(1);
-    let usable = |h: i64| {
-        let (a, b) = (h * HOUR_MS, (h + 1) * HOUR_MS);
+    let usable = |a: i64, b: i64| {
         b <= from || (a >= from && r.period.bucket(r.tz, a) == r.period.bucket(r.tz, b - 1))
     };
     // First-seen time per person (and who has one, a small bit set that
@@ -1025,9 +1105,9 @@ pub async fn retention(
     let pieces = plan(store, project, (earliest.min(from), to), now, usable).await?;
     for piece in pieces {
         match piece {
-            Piece::Index(a, b) => {
+            Piece::Index(span, a, b) => {
                 store
-                    .person_hours(project, (a, b), PersonColumn::People, |h, blob| {
+                    .person_index(project, span, (a, b), PersonColumn::People, |h, blob| {
                         let t = h * HOUR_MS;
                         let period = period_of(t);
                         // An hour counts whole: a person seen before it
@@ -1180,6 +1260,86 @@ mod tests {
             Some(())
         })?;
         Some(seen)
+    }
+
+    /// Every event of an `events` blob: (person, ms, name).
+    fn named_events(blob: &[u8]) -> Vec<(u32, u32, String)> {
+        let hour = EventsBlob::parse(blob).unwrap();
+        let mut seen = Vec::new();
+        hour.each_run(|p, events| {
+            for i in events {
+                seen.push((p, hour.ms(i), hour.names[hour.name_id(i)?].to_owned()));
+            }
+            Some(())
+        })
+        .unwrap();
+        seen
+    }
+
+    #[test]
+    fn a_day_merged_from_its_hours_is_the_day_indexed_at_once() {
+        // 24 hours, each with names of its own (288 in all: a day's name
+        // indexes take 2 bytes where an hour's take 1) and a few shared;
+        // people in several hours; a person's events at one ms.
+        let mut rng = 11u64;
+        let mut next = |n: u64| {
+            rng = rng.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (rng >> 33) % n
+        };
+        let day = 20_000 * HOURS_PER_DAY * HOUR_MS;
+        let ids: HashMap<u64, u32> = (0..500).map(|v| (v, 7 + v as u32 * 3)).collect();
+        let (mut all, mut hours, mut seq) = (Vec::new(), Vec::new(), 0);
+        for h in 0..24 {
+            if h == 5 {
+                continue; // an hour without events has no row
+            }
+            let start = day + h * HOUR_MS;
+            let mut events = Vec::new();
+            for _ in 0..300 {
+                seq += 1;
+                let name = match next(3) {
+                    0 => "view".to_owned(),
+                    _ => format!("h{h}-{}", next(12)),
+                };
+                let t = start + next(HOUR_MS as u64) as i64;
+                // Visitor 999 has no number: left out.
+                let visitor = if next(50) == 0 { 999 } else { next(500) };
+                events.push(event(seq, &name, t, visitor));
+                if next(10) == 0 {
+                    seq += 1;
+                    events.push(event(seq, "same-ms", t, visitor));
+                }
+            }
+            let blob = HourIndex::build(&events, &ids, start).events_blob();
+            hours.push(((h * HOUR_MS) as u32, blob));
+            all.extend(events);
+        }
+        let merged = HourIndex::merge(hours.iter().map(|(o, b)| (*o, b.as_slice()))).unwrap();
+        let whole = HourIndex::build(&all, &ids, day);
+        assert!(merged.names.len() > 256);
+        let got = named_events(&merged.events_blob());
+        assert_eq!(
+            got.len(),
+            all.len() - all.iter().filter(|e| e.visitor == Some(999)).count()
+        );
+        assert_eq!(got, named_events(&whole.events_blob()));
+        let (a, b) = (merged.people_blob(), whole.people_blob());
+        for name in [
+            None,
+            Some("view"),
+            Some("same-ms"),
+            Some("h23-4"),
+            Some("none"),
+        ] {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            each_person(&a, name, |p| x.push(p)).unwrap();
+            each_person(&b, name, |p| y.push(p)).unwrap();
+            assert_eq!(x, y, "{name:?}");
+            assert_eq!(x.is_empty(), name == Some("none"), "{name:?}");
+        }
+        // A cut hour makes the day unreadable, not wrong.
+        let cut = &hours[3].1[..hours[3].1.len() - 1];
+        assert!(HourIndex::merge([(0, hours[0].1.as_slice()), (HOUR_MS as u32, cut)]).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::HOUR_MS;
 use super::aggregate::{Metrics, Scan, aggregate, rollup_groups};
 use super::persons::HourIndex;
 use super::sketch::EXACT_LIMIT;
-use crate::store::people::EventColumns;
+use crate::store::people::{EventColumns, PersonColumn};
 use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span, rollup_codes};
 use crate::store::{Store, StoreError};
 
@@ -82,9 +82,10 @@ pub async fn redo_hour(
 pub const DAY_EXACT_LIMIT: usize = 24 * EXACT_LIMIT;
 
 /// Makes the daily rollup of `project`'s UTC `day` from its hourly
-/// rollups, clearing the day's mark when its version is still `version`
-/// (a redo of one of its hours meanwhile renews the mark, and the day is
-/// made again). Returns the number of cells written.
+/// rollups, and its row of the person index by day from its hours' rows,
+/// clearing the day's mark when its version is still `version` (a redo of
+/// one of its hours meanwhile renews the mark, and the day is made
+/// again). Returns the number of cells written.
 ///
 /// # Errors
 /// The database error; the old daily rollup and the mark stay then.
@@ -111,7 +112,35 @@ pub async fn make_day(
         .into_iter()
         .map(|((code, value), m)| (code, value, m))
         .collect();
-    store.write_day(project, day, version, &cells).await?;
+    let mut hours: Vec<(u32, Vec<u8>)> = Vec::new();
+    store
+        .person_index(
+            project,
+            Span::Hour,
+            (from, to),
+            PersonColumn::Events,
+            |h, blob| {
+                // Under 24 hours into the day: fits.
+                let offset = u32::try_from((h - from) * HOUR_MS).unwrap_or(u32::MAX);
+                hours.push((offset, blob));
+                Ok(())
+            },
+        )
+        .await?;
+    let index = if hours.is_empty() {
+        None
+    } else {
+        let merged =
+            HourIndex::merge(hours.iter().map(|(o, b)| (*o, b.as_slice()))).ok_or_else(|| {
+                StoreError::Db(sea_orm::DbErr::Custom(format!(
+                    "the person index of project {project}, day {day}, cannot be read"
+                )))
+            })?;
+        Some((merged.events_blob(), merged.people_blob()))
+    };
+    store
+        .write_day(project, day, version, &cells, index.as_ref())
+        .await?;
     debug!(%project, day, cells = cells.len(), "daily rollup made");
     Ok(cells.len())
 }

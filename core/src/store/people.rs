@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::rollups::{HOURS_PER_DAY, Span};
 use super::{Store, StoreError};
 use crate::analytics::{Dim, Dimension, EventFacts, Filter, HOUR_MS, Op, visitor_hash};
 
@@ -522,58 +523,80 @@ impl Store {
         Ok(ids)
     }
 
-    /// The hours in `[from_hour, to_hour)` that `project`'s person index
-    /// has a row for, in order.
+    /// The rows of `project`'s person index by `span` that lie in
+    /// `[from_hour, to_hour)`, each as its first hour, in order.
     ///
     /// # Errors
     /// The database error.
-    pub async fn indexed_hours(
+    pub async fn indexed(
         &self,
         project: Uuid,
-        from_hour: i64,
-        to_hour: i64,
+        span: Span,
+        (from_hour, to_hour): (i64, i64),
     ) -> Result<Vec<i64>, StoreError> {
+        let (table, slot, per) = person_table(span);
         let rows = self
             .rows(
-                "SELECT hour FROM person_hours \
-                 WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour",
-                vec![project.into(), from_hour.into(), to_hour.into()],
+                &format!(
+                    "SELECT {slot} FROM {table} \
+                     WHERE project_id = ? AND {slot} >= ? AND {slot} < ? ORDER BY {slot}"
+                ),
+                slots(project, per, (from_hour, to_hour)),
             )
             .await?;
         rows.iter()
-            .map(|r| r.try_get_by_index(0))
+            .map(|r| r.try_get_by_index::<i64>(0).map(|s| s * per))
             .collect::<Result<_, sea_orm::DbErr>>()
             .map_err(Into::into)
     }
 
-    /// Calls `each` with the hour and the blob of `column` of every person
-    /// index row of `project` for the hours in `[from_hour, to_hour)`, in
-    /// order, as they arrive.
+    /// Calls `each` with the first hour and the blob of `column` of every
+    /// row of `project`'s person index by `span` that lies in
+    /// `[from_hour, to_hour)`, in order, as they arrive.
     ///
     /// # Errors
     /// The database error, or the first error of `each`.
-    pub async fn person_hours(
+    pub async fn person_index(
         &self,
         project: Uuid,
+        span: Span,
         (from_hour, to_hour): (i64, i64),
         column: PersonColumn,
         mut each: impl FnMut(i64, Vec<u8>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let (table, slot, per) = person_table(span);
         let col = match column {
             PersonColumn::Events => "events",
             PersonColumn::People => "people",
         };
         self.each_row(
             &format!(
-                "SELECT hour, {col} FROM person_hours \
-                 WHERE project_id = ? AND hour >= ? AND hour < ? ORDER BY hour"
+                "SELECT {slot}, {col} FROM {table} \
+                 WHERE project_id = ? AND {slot} >= ? AND {slot} < ? ORDER BY {slot}"
             ),
-            vec![project.into(), from_hour.into(), to_hour.into()],
+            slots(project, per, (from_hour, to_hour)),
             |r| {
                 let blob: Vec<u8> = r.try_get_by_index(1)?;
-                each(r.try_get_by_index(0)?, blob)
+                each(r.try_get_by_index::<i64>(0)? * per, blob)
             },
         )
         .await
     }
+}
+
+/// The table of the person index by `span`, its slot column and hours per
+/// slot.
+pub(super) fn person_table(span: Span) -> (&'static str, &'static str, i64) {
+    match span {
+        Span::Hour => ("person_hours", "hour", 1),
+        Span::Day => ("person_days", "day", HOURS_PER_DAY),
+    }
+}
+
+/// The values of a person index read: `project`, and the first and the
+/// end slot of those of `per` hours that lie wholly in `[from_hour,
+/// to_hour)`.
+fn slots(project: Uuid, per: i64, (from_hour, to_hour): (i64, i64)) -> Vec<sea_orm::Value> {
+    let first = from_hour.div_euclid(per) + i64::from(from_hour.rem_euclid(per) != 0);
+    vec![project.into(), first.into(), to_hour.div_euclid(per).into()]
 }

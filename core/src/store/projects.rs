@@ -130,6 +130,7 @@ impl Store {
             "rollup_day_sets",
             "rollup_days_due",
             "person_hours",
+            "person_days",
             "persons",
         ] {
             txn.execute(Statement::from_sql_and_values(

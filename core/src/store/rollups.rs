@@ -17,7 +17,7 @@ use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbVa
 use sqlx::{PgConnection, SqliteConnection};
 use uuid::Uuid;
 
-use super::people::EventColumns;
+use super::people::{EventColumns, person_table};
 use super::{Store, StoreError, sql_for};
 use crate::analytics::persons::{Cursor, put};
 use crate::analytics::{Dim, EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
@@ -630,7 +630,7 @@ impl Span {
     }
 
     /// Hours per slot.
-    fn hours(self) -> i64 {
+    pub(crate) fn hours(self) -> i64 {
         match self {
             Span::Hour => 1,
             Span::Day => HOURS_PER_DAY,
@@ -788,6 +788,48 @@ pub struct RollupSize {
 /// that the job and `orrery rollups rebuild` redoing the same one at once
 /// take turns instead of one failing on the other's rows. (SQLite writes
 /// one transaction at a time anyway.)
+/// Replaces the row of `project`'s person index by `span` at `slot` with
+/// `index` (its `events` and `people` blobs; none when `None`).
+async fn write_index_row(
+    tx: &sea_orm::DatabaseTransaction,
+    span: Span,
+    project: Uuid,
+    slot: i64,
+    index: Option<&(Vec<u8>, Vec<u8>)>,
+) -> Result<(), DbErr> {
+    let backend = tx.get_database_backend();
+    let (table, column, _) = person_table(span);
+    tx.execute(Statement::from_sql_and_values(
+        backend,
+        sql_for(
+            backend,
+            &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ?"),
+        ),
+        vec![project.into(), slot.into()],
+    ))
+    .await?;
+    if let Some((events, people)) = index {
+        tx.execute(Statement::from_sql_and_values(
+            backend,
+            sql_for(
+                backend,
+                &format!(
+                    "INSERT INTO {table} (project_id, {column}, people, events) \
+                     VALUES (?, ?, ?, ?)"
+                ),
+            ),
+            vec![
+                project.into(),
+                slot.into(),
+                people.clone().into(),
+                events.clone().into(),
+            ],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
 async fn lock_slot(
     tx: &sea_orm::DatabaseTransaction,
     project: Uuid,
@@ -1045,23 +1087,7 @@ impl Store {
             values,
         ))
         .await?;
-        tx.execute(stmt(
-            "DELETE FROM person_hours WHERE project_id = ? AND hour = ?",
-            vec![project.into(), hour.into()],
-        ))
-        .await?;
-        if let Some((events, people)) = index {
-            tx.execute(stmt(
-                "INSERT INTO person_hours (project_id, hour, people, events) VALUES (?, ?, ?, ?)",
-                vec![
-                    project.into(),
-                    hour.into(),
-                    people.clone().into(),
-                    events.clone().into(),
-                ],
-            ))
-            .await?;
-        }
+        write_index_row(&tx, Span::Hour, project, hour, index).await?;
         insert_cells(&tx, project, hour, cells).await?;
         write_packs(&tx, Span::Hour, project, hour, cells).await?;
         // Its day's daily rollup is out of date now.
@@ -1142,8 +1168,10 @@ impl Store {
             .map_err(Into::into)
     }
 
-    /// Replaces the daily rollup of `project`'s `day` with `cells`, and
-    /// clears the day's mark if its version is still `version`, in one
+    /// Replaces the daily rollup of `project`'s `day` with `cells` and its
+    /// row of the person index by day with `index` (its `events` and
+    /// `people` blobs; none for a day without indexed events), and clears
+    /// the day's mark if its version is still `version`, in one
     /// transaction.
     ///
     /// # Errors
@@ -1154,17 +1182,18 @@ impl Store {
         day: i64,
         version: i64,
         cells: &[(i16, Option<String>, Metrics)],
+        index: Option<&(Vec<u8>, Vec<u8>)>,
     ) -> Result<(), StoreError> {
         let backend = self.backend();
+        let stmt = |sql: &str, values: Vec<DbValue>| {
+            Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
+        };
         let tx = self.db().begin().await?;
         lock_slot(&tx, project, -1 - day).await?;
         write_packs(&tx, Span::Day, project, day, cells).await?;
-        tx.execute(Statement::from_sql_and_values(
-            backend,
-            sql_for(
-                backend,
-                "DELETE FROM rollup_days_due WHERE project_id = ? AND day = ? AND version = ?",
-            ),
+        write_index_row(&tx, Span::Day, project, day, index).await?;
+        tx.execute(stmt(
+            "DELETE FROM rollup_days_due WHERE project_id = ? AND day = ? AND version = ?",
             vec![project.into(), day.into(), version.into()],
         ))
         .await?;
@@ -1217,7 +1246,8 @@ impl Store {
                 &format!(
                     "SELECT (SELECT COUNT(*) FROM persons), CAST(COALESCE((SELECT \
                      SUM({length}(events) + {length}(people) + 32) FROM person_hours), 0) \
-                     AS BIGINT)"
+                     + COALESCE((SELECT SUM({length}(events) + {length}(people) + 32) \
+                     FROM person_days), 0) AS BIGINT)"
                 ),
                 vec![],
             )

@@ -72,6 +72,12 @@ struct Args {
     /// load, the current hour and the last hours are empty).
     #[arg(long)]
     at_data_end: bool,
+    /// Read the person index by hour alone, as before it had rows by day
+    /// (every day is marked for the run, so that its hours are read, and
+    /// the marks removed afterwards; the statistics read hourly rollups
+    /// then too): to compare funnels and retention with the index by day.
+    #[arg(long)]
+    hour_index: bool,
     /// Warm runs per query (the median is printed).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -269,6 +275,12 @@ async fn run(args: Args) {
     if let Some(only) = &args.only {
         names.retain(|n| n.contains(only.as_str()) || *n == "mark every hour");
     }
+    if args.hour_index {
+        let store = open(&config).await;
+        mark_days(&store, true).await;
+        store.close().await;
+        println!("every day marked (the person index read by hour):");
+    }
     for name in names {
         if name == "mark every hour" {
             let store = open(&config).await;
@@ -345,6 +357,24 @@ async fn run(args: Args) {
         set_marks(&store, false).await;
         store.close().await;
     }
+    if args.hour_index {
+        let store = open(&config).await;
+        mark_days(&store, false).await;
+        store.close().await;
+    }
+}
+
+/// Marks every day of the person index (version -1, so that its hours
+/// are read), or removes those marks.
+async fn mark_days(store: &Store, on: bool) {
+    use sea_orm::ConnectionTrait;
+    let sql = if on {
+        "INSERT INTO rollup_days_due (project_id, day, version) \
+         SELECT project_id, day, -1 FROM person_days WHERE true ON CONFLICT DO NOTHING"
+    } else {
+        "DELETE FROM rollup_days_due WHERE version = -1"
+    };
+    store.db().execute_unprepared(sql).await.unwrap();
 }
 
 /// Marks every indexed hour for redoing (so queries read raw events), or

@@ -20,6 +20,7 @@ mod m20261204_000015_pack_rollup_days;
 mod m20261205_000016_pack_rollup_hours;
 mod m20261206_000017_split_day_sets;
 mod m20261206_000018_people_before_events;
+mod m20261207_000019_create_person_days;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -47,6 +48,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000016_pack_rollup_hours::Migration),
             Box::new(m20261206_000017_split_day_sets::Migration),
             Box::new(m20261206_000018_people_before_events::Migration),
+            Box::new(m20261207_000019_create_person_days::Migration),
         ]
     }
 }
