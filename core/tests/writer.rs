@@ -619,6 +619,12 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         let new: Vec<u64> = (0..300)
             .map(|i| orrery_core::analytics::visitor_hash(&format!("n{i}")))
             .collect();
+        // Looked up before they have numbers (the store keeps that they
+        // have none, until numbers are given: below, all are found).
+        let none = store.person_ids(project, &new[..50], false).await.unwrap();
+        assert!(none.is_empty(), "{backend:?}");
+        let again = store.person_ids(project, &hashes, false).await.unwrap();
+        assert_eq!(again, first, "{backend:?}: found again");
         let (a, b) = tokio::join!(
             store.person_ids(project, &new, true),
             store.person_ids(project, &new[100..], true)
@@ -752,6 +758,21 @@ async fn a_funnel_reads_a_day_row_only_while_it_is_up_to_date() {
         rollup::make_due_days(&store, now_ms(), 100).await.unwrap();
         assert_eq!(days_due().await, 0, "{backend:?}");
         assert_eq!(reached().await.unwrap(), [3, 2], "{backend:?}: made");
+
+        // Hours at the range's edges are cut from their rows: ann's view
+        // at 1:00 is in from 1:00, not from 1:00 and 1 ms; bob's signup at
+        // 4:00 and 5 ms is in up to 4:00 and 6 ms, not up to 4:00 and 5.
+        for (from, to, want) in [
+            (HOUR_MS, 4 * HOUR_MS + 6, [2, 2]),
+            (HOUR_MS + 1, 4 * HOUR_MS + 6, [1, 1]),
+            (HOUR_MS + 1, 4 * HOUR_MS + 5, [1, 0]),
+        ] {
+            let mut f = f.clone();
+            (f.query.from, f.query.to) = (day + from, day + to);
+            let answer = funnel::run(&store, &f, now_ms()).await.unwrap();
+            let got: Vec<u64> = answer.steps.iter().map(|s| s.people).collect();
+            assert_eq!(got, want, "{backend:?}: {from} to {to}");
+        }
 
         // The day's row is what is read: a cut one is an error.
         store

@@ -195,6 +195,15 @@ impl HourIndex {
         Some(Self { names, entries })
     }
 
+    /// The index of an hour from its `events` blob, keeping only the events
+    /// at `[lo, hi)` ms into the hour; `None` when the blob cannot be read.
+    #[must_use]
+    pub fn cut(blob: &[u8], (lo, hi): (u32, u32)) -> Option<Self> {
+        let mut hour = Self::merge([(0, blob)])?;
+        hour.entries.retain(|&(_, ms, _)| (lo..hi).contains(&ms));
+        Some(hour)
+    }
+
     /// The `events` blob (read by `EventsBlob`): names; the number of
     /// events and of runs; per run (one person's events) the person as a
     /// delta and the run's length; then every event's ms into the hour
@@ -392,30 +401,38 @@ fn unreadable(project: Uuid, hour: i64) -> StoreError {
 }
 
 /// A piece of a range, in time order: hours `[a, b)` from the index's
-/// rows by hour or by day (then whole days), or `[from, to)` ms from raw
-/// events.
+/// rows by hour or by day (then whole days); hour `h`'s row cut to the
+/// events in `[from, to)` ms (an hour at an edge of the range); or
+/// `[from, to)` ms from raw events.
 enum Piece {
     Index(Span, i64, i64),
+    Part(i64, i64, i64),
     Raw(i64, i64),
 }
 
 /// Cuts `[from, to)` into pieces: the days, else the hours, wholly inside
 /// it that are over (before `now`'s hour), indexed, up to date and
-/// `usable` (given their `[start, end)` in ms) from the index, the rest
-/// raw. A day's row is up to date when the day is not marked (its hours
-/// were not redone since the row was made) and none of its hours is; an
-/// hour's when it is not marked.
+/// `usable` (given their `[start, end)` in ms) from the index; with `cut`,
+/// the hours at its edges that are over, indexed and up to date from
+/// their rows cut to the range; the rest raw. A day's row is up to date
+/// when the day is not marked (its hours were not redone since the row
+/// was made) and none of its hours is; an hour's when it is not marked.
 async fn plan(
     store: &Store,
     project: Uuid,
     (from, to): (i64, i64),
     now: i64,
     usable: impl Fn(i64, i64) -> bool,
+    cut: bool,
 ) -> Result<Vec<Piece>, StoreError> {
-    let first = from.div_euclid(HOUR_MS) + i64::from(from.rem_euclid(HOUR_MS) != 0);
-    let end = to.div_euclid(HOUR_MS).min(now.div_euclid(HOUR_MS));
-    // (first hour, span) of each row read, in time order.
-    let mut rows: Vec<(i64, Span)> = Vec::new();
+    // The hours that touch the range and are over.
+    let first = from.div_euclid(HOUR_MS);
+    let end = (to - 1)
+        .div_euclid(HOUR_MS)
+        .saturating_add(1)
+        .min(now.div_euclid(HOUR_MS));
+    // Each row read: (its start and end in ms, the piece).
+    let mut rows: Vec<(i64, i64, Piece)> = Vec::new();
     if first < end {
         let dirty = store.dirty_hours(project, first, end).await?;
         let (d0, d1) = (
@@ -427,42 +444,93 @@ async fn plan(
             let due = store.days_due(project, d0, d1 + 1).await?;
             for h in store.indexed(project, Span::Day, (first, end)).await? {
                 let day = h.div_euclid(HOURS_PER_DAY);
-                if !due.contains(&day)
+                let (a, b) = (h * HOUR_MS, (h + HOURS_PER_DAY) * HOUR_MS);
+                if a >= from
+                    && b <= to
+                    && !due.contains(&day)
                     && !(h..h + HOURS_PER_DAY).any(|x| dirty.contains(&x))
-                    && usable(h * HOUR_MS, (h + HOURS_PER_DAY) * HOUR_MS)
+                    && usable(a, b)
                 {
-                    rows.push((h, Span::Day));
+                    rows.push((a, b, Piece::Index(Span::Day, h, h + HOURS_PER_DAY)));
                     days.insert(day);
                 }
             }
         }
         for h in store.indexed(project, Span::Hour, (first, end)).await? {
-            if !days.contains(&h.div_euclid(HOURS_PER_DAY))
-                && !dirty.contains(&h)
-                && usable(h * HOUR_MS, (h + 1) * HOUR_MS)
-            {
-                rows.push((h, Span::Hour));
+            if days.contains(&h.div_euclid(HOURS_PER_DAY)) || dirty.contains(&h) {
+                continue;
+            }
+            let (a, b) = ((h * HOUR_MS).max(from), ((h + 1) * HOUR_MS).min(to));
+            if !usable(a, b) {
+                continue;
+            }
+            if (a, b) == (h * HOUR_MS, (h + 1) * HOUR_MS) {
+                rows.push((a, b, Piece::Index(Span::Hour, h, h + 1)));
+            } else if cut {
+                rows.push((a, b, Piece::Part(h, a, b)));
             }
         }
         rows.sort_unstable_by_key(|r| r.0);
     }
     let mut pieces = Vec::new();
     let mut cursor = from;
-    for (h, span) in rows {
-        let next = h + span.hours();
-        if h * HOUR_MS > cursor {
-            pieces.push(Piece::Raw(cursor, h * HOUR_MS));
+    for (a, b, piece) in rows {
+        if a > cursor {
+            pieces.push(Piece::Raw(cursor, a));
         }
-        match pieces.last_mut() {
-            Some(Piece::Index(s, _, b)) if *s == span && *b == h => *b = next,
-            _ => pieces.push(Piece::Index(span, h, next)),
+        match (pieces.last_mut(), piece) {
+            (Some(Piece::Index(s, _, end)), Piece::Index(span, h, next))
+                if *s == span && *end == h =>
+            {
+                *end = next;
+            }
+            (_, piece) => pieces.push(piece),
         }
-        cursor = next * HOUR_MS;
+        cursor = b;
     }
     if cursor < to {
         pieces.push(Piece::Raw(cursor, to));
     }
     Ok(pieces)
+}
+
+/// Calls `each` with the first hour and the `events` blob of every row of
+/// the index that `piece` reads (an hour at an edge cut to the range);
+/// nothing for a raw piece.
+async fn events_rows(
+    store: &Store,
+    project: Uuid,
+    piece: &Piece,
+    mut each: impl FnMut(i64, Vec<u8>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    match *piece {
+        Piece::Index(span, a, b) => {
+            store
+                .person_index(project, span, (a, b), PersonColumn::Events, each)
+                .await
+        }
+        Piece::Part(h, from, to) => {
+            let range = (h, h + 1);
+            store
+                .person_index(
+                    project,
+                    Span::Hour,
+                    range,
+                    PersonColumn::Events,
+                    |h, blob| {
+                        // Both within the hour: they fit.
+                        let start = h * HOUR_MS;
+                        let lo = u32::try_from(from - start).unwrap_or(0);
+                        let hi = u32::try_from(to - start).unwrap_or(u32::MAX);
+                        let hour = HourIndex::cut(&blob, (lo, hi))
+                            .ok_or_else(|| unreadable(project, h))?;
+                        each(h, hour.events_blob())
+                    },
+                )
+                .await
+        }
+        Piece::Raw(..) => Ok(()),
+    }
 }
 
 /// Person numbers for raw events: the job's, and for people it has not
@@ -914,7 +982,7 @@ pub async fn funnel(
     // No step filters here (see `answers_funnel`).
     let mask_of = |name: &str| f.mask(name, |_| true);
     let numbers = Numbers::new(store, project).await?;
-    let pieces = plan(store, project, (from, to), now, |_, _| true).await?;
+    let pieces = plan(store, project, (from, to), now, |_, _| true, true).await?;
 
     // First pass: who did the first step, who the second (`seen`); the
     // raw pieces' step events, numbered, in time order. The raw pieces are
@@ -925,7 +993,7 @@ pub async fn funnel(
         .iter()
         .filter_map(|p| match *p {
             Piece::Raw(a, b) => Some((a, b)),
-            Piece::Index(..) => None,
+            Piece::Index(..) | Piece::Part(..) => None,
         })
         .collect();
     // Stopped when this query is (its caller gone, or an error below).
@@ -944,23 +1012,20 @@ pub async fn funnel(
             .ok_or_else(|| unreadable(project, h))
     };
     for piece in &pieces {
-        if let Piece::Index(span, a, b) = *piece {
-            store
-                .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
-                    scan(&mut seen, h, &blob)?;
-                    if keep {
-                        kept_bytes += blob.len();
-                        keep = kept_bytes <= MAX_KEPT_BYTES;
-                        if keep {
-                            kept.push((h, blob));
-                        } else {
-                            kept = Vec::new();
-                        }
-                    }
-                    Ok(())
-                })
-                .await?;
-        }
+        events_rows(store, project, piece, |h, blob| {
+            scan(&mut seen, h, &blob)?;
+            if keep {
+                kept_bytes += blob.len();
+                keep = kept_bytes <= MAX_KEPT_BYTES;
+                if keep {
+                    kept.push((h, blob));
+                } else {
+                    kept = Vec::new();
+                }
+            }
+            Ok(())
+        })
+        .await?;
     }
     let (raw, numbers) = (&mut raw_task.0).await.map_err(|e| {
         StoreError::Db(sea_orm::DbErr::Custom(format!(
@@ -978,18 +1043,19 @@ pub async fn funnel(
         let mut sources = Vec::with_capacity(kept.len() + raw.len());
         let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
         for piece in &pieces {
-            match *piece {
-                Piece::Index(_, _, b) => {
-                    while let Some((h, blob)) = kept_iter.next_if(|(h, _)| *h < b) {
-                        let source = Source::hour(*h, blob, mask_of)
-                            .ok_or_else(|| unreadable(project, *h))?;
-                        sources.push(source);
-                    }
-                }
+            let end = match *piece {
+                Piece::Index(_, _, b) => b,
+                Piece::Part(h, ..) => h + 1,
                 Piece::Raw(..) => {
                     let hits = raw.next().unwrap_or_default();
                     sources.push(Source::Raw { hits, at: 0 });
+                    continue;
                 }
+            };
+            while let Some((h, blob)) = kept_iter.next_if(|(h, _)| *h < end) {
+                let source =
+                    Source::hour(*h, blob, mask_of).ok_or_else(|| unreadable(project, *h))?;
+                sources.push(source);
             }
         }
         let per =
@@ -1008,25 +1074,21 @@ pub async fn funnel(
         // Everyone at once, each hour read again as it comes.
         let mut follow = Follow::new(&seen.second, f.window_ms, n, 0);
         let mut raw = raw.into_iter();
-        for piece in pieces {
-            match piece {
-                Piece::Index(span, a, b) => {
-                    store
-                        .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
-                            Source::hour(h, &blob, mask_of)
-                                .ok_or(h)
-                                .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
-                                .map_err(|h| unreadable(project, h))
-                        })
-                        .await?;
-                }
-                Piece::Raw(..) => {
-                    let hits = raw.next().unwrap_or_default();
-                    Source::Raw { hits, at: 0 }
-                        .take(u32::MAX, Some(&mut follow))
-                        .map_err(|h| unreadable(project, h))?;
-                }
+        for piece in &pieces {
+            if let Piece::Raw(..) = piece {
+                let hits = raw.next().unwrap_or_default();
+                Source::Raw { hits, at: 0 }
+                    .take(u32::MAX, Some(&mut follow))
+                    .map_err(|h| unreadable(project, h))?;
+                continue;
             }
+            events_rows(store, project, piece, |h, blob| {
+                Source::hour(h, &blob, mask_of)
+                    .ok_or(h)
+                    .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
+                    .map_err(|h| unreadable(project, h))
+            })
+            .await?;
         }
         follow.finish(&mut steps, 0);
     }
@@ -1102,7 +1164,7 @@ pub async fn retention(
     };
     let cols = EventColumns::reading(names.as_deref(), []);
     let mut numbers = Numbers::new(store, project).await?;
-    let pieces = plan(store, project, (earliest.min(from), to), now, usable).await?;
+    let pieces = plan(store, project, (earliest.min(from), to), now, usable, false).await?;
     for piece in pieces {
         match piece {
             Piece::Index(span, a, b) => {
@@ -1135,7 +1197,8 @@ pub async fn retention(
                     })
                     .await?;
             }
-            Piece::Raw(a, b) => {
+            // (Retention asks for no parts: it cannot cut a `people` blob.)
+            Piece::Raw(a, b) | Piece::Part(_, a, b) => {
                 let mut reads = Reads::new(project, (a, b), READ_MS, false);
                 while let Some((a, b)) = reads.next(store).await? {
                     let events = store.event_facts(project, a, b, &cols).await?;
@@ -1236,6 +1299,11 @@ mod tests {
             each_person(&people, name, |p| got.push(p)).unwrap();
             assert_eq!(got, want, "{name:?}");
         }
+        // Cut to [5, 3_599_999) ms: person 3's last event and person
+        // 1,000,000's only one are left out.
+        let cut = HourIndex::cut(&hour.events_blob(), (5, 3_599_999)).unwrap();
+        let seen = read_events(&cut.events_blob(), |n| u32::from(n == "buy")).unwrap();
+        assert_eq!(seen, [(3, 5, 0, 0), (3, 5, 1, 1)]);
         // A cut or padded blob is an error, not a panic.
         let blob = hour.events_blob();
         assert!(read_events(&blob[..blob.len() - 1], |_| 1).is_none());

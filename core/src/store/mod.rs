@@ -206,6 +206,8 @@ pub struct Store {
     db: DatabaseConnection,
     writer: WriterDb,
     sqlite_path: Option<PathBuf>,
+    /// Person numbers looked up, kept between queries.
+    people: std::sync::Arc<people::PeopleCache>,
 }
 
 impl Store {
@@ -269,6 +271,7 @@ impl Store {
                 db: sea_orm::SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
                 writer: WriterDb::sqlite(writer),
                 sqlite_path: Some(path),
+                people: std::sync::Arc::default(),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let connect_err = |source| StoreError::Connect {
@@ -291,6 +294,7 @@ impl Store {
                 db: sea_orm::SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
                 writer: WriterDb::postgres(writer),
                 sqlite_path: None,
+                people: std::sync::Arc::default(),
             })
         } else {
             Err(StoreError::UnsupportedUrl(redact_url(&url)))

@@ -370,6 +370,88 @@ pub enum PersonColumn {
     People,
 }
 
+/// Person numbers looked up without assigning, per project, kept between
+/// lookups (a funnel's raw events, mostly the current hour's, have nearly
+/// the same people query after query): a number never changes once given
+/// (rows of `persons` are only added, and go with their project), and a
+/// person found without one is known to have none while the project's
+/// highest number stays what it was when the lookup began (numbers are
+/// only given above it).
+#[derive(Debug, Default)]
+pub(crate) struct PeopleCache(std::sync::Mutex<HashMap<Uuid, KnownPeople>>);
+
+/// What [`PeopleCache`] knows of one project.
+#[derive(Debug, Default)]
+struct KnownPeople {
+    /// The project's highest number when `missing` was found.
+    max: u32,
+    found: HashMap<u64, u32>,
+    missing: std::collections::HashSet<u64>,
+}
+
+/// People a [`PeopleCache`] keeps per project at most (found and missing:
+/// about 8 MB); beyond, it starts afresh.
+const MAX_CACHED_PEOPLE: usize = 250_000;
+
+impl PeopleCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, KnownPeople>> {
+        // A panic elsewhere while holding it leaves nothing half-done.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Of `hashes`: the numbers known, and the hashes to look up (those
+    /// neither found nor known to be missing while the project's highest
+    /// number is still `max`).
+    fn known(&self, project: Uuid, hashes: &[u64], max: u32) -> (HashMap<u64, u32>, Vec<u64>) {
+        let mut map = self.lock();
+        let known = map.entry(project).or_default();
+        if known.max != max {
+            known.missing.clear();
+            known.max = max;
+        }
+        let mut found = HashMap::with_capacity(hashes.len());
+        let mut ask = Vec::new();
+        for &h in hashes {
+            match known.found.get(&h) {
+                Some(&id) => {
+                    found.insert(h, id);
+                }
+                None if known.missing.contains(&h) => {}
+                None => ask.push(h),
+            }
+        }
+        (found, ask)
+    }
+
+    /// Keeps what a lookup of `asked` found (`found`), begun when the
+    /// project's highest number was `max`.
+    fn keep(&self, project: Uuid, asked: &[u64], found: &HashMap<u64, u32>, max: u32) {
+        let mut map = self.lock();
+        let known = map.entry(project).or_default();
+        if known.found.len() + known.missing.len() + asked.len() > MAX_CACHED_PEOPLE {
+            *known = KnownPeople {
+                max: known.max,
+                ..KnownPeople::default()
+            };
+        }
+        known.found.extend(found);
+        // Numbers may have been given since: then who was missing may not
+        // be any more.
+        if known.max == max {
+            known
+                .missing
+                .extend(asked.iter().filter(|h| !found.contains_key(h)));
+        }
+    }
+
+    /// Forgets `project` (deleted).
+    pub(crate) fn forget(&self, project: Uuid) {
+        self.lock().remove(&project);
+    }
+}
+
 /// Person hashes per lookup statement.
 const HASHES_PER_STATEMENT: usize = 500;
 
@@ -408,6 +490,16 @@ impl Store {
         hashes: &[u64],
         assign: bool,
     ) -> Result<HashMap<u64, u32>, StoreError> {
+        if !assign {
+            let max = self.max_person_id(project).await?;
+            let (mut ids, ask) = self.people.known(project, hashes, max);
+            if !ask.is_empty() {
+                let found = self.find_person_ids(project, &ask).await?;
+                self.people.keep(project, &ask, &found, max);
+                ids.extend(found);
+            }
+            return Ok(ids);
+        }
         let mut ids = self.find_person_ids(project, hashes).await?;
         // Two numbering at once (the job and a rebuild) may pick the same
         // numbers: the loser's statement fails on the unique number, and

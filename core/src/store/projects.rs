@@ -103,6 +103,7 @@ impl Store {
     /// [`StoreError::LastAdminKey`] when it holds the instance's last
     /// lasting admin keys.
     pub async fn delete_project(&self, id: Uuid) -> Result<(), StoreError> {
+        self.people.forget(id);
         let txn = self.db().begin().await?;
         super::keys::lock_admin_keys(&txn).await?;
         event::Entity::delete_many()
