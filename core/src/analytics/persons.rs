@@ -441,7 +441,7 @@ async fn plan(
         );
         let mut days = std::collections::HashSet::new();
         if d0 < d1 {
-            let due = store.days_due(project, d0, d1 + 1).await?;
+            let due = store.days_due(project, d0, d1).await?;
             for h in store.indexed(project, Span::Day, (first, end)).await? {
                 let day = h.div_euclid(HOURS_PER_DAY);
                 let (a, b) = (h * HOUR_MS, (h + HOURS_PER_DAY) * HOUR_MS);

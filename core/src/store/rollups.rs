@@ -783,11 +783,6 @@ pub struct RollupSize {
     pub bytes: i64,
 }
 
-/// On PostgreSQL, waits in `tx` until no other transaction writes the
-/// rollup of `project` at `slot` (an hour, or `-1 - day` for a day), so
-/// that the job and `orrery rollups rebuild` redoing the same one at once
-/// take turns instead of one failing on the other's rows. (SQLite writes
-/// one transaction at a time anyway.)
 /// Replaces the row of `project`'s person index by `span` at `slot` with
 /// `index` (its `events` and `people` blobs; none when `None`).
 async fn write_index_row(
@@ -830,6 +825,11 @@ async fn write_index_row(
     Ok(())
 }
 
+/// On PostgreSQL, waits in `tx` until no other transaction writes the
+/// rollup of `project` at `slot` (an hour, or `-1 - day` for a day), so
+/// that the job and `orrery rollups rebuild` redoing the same one at once
+/// take turns instead of one failing on the other's rows. (SQLite writes
+/// one transaction at a time anyway.)
 async fn lock_slot(
     tx: &sea_orm::DatabaseTransaction,
     project: Uuid,
