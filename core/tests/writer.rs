@@ -604,6 +604,8 @@ async fn people_are_numbered_once_and_go_with_their_project() {
         assert_eq!(count("person_hours", project).await, 2, "{backend:?}");
         // The day is over: its hours are merged into one row by day.
         assert_eq!(count("person_days", project).await, 1, "{backend:?}");
+        // With their values: 12 dimensions for each of the 3 rows.
+        assert_eq!(count("person_values", project).await, 36, "{backend:?}");
         assert_eq!(count("persons", other).await, 1, "{backend:?}");
         // The day is over: its daily rollup is made, its mark gone.
         assert!(count("rollup_days", project).await > 0, "{backend:?}");
@@ -656,6 +658,7 @@ async fn people_are_numbered_once_and_go_with_their_project() {
             "rollup_days_due",
             "person_hours",
             "person_days",
+            "person_values",
             "persons",
         ] {
             assert_eq!(count(table, project).await, 0, "{backend:?}: {table}");
@@ -784,6 +787,143 @@ async fn a_funnel_reads_a_day_row_only_while_it_is_up_to_date() {
             .unwrap();
         let err = reached().await.unwrap_err().to_string();
         assert!(err.contains("cannot be read"), "{backend:?}: {err}");
+    }
+}
+
+/// A funnel with filters or a breakdown on an indexed dimension reads the
+/// index's values: the answers are right, a damaged values row is an
+/// error (while funnels without such filters still read the rest), and
+/// rows without values are read from raw events.
+#[tokio::test]
+async fn a_filtered_funnel_reads_the_values_of_the_index() {
+    use orrery_core::analytics::aggregate::{Filter, Op};
+    use orrery_core::analytics::funnel::{self, Funnel, Step};
+    use orrery_core::analytics::query::Query;
+    use orrery_core::analytics::{Dimension, HOUR_MS, rollup};
+    for backend in backends("a_filtered_funnel_reads_the_values_of_the_index") {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _db) = open(backend, &dir).await;
+        let project = store.create_project("p").await.unwrap().id;
+        const DAY: i64 = 24 * HOUR_MS;
+        let day = (now_ms() / DAY - 3) * DAY;
+        let at = |id: &str, name: &str, page: &str, t: i64| {
+            EventBuilder::new(name)
+                .project(project)
+                .at(day + t)
+                .field("distinct_id", id)
+                .field("url", page)
+                .event()
+        };
+        // ann views /a then signs up; bob views /b then signs up; carl
+        // views /a only. All in one day, read from its row by day.
+        let (w, _) = writer(&store, 2, 10_000);
+        w.write(
+            vec![
+                at("ann", "view", "/a", HOUR_MS),
+                at("ann", "signup", "/b", 2 * HOUR_MS),
+                at("bob", "view", "/b", 3 * HOUR_MS),
+                at("bob", "signup", "/b", 3 * HOUR_MS + 10),
+                at("carl", "view", "/a", 5 * HOUR_MS),
+            ],
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+        w.close().await;
+        rollup::rebuild(&store, None, 0, now_ms()).await.unwrap();
+        let page = Dimension::parse("page").unwrap();
+        let filter = |op: Op, value: &str| Filter {
+            dimension: page.clone(),
+            op,
+            values: vec![value.into()],
+        };
+        let step = |e: &str, filters: Vec<Filter>| Step {
+            event: e.into(),
+            filters,
+        };
+        let base = Funnel {
+            query: Query {
+                project,
+                from: day - DAY,
+                to: now_ms(),
+                filters: Vec::new(),
+            },
+            steps: vec![step("view", vec![]), step("signup", vec![])],
+            window_ms: DAY,
+            breakdown: None,
+        };
+        let on_a = Funnel {
+            steps: vec![
+                step("view", vec![filter(Op::Eq, "/a")]),
+                step("signup", vec![]),
+            ],
+            ..base.clone()
+        };
+        let mut not_a = base.clone();
+        not_a.query.filters = vec![filter(Op::Neq, "/a")];
+        let by_page = Funnel {
+            breakdown: Some(page.clone()),
+            ..base.clone()
+        };
+        let run = |f: &Funnel| {
+            let (store, f) = (store.clone(), f.clone());
+            async move {
+                funnel::run(&store, &f, now_ms()).await.map(|a| {
+                    let people =
+                        |s: &[funnel::StepCount]| s.iter().map(|s| s.people).collect::<Vec<u64>>();
+                    let groups: Vec<(Option<String>, Vec<u64>)> = a
+                        .groups
+                        .iter()
+                        .map(|(v, s)| (v.clone(), people(s)))
+                        .collect();
+                    (people(&a.steps), groups)
+                })
+            }
+        };
+        let answers = || async {
+            (
+                run(&on_a).await.unwrap(),
+                run(&not_a).await.unwrap(),
+                run(&by_page).await.unwrap(),
+            )
+        };
+        let want = (
+            (vec![2, 1], vec![]),
+            // ann's signup on /b is after a view on /a, left out.
+            (vec![1, 1], vec![]),
+            (
+                vec![3, 2],
+                vec![
+                    (Some("/a".to_owned()), vec![2, 1]),
+                    (Some("/b".to_owned()), vec![1, 1]),
+                ],
+            ),
+        );
+        assert_eq!(answers().await, want, "{backend:?}: from the index");
+        assert!(store.hours_without_values(10).await.unwrap().is_empty());
+
+        // A damaged values row is what is read: an error; the funnel
+        // without filters does not read values.
+        let damage = "UPDATE person_values SET vals = substr(vals, 1, length(vals) - 1)";
+        store.db().execute_unprepared(damage).await.unwrap();
+        for f in [&on_a, &not_a, &by_page] {
+            let err = run(f).await.unwrap_err().to_string();
+            assert!(err.contains("cannot be read"), "{backend:?}: {err}");
+        }
+        assert_eq!(run(&base).await.unwrap().0, [3, 2], "{backend:?}");
+
+        // Rows without values are read raw, with the same answers.
+        store
+            .db()
+            .execute_unprepared("DELETE FROM person_values")
+            .await
+            .unwrap();
+        assert_eq!(answers().await, want, "{backend:?}: from raw events");
+        assert_eq!(
+            store.hours_without_values(10).await.unwrap().len(),
+            4,
+            "{backend:?}"
+        );
     }
 }
 
@@ -1024,9 +1164,14 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
             index
         };
         assert_eq!(scalar(index).await, 1, "{backend:?}");
-        // Down past the index by day (19), the index's column order (18)
-        // and the split daily sets (17).
-        Migrator::down(store.db(), Some(3)).await.unwrap();
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM person_values WHERE span = 1").await,
+            12,
+            "{backend:?}: the hour's values, one row per indexed dimension"
+        );
+        // Down past the index's values (20), the index by day (19), the
+        // index's column order (18) and the split daily sets (17).
+        Migrator::down(store.db(), Some(4)).await.unwrap();
         assert_eq!(scalar(index).await, 1, "{backend:?}: the index stays");
         assert_eq!(
             scalar("SELECT COUNT(*) FROM rollup_days").await,
@@ -1055,13 +1200,36 @@ async fn the_last_migrations_go_down_and_up_keeping_the_index() {
             1,
             "{backend:?}"
         );
-        rollup::make_due_days(&store, i64::MAX / 2, 100)
+        // The hour indexed before values were kept is redone by the job
+        // to get them (its day is made again after it), once.
+        assert_eq!(
+            store.hours_without_values(10).await.unwrap(),
+            vec![(project, t / HOUR_MS)],
+            "{backend:?}"
+        );
+        let mut recent = rollup::RecentRedos::new(0);
+        let done = rollup::redo_due(&store, i64::MAX / 2, 100, &mut recent)
             .await
             .unwrap();
+        assert_eq!((done.0, done.1), (1, 0), "{backend:?}");
+        assert!(store.hours_without_values(10).await.unwrap().is_empty());
+        assert_eq!(
+            rollup::redo_due(&store, i64::MAX / 2, 100, &mut recent)
+                .await
+                .unwrap()
+                .0,
+            0,
+            "{backend:?}"
+        );
         assert_eq!(
             scalar("SELECT COUNT(*) FROM person_days").await,
             1,
             "{backend:?}: the day of the indexed hour has its row"
+        );
+        assert_eq!(
+            scalar("SELECT COUNT(*) FROM person_values WHERE span = 24").await,
+            12,
+            "{backend:?}: with its values"
         );
     }
 }

@@ -316,6 +316,8 @@ fn generate(rng: &mut Lcg, t0: i64, people: u64, tag: &str, seq: &mut usize) -> 
 type Keep<'a> = &'a dyn Fn(&Ev) -> bool;
 /// A funnel case: the query, its steps as computed here, the window.
 type Case<'a> = (String, Vec<(&'a str, Keep<'a>)>, i64);
+/// A funnel case broken down: the query, its steps, the value of an event.
+type ByCase<'a> = (&'a str, Vec<(&'a str, Keep<'a>)>, &'a dyn Fn(&Ev) -> String);
 /// An attempt: its last step, start (time, arrival), step times, value.
 type Attempt = (usize, (i64, usize), Vec<i64>, String);
 
@@ -560,38 +562,59 @@ async fn check_generated(server: &Server, events: &[Ev], from: i64, to: i64, whe
             );
         }
     }
-    // Broken down by the first step's plan property.
+    // Broken down by the first step's plan property (raw events), by its
+    // page (from the index's values, raw where it has none), and by page
+    // with a filter on every step (`page` is not `/docs`) and one on the
+    // second (its page is `/pricing`).
     let plan = |e: &Ev| e.plan.unwrap_or("").to_owned();
-    let want = brute_funnel(
-        events,
-        from,
-        to,
-        &[("view", &any), ("signup", &any)],
-        DAY,
-        Some(&plan),
-    );
-    let f = get(
-        server,
-        "funnel",
-        &format!("{range}&step=view&step=signup&window_secs=86400&by=properties.plan&limit=100"),
-    )
-    .await;
-    let got: BTreeMap<String, Vec<u64>> = f["groups"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|g| {
-            (
-                g["value"].as_str().unwrap_or("").to_owned(),
-                steps(&g["steps"]).iter().map(|s| s.0).collect(),
-            )
-        })
-        .collect();
-    let want: BTreeMap<String, Vec<u64>> = want
-        .into_iter()
-        .map(|(k, v)| (k, v.iter().map(|s| s.0).collect()))
-        .collect();
-    assert_eq!(got, want, "{when}: {f}");
+    let page = |e: &Ev| e.page.to_owned();
+    let not_docs = |e: &Ev| e.page != "/docs";
+    let pricing_not_docs = |e: &Ev| e.page == "/pricing";
+    let broken: [ByCase; 3] = [
+        (
+            "step=view&step=signup&window_secs=86400&by=properties.plan",
+            vec![("view", &any), ("signup", &any)],
+            &plan,
+        ),
+        (
+            "step=view&step=signup&window_secs=86400&by=page",
+            vec![("view", &any), ("signup", &any)],
+            &page,
+        ),
+        (
+            "step=view&step=view&step=purchase&window_secs=86400&by=page\
+             &filter=page:neq:%2Fdocs&step_filter=2:page:eq:%2Fpricing",
+            vec![
+                ("view", &not_docs),
+                ("view", &pricing_not_docs),
+                ("purchase", &not_docs),
+            ],
+            &page,
+        ),
+    ];
+    for (query, steps_here, by) in &broken {
+        let want = brute_funnel(events, from, to, steps_here, DAY, Some(*by));
+        let f = get(server, "funnel", &format!("{range}&{query}&limit=100")).await;
+        let got: BTreeMap<String, Vec<(u64, Option<i64>)>> = f["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["value"].as_str().unwrap_or("").to_owned(),
+                    steps(&g["steps"]).iter().map(|s| (s.0, s.1)).collect(),
+                )
+            })
+            .collect();
+        let want: BTreeMap<String, Vec<(u64, Option<i64>)>> = want
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().map(|s| (s.0, median(s.1))).collect()))
+            .collect();
+        assert!(want.len() >= 2, "{query}: too few groups");
+        assert_eq!(got, want, "{when}: {query}: {f}");
+        let total: u64 = want.values().map(|v| v[0].0).sum();
+        assert_eq!(steps(&f["steps"])[0].0, total, "{when}: {query}: {f}");
+    }
 
     // Weekly retention from a local Monday, with and without a property
     // filter (first seen among those events then), in New York and in

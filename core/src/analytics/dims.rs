@@ -234,19 +234,28 @@ impl EventFacts {
     #[must_use]
     pub fn value(&self, dim: &Dimension) -> Option<String> {
         match dim {
-            Dimension::Rolled(Dim::Page) => self.page().map(str::to_owned),
-            Dimension::Rolled(Dim::Event) => Some(self.name.clone()),
-            Dimension::Rolled(d) => d
-                .enrichment_key()
-                .and_then(|k| self.enrichment.get(k))
-                .and_then(text),
+            Dimension::Rolled(d) => self.rolled(*d).map(std::borrow::Cow::into_owned),
             Dimension::Property(path) => {
                 let mut v = self.properties.as_ref()?.get(&path[0])?;
                 for seg in &path[1..] {
                     v = v.as_object()?.get(seg)?;
                 }
-                text(v)
+                text(v).map(std::borrow::Cow::into_owned)
             }
+        }
+    }
+
+    /// The value of a rolled-up event dimension, borrowed where it can be
+    /// (what [`EventFacts::value`] gives; none for session dimensions).
+    #[must_use]
+    pub fn rolled(&self, dim: Dim) -> Option<std::borrow::Cow<'_, str>> {
+        match dim {
+            Dim::Page => self.page().map(std::borrow::Cow::Borrowed),
+            Dim::Event => Some(std::borrow::Cow::Borrowed(self.name.as_str())),
+            d => d
+                .enrichment_key()
+                .and_then(|k| self.enrichment.get(k))
+                .and_then(text),
         }
     }
 }
@@ -254,12 +263,12 @@ impl EventFacts {
 /// A JSON value as a dimension value: strings as they are, numbers and
 /// booleans as JSON text, objects and arrays as compact JSON; null and
 /// empty strings are none.
-fn text(v: &Value) -> Option<String> {
+fn text(v: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match v {
         Value::Null => None,
         Value::String(s) if s.is_empty() => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+        Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
+        other => Some(std::borrow::Cow::Owned(other.to_string())),
     }
 }
 

@@ -85,7 +85,7 @@ impl Funnel {
     }
 
     /// Every dimension the funnel reads, with the part it is in.
-    fn dimensions(&self) -> impl Iterator<Item = (FunnelPart, &Dimension)> {
+    pub(crate) fn dimensions(&self) -> impl Iterator<Item = (FunnelPart, &Dimension)> {
         let filters = self.query.filters.iter().map(|f| (FunnelPart::Filters, f));
         let step_filters = self
             .steps
@@ -313,6 +313,25 @@ pub fn count(steps: &mut [StepCount], last: usize, times: &[i64]) {
     }
 }
 
+/// The steps per breakdown value (numbers into `values`), most
+/// first-step people first, then by value.
+pub(crate) fn named_groups(
+    groups: HashMap<u32, Vec<StepCount>>,
+    values: &[Option<String>],
+) -> Vec<(Option<String>, Vec<StepCount>)> {
+    let mut named: Vec<(Option<String>, Vec<StepCount>)> = groups
+        .into_iter()
+        .map(|(v, s)| (values.get(v as usize).cloned().flatten(), s))
+        .collect();
+    named.sort_by(|x, y| {
+        y.1[0]
+            .people
+            .cmp(&x.1[0].people)
+            .then_with(|| x.0.cmp(&y.0))
+    });
+    named
+}
+
 /// Runs `f` (checked with [`Funnel::check`]); `now` (ms) bounds the range
 /// as for statistics.
 ///
@@ -370,7 +389,7 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
             });
         }
     }
-    let mut groups: HashMap<i64, Vec<StepCount>> = HashMap::new();
+    let mut groups: HashMap<u32, Vec<StepCount>> = HashMap::new();
     let mut progress = Progress::arena(n);
     let slot = progress.add();
     for hits in people.values_mut() {
@@ -385,29 +404,12 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
         count(&mut answer.steps, last, times);
         if f.breakdown.is_some() {
             let g = groups
-                .entry(value)
+                .entry(u32::try_from(value).unwrap_or(0))
                 .or_insert_with(|| vec![StepCount::default(); n]);
             count(g, last, times);
         }
     }
-    answer.groups = groups
-        .into_iter()
-        .map(|(v, s)| {
-            (
-                usize::try_from(v)
-                    .ok()
-                    .and_then(|v| values.get(v).cloned())
-                    .flatten(),
-                s,
-            )
-        })
-        .collect();
-    answer.groups.sort_by(|x, y| {
-        y.1[0]
-            .people
-            .cmp(&x.1[0].people)
-            .then_with(|| x.0.cmp(&y.0))
-    });
+    answer.groups = named_groups(groups, &values);
     Ok(answer)
 }
 

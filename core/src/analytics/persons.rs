@@ -34,12 +34,14 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::HOUR_MS;
-use super::dims::EventFacts;
+use super::aggregate::Filter;
+use super::dims::Dimension;
+use super::dims::{Dim, EventFacts};
 use super::funnel::{Funnel, FunnelAnswer, Progress, StepCount, count};
 use super::query::Reads;
 use super::retention::{Cohort, Retention};
 use crate::store::people::{EventColumns, PersonColumn};
-use crate::store::rollups::{HOURS_PER_DAY, Span};
+use crate::store::rollups::{HOURS_PER_DAY, IndexRow, Span};
 use crate::store::{Store, StoreError};
 
 /// Raw pieces are read a day at a time.
@@ -122,13 +124,88 @@ fn put_names(out: &mut Vec<u8>, names: &[String]) {
     }
 }
 
-/// One hour of one project: its event names and its events.
+/// The event dimensions the index keeps a value of per event (the rolled
+/// ones that are not the name and not the session's), in this order.
+pub const INDEXED_DIMS: [Dim; 12] = [
+    Dim::Page,
+    Dim::ReferrerSource,
+    Dim::ReferrerHost,
+    Dim::UtmSource,
+    Dim::UtmMedium,
+    Dim::UtmCampaign,
+    Dim::Country,
+    Dim::Region,
+    Dim::City,
+    Dim::Browser,
+    Dim::Os,
+    Dim::Device,
+];
+
+/// One dimension's values of an index's events: the distinct values, and
+/// each entry's value index.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ValueColumn {
+    values: Vec<Option<String>>,
+    ids: Vec<u32>,
+}
+
+impl ValueColumn {
+    /// The `values` blob of a dimension (read by `ValuesBlob`): the
+    /// number of values, each as its length + 1 and bytes (0: none), the
+    /// number of events, then every event's value index (1, 2 or 4 bytes,
+    /// by the number of values), in the order of the `events` blob.
+    fn blob(&self) -> Vec<u8> {
+        let width = name_width(self.values.len());
+        let mut out = Vec::with_capacity(16 + self.ids.len() * width);
+        put(&mut out, self.values.len() as u64);
+        for v in &self.values {
+            match v {
+                None => put(&mut out, 0),
+                Some(v) => {
+                    put(&mut out, v.len() as u64 + 1);
+                    out.extend_from_slice(v.as_bytes());
+                }
+            }
+        }
+        put(&mut out, self.ids.len() as u64);
+        for &id in &self.ids {
+            out.extend_from_slice(&id.to_le_bytes()[..width]);
+        }
+        out
+    }
+}
+
+/// Numbers the distinct values of one dimension as they come.
+#[derive(Default)]
+struct Interner<'a> {
+    values: Vec<Option<String>>,
+    ids: HashMap<Option<std::borrow::Cow<'a, str>>, u32>,
+}
+
+impl<'a> Interner<'a> {
+    fn id(&mut self, v: Option<std::borrow::Cow<'a, str>>) -> u32 {
+        if let Some(&id) = self.ids.get(&v) {
+            return id;
+        }
+        let id = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.values.push(v.as_deref().map(str::to_owned));
+        self.ids.insert(v, id);
+        id
+    }
+}
+
+/// One hour of one project: its event names and its events, with their
+/// values of the [`INDEXED_DIMS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HourIndex {
     names: Vec<String>,
     /// (person, ms into the hour, name index), sorted by person, time and
     /// arrival.
     entries: Vec<(u32, u32, u32)>,
+    /// Per dimension of [`INDEXED_DIMS`], the entries' values, in the
+    /// entries' order; empty when the index has none (made from hours
+    /// indexed before values were kept).
+    values: Vec<ValueColumn>,
 }
 
 impl HourIndex {
@@ -139,7 +216,11 @@ impl HourIndex {
     pub fn build(events: &[EventFacts], ids: &HashMap<u64, u32>, start: i64) -> Self {
         let mut names: Vec<String> = Vec::new();
         let mut name_ids: HashMap<&str, u32> = HashMap::new();
-        let mut rows: Vec<(u32, i64, i64, u32)> = Vec::with_capacity(events.len());
+        let mut rows: Vec<(u32, i64, i64, u32, usize)> = Vec::with_capacity(events.len());
+        let mut interners: Vec<Interner> =
+            INDEXED_DIMS.iter().map(|_| Interner::default()).collect();
+        // Per kept event, its value index of each dimension in turn.
+        let mut value_ids: Vec<u32> = Vec::with_capacity(events.len() * INDEXED_DIMS.len());
         for e in events {
             let Some(&person) = e.visitor.and_then(|v| ids.get(&v)) else {
                 continue;
@@ -148,27 +229,54 @@ impl HourIndex {
                 names.push(e.name.clone());
                 u32::try_from(names.len() - 1).unwrap_or(u32::MAX)
             });
-            rows.push((person, e.timestamp, e.seq, name));
+            rows.push((person, e.timestamp, e.seq, name, rows.len()));
+            for (d, interner) in INDEXED_DIMS.iter().zip(&mut interners) {
+                value_ids.push(interner.id(e.rolled(*d)));
+            }
         }
         rows.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+        let values = interners
+            .into_iter()
+            .enumerate()
+            .map(|(d, interner)| ValueColumn {
+                values: interner.values,
+                ids: rows
+                    .iter()
+                    .map(|r| value_ids[r.4 * INDEXED_DIMS.len() + d])
+                    .collect(),
+            })
+            .collect();
         let entries = rows
             .into_iter()
-            .map(|(p, t, _, n)| (p, u32::try_from(t - start).unwrap_or(0), n))
+            .map(|(p, t, _, n, _)| (p, u32::try_from(t - start).unwrap_or(0), n))
             .collect();
-        Self { names, entries }
+        Self {
+            names,
+            entries,
+            values,
+        }
     }
 
-    /// The index of a span (a day) made of hours, from their `events`
-    /// blobs: each hour's start in ms into the span, and its blob, in time
-    /// order. The same events, people and order as [`HourIndex::build`]
-    /// over the span's events gives (the names may be numbered in another
-    /// order); `None` when a blob cannot be read.
+    /// The index of a span (a day) made of hours: each hour's start in ms
+    /// into the span, its `events` blob and its `values` blobs (one per
+    /// dimension of [`INDEXED_DIMS`], in order, or none), in time order.
+    /// The same events, people, values and order as [`HourIndex::build`]
+    /// over the span's events gives (names and values may be numbered in
+    /// another order); without values when an hour has none. `None` when
+    /// a blob cannot be read.
     #[must_use]
-    pub fn merge<'b>(hours: impl IntoIterator<Item = (u32, &'b [u8])>) -> Option<Self> {
+    pub fn merge<'b>(
+        hours: impl IntoIterator<Item = (u32, &'b [u8], &'b [Vec<u8>])>,
+    ) -> Option<Self> {
         let mut names: Vec<String> = Vec::new();
         let mut name_ids: HashMap<&'b str, u32> = HashMap::new();
-        let mut entries = Vec::new();
-        for (offset, blob) in hours {
+        // (person, ms, name, position in `values`' columns).
+        let mut entries: Vec<(u32, u32, u32, u32)> = Vec::new();
+        let mut interners: Vec<Interner> =
+            INDEXED_DIMS.iter().map(|_| Interner::default()).collect();
+        let mut columns: Vec<Vec<u32>> = vec![Vec::new(); INDEXED_DIMS.len()];
+        let mut valued = true;
+        for (offset, blob, values) in hours {
             let hour = EventsBlob::parse(blob)?;
             let ids: Vec<u32> = hour
                 .names
@@ -180,28 +288,91 @@ impl HourIndex {
                     })
                 })
                 .collect();
+            valued &= values.len() == INDEXED_DIMS.len();
+            if valued {
+                for ((blob, interner), column) in
+                    values.iter().zip(&mut interners).zip(&mut columns)
+                {
+                    let v = ValuesBlob::parse(blob)?;
+                    if v.len != hour.ms.len() / 4 {
+                        return None;
+                    }
+                    let map: Vec<u32> = v
+                        .values
+                        .iter()
+                        .map(|x| interner.id(x.map(std::borrow::Cow::Borrowed)))
+                        .collect();
+                    for i in 0..v.len {
+                        column.push(*map.get(v.id(i))?);
+                    }
+                }
+            }
+            let base = u32::try_from(entries.len()).ok()?;
             entries.reserve(hour.ms.len() / 4);
             hour.each_run(|p, events| {
                 for i in events {
                     let name = *ids.get(hour.name_id(i)?)?;
-                    entries.push((p, offset.checked_add(hour.ms(i))?, name));
+                    let at = base.checked_add(u32::try_from(i).ok()?)?;
+                    entries.push((p, offset.checked_add(hour.ms(i))?, name, at));
                 }
                 Some(())
             })?;
         }
         // Stable: a person's events at one ms of one hour keep their
         // arrival order, and two hours never share a ms.
-        entries.sort_by_key(|&(p, ms, _)| (p, ms));
-        Some(Self { names, entries })
+        entries.sort_by_key(|&(p, ms, _, _)| (p, ms));
+        let values = if valued {
+            interners
+                .into_iter()
+                .zip(columns)
+                .map(|(interner, column)| ValueColumn {
+                    values: interner.values,
+                    ids: entries.iter().map(|e| column[e.3 as usize]).collect(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Some(Self {
+            names,
+            entries: entries
+                .into_iter()
+                .map(|(p, ms, n, _)| (p, ms, n))
+                .collect(),
+            values,
+        })
     }
 
     /// The index of an hour from its `events` blob, keeping only the events
-    /// at `[lo, hi)` ms into the hour; `None` when the blob cannot be read.
+    /// at `[lo, hi)` ms into the hour (without values); `None` when the
+    /// blob cannot be read.
     #[must_use]
     pub fn cut(blob: &[u8], (lo, hi): (u32, u32)) -> Option<Self> {
-        let mut hour = Self::merge([(0, blob)])?;
+        let mut hour = Self::merge([(0, blob, &[][..])])?;
         hour.entries.retain(|&(_, ms, _)| (lo..hi).contains(&ms));
         Some(hour)
+    }
+
+    /// The row the index is stored as: its `events`, `people` and
+    /// `values` blobs.
+    #[must_use]
+    pub fn row(&self) -> IndexRow {
+        IndexRow {
+            events: self.events_blob(),
+            people: self.people_blob(),
+            values: self.values_blobs(),
+        }
+    }
+
+    /// The `values` blobs, one per dimension of [`INDEXED_DIMS`] with its
+    /// code (see `ValueColumn::blob`); none when the index has no values.
+    #[must_use]
+    pub fn values_blobs(&self) -> Vec<(i16, Vec<u8>)> {
+        INDEXED_DIMS
+            .iter()
+            .zip(&self.values)
+            .map(|(d, c)| (d.code(), c.blob()))
+            .collect()
     }
 
     /// The `events` blob (read by `EventsBlob`): names; the number of
@@ -368,6 +539,52 @@ impl<'a> EventsBlob<'a> {
     }
 }
 
+/// A `values` blob, checked (see `ValueColumn::blob`).
+struct ValuesBlob<'a> {
+    values: Vec<Option<&'a str>>,
+    len: usize,
+    ids: &'a [u8],
+    width: usize,
+}
+
+impl<'a> ValuesBlob<'a> {
+    fn parse(blob: &'a [u8]) -> Option<Self> {
+        let mut c = Cursor::new(blob);
+        let n = usize::try_from(c.get()?).ok()?;
+        let mut values = Vec::with_capacity(n.min(1 << 16));
+        for _ in 0..n {
+            values.push(match usize::try_from(c.get()?).ok()? {
+                0 => None,
+                len => Some(std::str::from_utf8(c.bytes(len - 1)?).ok()?),
+            });
+        }
+        let len = usize::try_from(c.get()?).ok()?;
+        let width = name_width(n);
+        let ids = c.bytes(len.checked_mul(width)?)?;
+        c.at_end().then_some(Self {
+            values,
+            len,
+            ids,
+            width,
+        })
+    }
+
+    /// Event `i`'s value index (not checked against the values).
+    fn id(&self, i: usize) -> usize {
+        read_index(&self.ids[i * self.width..(i + 1) * self.width])
+    }
+}
+
+/// A little-endian index of 1, 2 or 4 bytes.
+fn read_index(b: &[u8]) -> usize {
+    match *b {
+        [x] => usize::from(x),
+        [x, y] => usize::from(u16::from_le_bytes([x, y])),
+        [x, y, z, w] => u32::from_le_bytes([x, y, z, w]) as usize,
+        _ => usize::MAX,
+    }
+}
+
 /// Calls `visit` for each person of a `people` blob active in all (`name`
 /// `None`) or with events named `name`.
 fn each_person(blob: &[u8], name: Option<&str>, mut visit: impl FnMut(u32)) -> Option<()> {
@@ -414,7 +631,8 @@ enum Piece {
 /// it that are over (before `now`'s hour), indexed, up to date and
 /// `usable` (given their `[start, end)` in ms) from the index; with `cut`,
 /// the hours at its edges that are over, indexed and up to date from
-/// their rows cut to the range; the rest raw. A day's row is up to date
+/// their rows cut to the range; the rest raw. With `dims` (codes), only
+/// rows with the values of those dimensions are read. A day's row is up to date
 /// when the day is not marked (its hours were not redone since the row
 /// was made) and none of its hours is; an hour's when it is not marked.
 async fn plan(
@@ -424,6 +642,7 @@ async fn plan(
     now: i64,
     usable: impl Fn(i64, i64) -> bool,
     cut: bool,
+    dims: &[i16],
 ) -> Result<Vec<Piece>, StoreError> {
     // The hours that touch the range and are over.
     let first = from.div_euclid(HOUR_MS);
@@ -442,7 +661,10 @@ async fn plan(
         let mut days = std::collections::HashSet::new();
         if d0 < d1 {
             let due = store.days_due(project, d0, d1).await?;
-            for h in store.indexed(project, Span::Day, (first, end)).await? {
+            for h in store
+                .indexed(project, Span::Day, (first, end), dims)
+                .await?
+            {
                 let day = h.div_euclid(HOURS_PER_DAY);
                 let (a, b) = (h * HOUR_MS, (h + HOURS_PER_DAY) * HOUR_MS);
                 if a >= from
@@ -456,7 +678,10 @@ async fn plan(
                 }
             }
         }
-        for h in store.indexed(project, Span::Hour, (first, end)).await? {
+        for h in store
+            .indexed(project, Span::Hour, (first, end), dims)
+            .await?
+        {
             if days.contains(&h.div_euclid(HOURS_PER_DAY)) || dirty.contains(&h) {
                 continue;
             }
@@ -581,14 +806,6 @@ impl Numbers {
     }
 }
 
-/// Whether the index can answer `f`: no filters and no breakdown.
-#[must_use]
-pub fn answers_funnel(f: &Funnel) -> bool {
-    f.query.filters.is_empty()
-        && f.breakdown.is_none()
-        && f.steps.iter().all(|s| s.filters.is_empty())
-}
-
 /// A set of person numbers, one bit each.
 #[derive(Debug, Clone, Default)]
 struct Bits(Vec<u64>);
@@ -641,13 +858,13 @@ impl Seen {
         self.last = self.last.max(p);
     }
 
-    /// Takes an hour of the index whose names' masks are `masks`; `None`
+    /// Takes an hour of the index whose events' steps are `marks`; `None`
     /// when a name index is out of range.
-    fn hour(&mut self, hour: &EventsBlob, masks: &[u32]) -> Option<()> {
+    fn hour(&mut self, hour: &EventsBlob, marks: &Marks) -> Option<()> {
         hour.each_run(|p, events| {
             let mut m = 0;
             for i in events {
-                m |= hour.mask(masks, i)?;
+                m |= marks.mask(hour, i)?;
             }
             self.saw(p, m);
             Some(())
@@ -655,8 +872,205 @@ impl Seen {
     }
 }
 
-/// A step event of a raw piece, numbered: (person, time, arrival, mask).
-type RawHit = (u32, i64, i64, u32);
+/// The steps each event of an `events` blob is (bits) and, with a
+/// breakdown, its value (a number of the query's [`Valued`]).
+#[derive(Clone)]
+enum Marks {
+    /// By the event's name (one per name): no filters on other
+    /// dimensions, no breakdown.
+    ByName(Vec<u32>),
+    /// Per event.
+    ByEvent { masks: Vec<u32>, values: Vec<u32> },
+}
+
+impl Marks {
+    /// Event `i`'s steps; `None` when its name index is out of range.
+    fn mask(&self, hour: &EventsBlob, i: usize) -> Option<u32> {
+        match self {
+            Marks::ByName(masks) => hour.mask(masks, i),
+            Marks::ByEvent { masks, .. } => masks.get(i).copied(),
+        }
+    }
+
+    /// Event `i`'s breakdown value (0 without a breakdown).
+    fn value(&self, i: usize) -> u32 {
+        match self {
+            Marks::ByName(_) => 0,
+            Marks::ByEvent { values, .. } => values.get(i).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// Whether the index can answer `f`: its filters and breakdown are all on
+/// the event name or an indexed dimension (not on properties).
+#[must_use]
+pub fn answers_funnel(f: &Funnel) -> bool {
+    f.dimensions().all(|(_, d)| match d {
+        Dimension::Rolled(d) => *d == Dim::Event || INDEXED_DIMS.contains(d),
+        Dimension::Property(_) => false,
+    })
+}
+
+/// A funnel with filters or a breakdown read from the index: the
+/// dimensions it reads, and its breakdown values, numbered as met (0 is
+/// the first met, so that a funnel without breakdown has one group).
+struct Valued<'f> {
+    f: &'f Funnel,
+    /// Indexed dimensions read (by code).
+    dims: Vec<Dim>,
+    values: Vec<Option<String>>,
+    ids: HashMap<Option<String>, u32>,
+}
+
+impl<'f> Valued<'f> {
+    /// `None` when `f` has no filters and no breakdown (its steps are
+    /// then known from the event names alone).
+    fn new(f: &'f Funnel) -> Option<Self> {
+        f.dimensions().next()?;
+        let mut dims: Vec<Dim> = f
+            .dimensions()
+            .filter_map(|(_, d)| d.rolled())
+            .filter(|d| INDEXED_DIMS.contains(d))
+            .collect();
+        dims.sort_by_key(|d| d.code());
+        dims.dedup();
+        Some(Self {
+            f,
+            dims,
+            values: Vec::new(),
+            ids: HashMap::new(),
+        })
+    }
+
+    fn codes(&self) -> Vec<i16> {
+        self.dims.iter().map(|d| d.code()).collect()
+    }
+
+    /// The number of breakdown value `v`.
+    fn id(&mut self, v: Option<&str>) -> u32 {
+        if let Some(&id) = self.ids.get(&v.map(str::to_owned)) {
+            return id;
+        }
+        let id = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
+        self.values.push(v.map(str::to_owned));
+        self.ids.insert(v.map(str::to_owned), id);
+        id
+    }
+
+    /// The steps whose filters on `dim` (and the funnel's) all pass
+    /// `value`, as bits.
+    fn passing(&self, dim: &Dimension, value: Option<&str>) -> u32 {
+        let pass = |filters: &[Filter]| {
+            filters
+                .iter()
+                .filter(|x| x.dimension == *dim)
+                .all(|x| x.matches(value))
+        };
+        if !pass(&self.f.query.filters) {
+            return 0;
+        }
+        self.f
+            .steps
+            .iter()
+            .enumerate()
+            .take(super::funnel::MAX_STEPS)
+            .filter(|(_, s)| pass(&s.filters))
+            .fold(0, |m, (k, _)| m | 1 << k)
+    }
+
+    /// The marks of the events of `hour`, whose values of `self.dims` are
+    /// `values` (blobs in that order); `None` when one cannot be read.
+    fn marks(&mut self, hour: &EventsBlob, values: &[Vec<u8>]) -> Option<Marks> {
+        let n = hour.ms.len() / 4;
+        let event = Dimension::Rolled(Dim::Event);
+        let by_name: Vec<u32> = hour
+            .names
+            .iter()
+            .map(|name| self.f.mask(name, |_| true) & self.passing(&event, Some(name)))
+            .collect();
+        let mut masks = Vec::with_capacity(n);
+        for i in 0..n {
+            masks.push(*by_name.get(hour.name_id(i)?)?);
+        }
+        if values.len() != self.dims.len() {
+            return None;
+        }
+        let breakdown = self.f.breakdown.as_ref().and_then(Dimension::rolled);
+        let mut broken = Vec::new();
+        for (d, blob) in self.dims.clone().into_iter().zip(values) {
+            let column = ValuesBlob::parse(blob).filter(|c| c.len == n)?;
+            let passing: Vec<u32> = column
+                .values
+                .iter()
+                .map(|v| self.passing(&Dimension::Rolled(d), *v))
+                .collect();
+            for (i, m) in masks.iter_mut().enumerate() {
+                *m &= *passing.get(column.id(i))?;
+            }
+            if breakdown == Some(d) {
+                let ids: Vec<u32> = column.values.iter().map(|v| self.id(*v)).collect();
+                broken = (0..n)
+                    .map(|i| ids.get(column.id(i)).copied())
+                    .collect::<Option<_>>()?;
+            }
+        }
+        if breakdown == Some(Dim::Event) {
+            let ids: Vec<u32> = hour.names.iter().map(|v| self.id(Some(v))).collect();
+            broken = (0..n)
+                .map(|i| ids.get(hour.name_id(i)?).copied())
+                .collect::<Option<_>>()?;
+        }
+        Some(Marks::ByEvent {
+            masks,
+            values: broken,
+        })
+    }
+}
+
+/// Calls `each` with the first hour, the `events` blob and its events'
+/// [`Marks`] of every row of the index that `piece` reads (an hour at an
+/// edge cut to the range, only without `valued`); nothing for a raw
+/// piece.
+async fn marked_rows(
+    store: &Store,
+    f: &Funnel,
+    piece: &Piece,
+    valued: Option<&mut Valued<'_>>,
+    mut each: impl FnMut(i64, Vec<u8>, Marks) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let project = f.query.project;
+    let Some(valued) = valued else {
+        return events_rows(store, project, piece, |h, blob| {
+            let marks = EventsBlob::parse(&blob)
+                .map(|hour| Marks::ByName(hour.masks(|n| f.mask(n, |_| true))))
+                .ok_or_else(|| unreadable(project, h))?;
+            each(h, blob, marks)
+        })
+        .await;
+    };
+    let Piece::Index(span, a, b) = *piece else {
+        return Ok(()); // raw (a valued funnel asks for no parts)
+    };
+    let mut values: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
+    store
+        .person_values(project, span, (a, b), &valued.codes(), |h, _, blob| {
+            values.entry(h).or_default().push(blob);
+            Ok(())
+        })
+        .await?;
+    store
+        .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
+            let marks = EventsBlob::parse(&blob)
+                .and_then(|hour| valued.marks(&hour, values.get(&h).map_or(&[][..], Vec::as_slice)))
+                .ok_or_else(|| unreadable(project, h))?;
+            each(h, blob, marks)
+        })
+        .await
+}
+
+/// A step event of a raw piece, numbered: (person, time, arrival, mask,
+/// breakdown value).
+type RawHit = (u32, i64, i64, u32, u32);
 
 /// `events` blob bytes a funnel keeps from its first pass for its second;
 /// beyond, the second reads them again.
@@ -682,23 +1096,27 @@ struct Follow<'a> {
     base: u32,
     slot_of: Vec<u32>,
     arena: Progress,
+    /// With a breakdown, the steps per value.
+    groups: Option<HashMap<u32, Vec<StepCount>>>,
 }
 
 impl<'a> Follow<'a> {
     /// No progress yet, for a funnel of `n` steps with window `window`
-    /// (ms), following the people in `later`, numbered from `base`.
-    fn new(later: &'a Bits, window: i64, n: usize, base: u32) -> Self {
+    /// (ms), following the people in `later`, numbered from `base`,
+    /// counting per breakdown value too when `groups`.
+    fn new(later: &'a Bits, window: i64, n: usize, (base, groups): (u32, bool)) -> Self {
         Self {
             later,
             window,
             base,
             slot_of: Vec::new(),
             arena: Progress::arena(n),
+            groups: groups.then(HashMap::new),
         }
     }
 
-    /// Takes person `p`'s next step event.
-    fn event(&mut self, p: u32, at: (i64, i64), mask: u32) {
+    /// Takes person `p`'s next step event, with its breakdown value.
+    fn event(&mut self, p: u32, at: (i64, i64), mask: u32, value: u32) {
         let i = (p - self.base) as usize;
         if i >= self.slot_of.len() {
             self.slot_of.resize(i + 1, 0);
@@ -710,7 +1128,7 @@ impl<'a> Follow<'a> {
             self.slot_of[i] = self.arena.add();
         }
         self.arena
-            .advance(self.slot_of[i], self.window, at, mask, 0);
+            .advance(self.slot_of[i], self.window, at, mask, i64::from(value));
     }
 
     /// Takes the step events of person `p`'s run `events` of `hour`
@@ -718,7 +1136,7 @@ impl<'a> Follow<'a> {
     /// index is out of range.
     fn run(
         &mut self,
-        (hour, masks, start): (&EventsBlob, &[u32], i64),
+        (hour, marks, start): (&EventsBlob, &Marks, i64),
         p: u32,
         events: std::ops::Range<usize>,
     ) -> Option<()> {
@@ -731,29 +1149,35 @@ impl<'a> Follow<'a> {
         let mut start_row = None;
         let at = |i: usize| (start + i64::from(hour.ms(i)), i as i64);
         for i in events {
-            match hour.mask(masks, i)? {
+            match marks.mask(hour, i)? {
                 0 => {}
                 1 => start_row = Some(i),
                 mask => {
                     if let Some(j) = start_row.take() {
-                        self.event(p, at(j), 1);
+                        self.event(p, at(j), 1, marks.value(j));
                     }
-                    self.event(p, at(i), mask);
+                    self.event(p, at(i), mask, marks.value(i));
                 }
             }
         }
         if let Some(j) = start_row {
-            self.event(p, at(j), 1);
+            self.event(p, at(j), 1, marks.value(j));
         }
         Some(())
     }
 
-    /// Counts the progress so far into `steps`, and starts afresh with
-    /// the people numbered from `base`.
+    /// Counts the progress so far into `steps` (and the groups), and
+    /// starts afresh with the people numbered from `base`.
     fn finish(&mut self, steps: &mut [StepCount], base: u32) {
         for slot in 1..u32::try_from(self.arena.len()).unwrap_or(u32::MAX) {
-            if let Some((last, times, _)) = self.arena.furthest(slot) {
+            if let Some((last, times, value)) = self.arena.furthest(slot) {
                 count(steps, last, times);
+                if let Some(groups) = &mut self.groups {
+                    let g = groups
+                        .entry(u32::try_from(value).unwrap_or(0))
+                        .or_insert_with(|| vec![StepCount::default(); steps.len()]);
+                    count(g, last, times);
+                }
             }
         }
         self.arena.clear();
@@ -771,7 +1195,7 @@ enum Source<'a> {
     Hour {
         h: i64,
         blob: EventsBlob<'a>,
-        masks: Vec<u32>,
+        marks: &'a Marks,
         runs: Cursor<'a>,
         left: usize,
         person: u32,
@@ -783,11 +1207,11 @@ enum Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn hour(h: i64, blob: &'a [u8], mask_of: impl Fn(&str) -> u32) -> Option<Self> {
+    fn hour(h: i64, blob: &'a [u8], marks: &'a Marks) -> Option<Self> {
         let blob = EventsBlob::parse(blob)?;
         Some(Source::Hour {
             h,
-            masks: blob.masks(mask_of),
+            marks,
             runs: Cursor::new(blob.runs),
             left: blob.run_count,
             person: 0,
@@ -805,7 +1229,7 @@ impl<'a> Source<'a> {
             Source::Hour {
                 h,
                 blob,
-                masks,
+                marks,
                 runs,
                 left,
                 person,
@@ -829,15 +1253,15 @@ impl<'a> Source<'a> {
                 }
                 *next = None;
                 if let Some(f) = follow.as_deref_mut() {
-                    f.run((blob, masks, *h * HOUR_MS), p, *at..*at + len)
+                    f.run((blob, marks, *h * HOUR_MS), p, *at..*at + len)
                         .ok_or(*h)?;
                 }
                 *at += len;
             },
             Source::Raw { hits, at } => {
-                while let Some(&(p, t, seq, mask)) = hits.get(*at).filter(|x| x.0 < end) {
+                while let Some(&(p, t, seq, mask, value)) = hits.get(*at).filter(|x| x.0 < end) {
                     if let Some(f) = follow.as_deref_mut().filter(|f| f.later.get(p)) {
-                        f.event(p, (t, seq), mask);
+                        f.event(p, (t, seq), mask, value);
                     }
                     *at += 1;
                 }
@@ -871,18 +1295,30 @@ fn follow_ranges(
     Ok(())
 }
 
+/// Steps counted, with the steps per breakdown value.
+type Counted = (Vec<StepCount>, HashMap<u32, Vec<StepCount>>);
+
+/// Adds the counts of `from` to `into`.
+fn add_steps(into: &mut [StepCount], from: Vec<StepCount>) {
+    for (s, p) in into.iter_mut().zip(from) {
+        s.people += p.people;
+        s.times_ms.extend(p.times_ms);
+    }
+}
+
 /// [`follow_ranges`] over `people` people on up to `threads` threads,
-/// each with its share of the ranges and its own progress.
+/// each with its share of the ranges and its own progress; per breakdown
+/// value too when `groups`.
 fn follow_in_parallel(
     sources: &[Source],
-    (later, window, n): (&Bits, i64, usize),
+    (later, window, n, groups): (&Bits, i64, usize, bool),
     (people, per, threads): (u32, u32, u32),
-) -> Result<Vec<StepCount>, i64> {
+) -> Result<Counted, i64> {
     let ranges = people.div_ceil(per.max(1)).max(1);
     let threads = threads.clamp(1, ranges);
     let share = ranges.div_ceil(threads).saturating_mul(per.max(1));
     let run = |start: u32| {
-        let mut follow = Follow::new(later, window, n, start);
+        let mut follow = Follow::new(later, window, n, (start, groups));
         let mut steps = vec![StepCount::default(); n];
         let end = start.saturating_add(share).min(people);
         follow_ranges(
@@ -891,9 +1327,9 @@ fn follow_in_parallel(
             (start, end, per),
             &mut steps,
         )?;
-        Ok(steps)
+        Ok((steps, follow.groups.unwrap_or_default()))
     };
-    let parts: Vec<Result<Vec<StepCount>, i64>> = std::thread::scope(|scope| {
+    let parts: Vec<Result<Counted, i64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (1..threads)
             .map(|i| scope.spawn(move || run(i.saturating_mul(share))))
             .collect();
@@ -906,13 +1342,19 @@ fn follow_in_parallel(
         parts
     });
     let mut steps = vec![StepCount::default(); n];
+    let mut all: HashMap<u32, Vec<StepCount>> = HashMap::new();
     for part in parts {
-        for (s, p) in steps.iter_mut().zip(part?) {
-            s.people += p.people;
-            s.times_ms.extend(p.times_ms);
+        let (part, part_groups) = part?;
+        add_steps(&mut steps, part);
+        for (v, g) in part_groups {
+            add_steps(
+                all.entry(v)
+                    .or_insert_with(|| vec![StepCount::default(); n]),
+                g,
+            );
         }
     }
-    Ok(steps)
+    Ok((steps, all))
 }
 
 /// A task that is aborted when this is dropped.
@@ -924,20 +1366,28 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// The step events of `f` in the raw pieces `ranges`, numbered with
-/// `numbers`, each piece's by person, then time and arrival (each
-/// person's in order, what the second pass of [`funnel`] needs); and the
-/// numbers, with those given to people the job has not numbered yet.
+/// What [`read_raw_hits`] gives: per raw piece its hits, the breakdown
+/// values they number, and the person numbers.
+type RawRead = (Vec<Vec<RawHit>>, Vec<Option<String>>, Numbers);
+
+/// The step events of `f` in the raw pieces `ranges` (those that pass its
+/// filters, with their breakdown values numbered in the order met),
+/// numbered with `numbers`, each piece's by person, then time and arrival
+/// (each person's in order, what the second pass of [`funnel`] needs);
+/// and the numbers, with those given to people the job has not numbered
+/// yet.
 async fn read_raw_hits(
     store: Store,
     f: Funnel,
     ranges: Vec<(i64, i64)>,
     mut numbers: Numbers,
-) -> Result<(Vec<Vec<RawHit>>, Numbers), StoreError> {
+) -> Result<RawRead, StoreError> {
     let project = f.query.project;
     let names = f.step_names();
-    let cols = EventColumns::reading(Some(&names), []);
-    let mask_of = |name: &str| f.mask(name, |_| true);
+    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
+        .keeping(&f.query.filters);
+    let mut values: Vec<Option<String>> = Vec::new();
+    let mut value_ids: HashMap<Option<String>, u32> = HashMap::new();
     let mut raw = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         let mut hits = Vec::new();
@@ -945,16 +1395,36 @@ async fn read_raw_hits(
         while let Some((a, b)) = reads.next(&store).await? {
             let events = store.event_facts(project, a, b, &cols).await?;
             numbers.number(&store, &events).await?;
-            hits.extend(events.iter().filter_map(|e| {
-                let mask = mask_of(&e.name);
-                let p = numbers.of(e.visitor).filter(|_| mask != 0)?;
-                Some((p, e.timestamp, e.seq, mask))
-            }));
+            for e in &events {
+                let passes = |filters: &[Filter]| {
+                    filters
+                        .iter()
+                        .all(|x| x.matches(e.value(&x.dimension).as_deref()))
+                };
+                if !passes(&f.query.filters) {
+                    continue;
+                }
+                let mask = f.mask(&e.name, passes);
+                let Some(p) = numbers.of(e.visitor).filter(|_| mask != 0) else {
+                    continue;
+                };
+                let value = match &f.breakdown {
+                    None => 0,
+                    Some(d) => {
+                        let v = e.value(d);
+                        *value_ids.entry(v.clone()).or_insert_with(|| {
+                            values.push(v);
+                            u32::try_from(values.len() - 1).unwrap_or(u32::MAX)
+                        })
+                    }
+                };
+                hits.push((p, e.timestamp, e.seq, mask, value));
+            }
         }
         hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
         raw.push(hits);
     }
-    Ok((raw, numbers))
+    Ok((raw, values, numbers))
 }
 
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
@@ -967,7 +1437,15 @@ async fn read_raw_hits(
 /// blobs (kept for the second pass, up to `MAX_KEPT_BYTES`) and the raw
 /// pieces' events (kept too); the second streams in time order through a
 /// [`Progress`] only the step events of people who did both, skipping
-/// everyone else's runs whole, and the rest count at step 1.
+/// everyone else's runs whole, and the rest count at step 1. With a
+/// breakdown, everyone who did the first step's event is followed (their
+/// value is their attempt's).
+///
+/// The steps of an event of the index are known from its name, and with
+/// filters or a breakdown from its values of the dimensions they are on
+/// (per dimension, the steps each value passes); the rows without values
+/// are then read raw, and so are the edge hours (their rows are cut only
+/// without values).
 ///
 /// # Errors
 /// The database error, or an unreadable blob.
@@ -979,10 +1457,19 @@ pub async fn funnel(
 ) -> Result<FunnelAnswer, StoreError> {
     let project = f.query.project;
     let n = f.steps.len();
-    // No step filters here (see `answers_funnel`).
-    let mask_of = |name: &str| f.mask(name, |_| true);
+    let mut valued = Valued::new(f);
+    let codes = valued.as_ref().map(Valued::codes).unwrap_or_default();
     let numbers = Numbers::new(store, project).await?;
-    let pieces = plan(store, project, (from, to), now, |_, _| true, true).await?;
+    let pieces = plan(
+        store,
+        project,
+        (from, to),
+        now,
+        |_, _| true,
+        valued.is_none(),
+        &codes,
+    )
+    .await?;
 
     // First pass: who did the first step, who the second (`seen`); the
     // raw pieces' step events, numbered, in time order. The raw pieces are
@@ -1004,21 +1491,18 @@ pub async fn funnel(
         numbers,
     )));
     let mut seen = Seen::default();
-    let mut kept: Vec<(i64, Vec<u8>)> = Vec::new();
+    let mut kept: Vec<(i64, Vec<u8>, Marks)> = Vec::new();
     let (mut kept_bytes, mut keep) = (0usize, true);
-    let scan = |seen: &mut Seen, h: i64, blob: &[u8]| {
-        EventsBlob::parse(blob)
-            .and_then(|hour| seen.hour(&hour, &hour.masks(mask_of)))
-            .ok_or_else(|| unreadable(project, h))
-    };
     for piece in &pieces {
-        events_rows(store, project, piece, |h, blob| {
-            scan(&mut seen, h, &blob)?;
+        marked_rows(store, f, piece, valued.as_mut(), |h, blob, marks| {
+            EventsBlob::parse(&blob)
+                .and_then(|hour| seen.hour(&hour, &marks))
+                .ok_or_else(|| unreadable(project, h))?;
             if keep {
                 kept_bytes += blob.len();
                 keep = kept_bytes <= MAX_KEPT_BYTES;
                 if keep {
-                    kept.push((h, blob));
+                    kept.push((h, blob, marks));
                 } else {
                     kept = Vec::new();
                 }
@@ -1027,17 +1511,28 @@ pub async fn funnel(
         })
         .await?;
     }
-    let (raw, numbers) = (&mut raw_task.0).await.map_err(|e| {
+    let (mut raw, raw_values, numbers) = (&mut raw_task.0).await.map_err(|e| {
         StoreError::Db(sea_orm::DbErr::Custom(format!(
             "the funnel's read of raw events stopped: {e}"
         )))
     })??;
-    for &(p, _, _, mask) in raw.iter().flatten() {
+    if let Some(v) = valued.as_mut() {
+        // The raw pieces' values, numbered as the index's.
+        let ids: Vec<u32> = raw_values.iter().map(|x| v.id(x.as_deref())).collect();
+        for hit in raw.iter_mut().flatten() {
+            hit.4 = ids.get(hit.4 as usize).copied().unwrap_or(0);
+        }
+    }
+    for &(p, _, _, mask, _) in raw.iter().flatten() {
         seen.saw(p, mask);
     }
 
-    // Second pass: the people who did both, followed step by step.
+    // Second pass: the people who did both (with a breakdown, everyone
+    // who did the first), followed step by step.
+    let breakdown = f.breakdown.is_some();
+    let later = if breakdown { &seen.first } else { &seen.second };
     let mut steps = vec![StepCount::default(); n];
+    let groups;
     if keep {
         // A range of people at a time, through every hour and piece.
         let mut sources = Vec::with_capacity(kept.len() + raw.len());
@@ -1052,9 +1547,9 @@ pub async fn funnel(
                     continue;
                 }
             };
-            while let Some((h, blob)) = kept_iter.next_if(|(h, _)| *h < end) {
+            while let Some((h, blob, marks)) = kept_iter.next_if(|(h, _, _)| *h < end) {
                 let source =
-                    Source::hour(*h, blob, mask_of).ok_or_else(|| unreadable(project, *h))?;
+                    Source::hour(*h, blob, marks).ok_or_else(|| unreadable(project, *h))?;
                 sources.push(source);
             }
         }
@@ -1064,15 +1559,15 @@ pub async fn funnel(
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
             .min(MAX_THREADS);
-        steps = follow_in_parallel(
+        (steps, groups) = follow_in_parallel(
             &sources,
-            (&seen.second, f.window_ms, n),
+            (later, f.window_ms, n, breakdown),
             (people, per, threads),
         )
         .map_err(|h| unreadable(project, h))?;
     } else {
         // Everyone at once, each hour read again as it comes.
-        let mut follow = Follow::new(&seen.second, f.window_ms, n, 0);
+        let mut follow = Follow::new(later, f.window_ms, n, (0, breakdown));
         let mut raw = raw.into_iter();
         for piece in &pieces {
             if let Piece::Raw(..) = piece {
@@ -1082,8 +1577,8 @@ pub async fn funnel(
                     .map_err(|h| unreadable(project, h))?;
                 continue;
             }
-            events_rows(store, project, piece, |h, blob| {
-                Source::hour(h, &blob, mask_of)
+            marked_rows(store, f, piece, valued.as_mut(), |h, blob, marks| {
+                Source::hour(h, &blob, &marks)
                     .ok_or(h)
                     .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
                     .map_err(|h| unreadable(project, h))
@@ -1091,13 +1586,21 @@ pub async fn funnel(
             .await?;
         }
         follow.finish(&mut steps, 0);
+        groups = follow.groups.take().unwrap_or_default();
     }
-    // Who did the first step's event and never the second's reached
-    // step 1 only.
-    steps[0].people += seen.first.count_without(&seen.second);
+    if !breakdown {
+        // Who did the first step's event and never the second's reached
+        // step 1 only.
+        steps[0].people += seen.first.count_without(&seen.second);
+    }
+    let values = valued.map(|v| v.values).unwrap_or_default();
     Ok(FunnelAnswer {
         steps,
-        groups: Vec::new(),
+        groups: if breakdown {
+            super::funnel::named_groups(groups, &values)
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -1164,7 +1667,16 @@ pub async fn retention(
     };
     let cols = EventColumns::reading(names.as_deref(), []);
     let mut numbers = Numbers::new(store, project).await?;
-    let pieces = plan(store, project, (earliest.min(from), to), now, usable, false).await?;
+    let pieces = plan(
+        store,
+        project,
+        (earliest.min(from), to),
+        now,
+        usable,
+        false,
+        &[],
+    )
+    .await?;
     for piece in pieces {
         match piece {
             Piece::Index(span, a, b) => {
@@ -1344,6 +1856,28 @@ mod tests {
         seen
     }
 
+    /// Each event of a row: person, ms, name, and its value of each
+    /// indexed dimension.
+    fn valued_events(row: &IndexRow) -> Vec<(u32, u32, String, Vec<Option<String>>)> {
+        let columns: Vec<ValuesBlob> = row
+            .values
+            .iter()
+            .map(|(_, b)| ValuesBlob::parse(b).unwrap())
+            .collect();
+        let mut i = 0;
+        named_events(&row.events)
+            .into_iter()
+            .map(|(p, ms, name)| {
+                let values = columns
+                    .iter()
+                    .map(|c| c.values[c.id(i)].map(str::to_owned))
+                    .collect();
+                i += 1;
+                (p, ms, name, values)
+            })
+            .collect()
+    }
+
     #[test]
     fn a_day_merged_from_its_hours_is_the_day_indexed_at_once() {
         // 24 hours, each with names of its own (288 in all: a day's name
@@ -1372,19 +1906,82 @@ mod tests {
                 let t = start + next(HOUR_MS as u64) as i64;
                 // Visitor 999 has no number: left out.
                 let visitor = if next(50) == 0 { 999 } else { next(500) };
-                events.push(event(seq, &name, t, visitor));
+                // Values: a country (or none), a city of 300 (a day's
+                // take 2 bytes), a page from the URL, a number as text.
+                let mut e = event(seq, &name, t, visitor);
+                if next(4) != 0 {
+                    e.enrichment.insert(
+                        "country".into(),
+                        ["DE", "FR", "US"][next(3) as usize].into(),
+                    );
+                }
+                e.enrichment
+                    .insert("city".into(), format!("c{}", next(300)).into());
+                e.enrichment
+                    .insert("utm_campaign".into(), serde_json::json!(next(3)));
+                e.url = Some(format!("/p{}", next(5)));
+                events.push(e.clone());
                 if next(10) == 0 {
                     seq += 1;
-                    events.push(event(seq, "same-ms", t, visitor));
+                    events.push(EventFacts {
+                        seq,
+                        name: "same-ms".into(),
+                        ..e
+                    });
                 }
             }
-            let blob = HourIndex::build(&events, &ids, start).events_blob();
-            hours.push(((h * HOUR_MS) as u32, blob));
+            let row = HourIndex::build(&events, &ids, start).row();
+            let values: Vec<Vec<u8>> = row.values.iter().map(|(_, b)| b.clone()).collect();
+            hours.push(((h * HOUR_MS) as u32, row.events, values));
             all.extend(events);
         }
-        let merged = HourIndex::merge(hours.iter().map(|(o, b)| (*o, b.as_slice()))).unwrap();
+        let merged = HourIndex::merge(
+            hours
+                .iter()
+                .map(|(o, b, v)| (*o, b.as_slice(), v.as_slice())),
+        )
+        .unwrap();
         let whole = HourIndex::build(&all, &ids, day);
         assert!(merged.names.len() > 256);
+        // The same events with the same values, in the same order.
+        let (a, b) = (merged.row(), whole.row());
+        assert_eq!(valued_events(&a), valued_events(&b));
+        let codes: Vec<i16> = a.values.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, INDEXED_DIMS.map(Dim::code));
+        let city = ValuesBlob::parse(&a.values[8].1).unwrap();
+        assert_eq!((city.width, city.values.len()), (2, 300));
+        let campaign = valued_events(&a).iter().find_map(|e| e.3[5].clone());
+        assert!(campaign.is_some_and(|c| ["0", "1", "2"].contains(&c.as_str())));
+        assert!(
+            valued_events(&a).iter().any(|e| e.3[6].is_none()),
+            "no country: none"
+        );
+        // An hour without values leaves the day without.
+        let mut bare = hours.clone();
+        bare[4].2.clear();
+        let day_row = HourIndex::merge(
+            bare.iter()
+                .map(|(o, b, v)| (*o, b.as_slice(), v.as_slice())),
+        )
+        .unwrap()
+        .row();
+        assert!(day_row.values.is_empty());
+        assert_eq!(day_row.events, a.events);
+        // Values that are not the hour's events' make it unreadable.
+        let mut short = hours.clone();
+        short[2].2[3] = ValueColumn {
+            values: vec![None],
+            ids: vec![0; 3],
+        }
+        .blob();
+        assert!(
+            HourIndex::merge(
+                short
+                    .iter()
+                    .map(|(o, b, v)| (*o, b.as_slice(), v.as_slice()))
+            )
+            .is_none()
+        );
         let got = named_events(&merged.events_blob());
         assert_eq!(
             got.len(),
@@ -1407,7 +2004,13 @@ mod tests {
         }
         // A cut hour makes the day unreadable, not wrong.
         let cut = &hours[3].1[..hours[3].1.len() - 1];
-        assert!(HourIndex::merge([(0, hours[0].1.as_slice()), (HOUR_MS as u32, cut)]).is_none());
+        assert!(
+            HourIndex::merge([
+                (0, hours[0].1.as_slice(), &[][..]),
+                (HOUR_MS as u32, cut, &[][..])
+            ])
+            .is_none()
+        );
     }
 
     #[test]
@@ -1427,6 +2030,8 @@ mod tests {
             _ => 0,
         };
         let ids: HashMap<u64, u32> = (0..60).map(|v| (v, v as u32)).collect();
+        // Each event's breakdown value: its arrival number mod 3.
+        let value_of = |seq: i64| u32::try_from(seq % 3).unwrap();
         let mut blobs = Vec::new();
         let mut raw_hits = Vec::new();
         let mut seq = 0;
@@ -1443,12 +2048,26 @@ mod tests {
                 for e in &events {
                     let mask = mask_of(&e.name);
                     if mask != 0 {
-                        raw_hits.push((ids[&e.visitor.unwrap()], e.timestamp, e.seq, mask));
+                        raw_hits.push((
+                            ids[&e.visitor.unwrap()],
+                            e.timestamp,
+                            e.seq,
+                            mask,
+                            value_of(e.seq),
+                        ));
                     }
                 }
                 raw_hits.sort_unstable_by_key(|h| (h.1, h.2));
             } else {
-                blobs.push((h, HourIndex::build(&events, &ids, start).events_blob()));
+                let index = HourIndex::build(&events, &ids, start);
+                // The events in the blob's order, for their values.
+                let mut order: Vec<&EventFacts> = events.iter().collect();
+                order.sort_by_key(|e| (e.visitor, e.timestamp, e.seq));
+                let marks = Marks::ByEvent {
+                    masks: order.iter().map(|e| mask_of(&e.name)).collect(),
+                    values: order.iter().map(|e| value_of(e.seq)).collect(),
+                };
+                blobs.push((h, index.events_blob(), marks));
             }
         }
         let mut later = Bits::default();
@@ -1457,25 +2076,25 @@ mod tests {
                 later.set(p); // everyone but every fifth person
             }
         }
-        let follow = || Follow::new(&later, 2 * HOUR_MS, 3, 0);
+        let follow = || Follow::new(&later, 2 * HOUR_MS, 3, (0, true));
         // All at once, every event in time order, by hand.
         let mut whole = vec![StepCount::default(); 3];
         let mut f = follow();
-        for (h, blob) in &blobs {
+        for (h, blob, marks) in &blobs {
             if *h == 4 {
-                for &(p, t, seq, mask) in &raw_hits {
+                for &(p, t, seq, mask, value) in &raw_hits {
                     if later.get(p) {
-                        f.event(p, (t, seq), mask);
+                        f.event(p, (t, seq), mask, value);
                     }
                 }
             }
             let hour = EventsBlob::parse(blob).unwrap();
-            let masks = hour.masks(mask_of);
             hour.each_run(|p, events| {
                 for i in events.filter(|_| later.get(p)) {
-                    let mask = hour.mask(&masks, i)?;
+                    let mask = marks.mask(&hour, i)?;
                     if mask != 0 {
-                        f.event(p, (h * HOUR_MS + i64::from(hour.ms(i)), i as i64), mask);
+                        let at = (h * HOUR_MS + i64::from(hour.ms(i)), i as i64);
+                        f.event(p, at, mask, marks.value(i));
                     }
                 }
                 Some(())
@@ -1483,46 +2102,71 @@ mod tests {
             .unwrap();
         }
         f.finish(&mut whole, 0);
+        let whole_groups = f.groups.take().unwrap();
         assert!(
             whole[2].people > 0 && whole[0].people > whole[2].people,
             "{whole:?}"
         );
+        assert_eq!(whole_groups.len(), 3, "{whole_groups:?}");
+        assert_eq!(
+            whole_groups.values().map(|g| g[0].people).sum::<u64>(),
+            whole[0].people
+        );
         assert!(raw_hits.len() > 100);
         let mut fresh = Vec::new();
-        for (h, blob) in &blobs {
+        for (h, blob, marks) in &blobs {
             if *h == 4 {
                 let mut hits = raw_hits.clone();
                 hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
                 fresh.push(Source::Raw { hits, at: 0 });
             }
-            fresh.push(Source::hour(*h, blob, mask_of).unwrap());
+            fresh.push(Source::hour(*h, blob, marks).unwrap());
         }
+        let same = |got: &mut Vec<StepCount>, want: &[StepCount], how: &str| {
+            for (a, b) in got.iter_mut().zip(want) {
+                a.times_ms.sort_unstable();
+                let mut want = b.times_ms.clone();
+                want.sort_unstable();
+                assert_eq!((a.people, &a.times_ms), (b.people, &want), "{how}");
+            }
+        };
         for per in [1, 7, 59, 1000] {
             let (mut sources, fresh) = (fresh.clone(), &fresh);
             let mut steps = vec![StepCount::default(); 3];
-            follow_ranges(&mut sources, &mut follow(), (0, 60, per), &mut steps).unwrap();
-            let same = |got: &mut Vec<StepCount>, how: &str| {
-                for (a, b) in got.iter_mut().zip(&whole) {
-                    a.times_ms.sort_unstable();
-                    let mut want = b.times_ms.clone();
-                    want.sort_unstable();
-                    assert_eq!((a.people, &a.times_ms), (b.people, &want), "{how}");
-                }
-            };
-            same(&mut steps, &format!("per {per}"));
+            let mut f = follow();
+            follow_ranges(&mut sources, &mut f, (0, 60, per), &mut steps).unwrap();
+            same(&mut steps, &whole, &format!("per {per}"));
+            let mut groups = f.groups.take().unwrap();
+            for (v, want) in &whole_groups {
+                same(
+                    groups.get_mut(v).unwrap(),
+                    want,
+                    &format!("per {per}, value {v}"),
+                );
+            }
             // On threads, each with a share of the ranges.
             for threads in [1, 2, 3, 8] {
-                let mut steps =
-                    follow_in_parallel(fresh, (&later, 2 * HOUR_MS, 3), (60, per, threads))
+                let (mut steps, mut groups) =
+                    follow_in_parallel(fresh, (&later, 2 * HOUR_MS, 3, true), (60, per, threads))
                         .unwrap();
-                same(&mut steps, &format!("per {per}, {threads} threads"));
+                let how = format!("per {per}, {threads} threads");
+                same(&mut steps, &whole, &how);
+                assert_eq!(groups.len(), whole_groups.len(), "{how}");
+                for (v, want) in &whole_groups {
+                    same(
+                        groups.get_mut(v).unwrap(),
+                        want,
+                        &format!("{how}, value {v}"),
+                    );
+                }
             }
         }
         // A blob whose name index is out of range names its hour.
-        let (h, blob) = &blobs[0];
+        let (h, blob, _) = &blobs[0];
         let mut bad = blob.clone();
         *bad.last_mut().unwrap() = 200;
-        let fresh = vec![Source::hour(*h, &bad, mask_of).unwrap()];
+        let by_name = Marks::ByName(EventsBlob::parse(blob).unwrap().masks(mask_of));
+        let fresh = vec![Source::hour(*h, &bad, &by_name).unwrap()];
         let mut sources = fresh.clone();
         let mut steps = vec![StepCount::default(); 3];
         assert_eq!(
@@ -1530,7 +2174,7 @@ mod tests {
             Err(*h)
         );
         assert_eq!(
-            follow_in_parallel(&fresh, (&later, HOUR_MS, 3), (60, 10, 2)).unwrap_err(),
+            follow_in_parallel(&fresh, (&later, HOUR_MS, 3, false), (60, 10, 2)).unwrap_err(),
             *h
         );
     }

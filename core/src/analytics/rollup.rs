@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::HOUR_MS;
 use super::aggregate::{Metrics, Scan, aggregate, rollup_groups};
-use super::persons::HourIndex;
+use super::persons::{HourIndex, INDEXED_DIMS};
 use super::sketch::EXACT_LIMIT;
 use crate::store::people::{EventColumns, PersonColumn};
 use crate::store::rollups::{CellMerger, HOURS_PER_DAY, Span, rollup_codes};
@@ -68,9 +68,9 @@ pub async fn redo_hour(
     people.dedup();
     let ids = store.person_ids(project, &people, true).await?;
     let index = HourIndex::build(&events, &ids, from);
-    let blobs = (!events.is_empty()).then(|| (index.events_blob(), index.people_blob()));
+    let row = (!events.is_empty()).then(|| index.row());
     store
-        .write_rollup(project, hour, version, &rows, blobs.as_ref())
+        .write_rollup(project, hour, version, &rows, row.as_ref())
         .await?;
     debug!(%project, hour, cells = rows.len(), events = events.len(), "rollup redone");
     Ok(rows.len())
@@ -112,7 +112,8 @@ pub async fn make_day(
         .into_iter()
         .map(|((code, value), m)| (code, value, m))
         .collect();
-    let mut hours: Vec<(u32, Vec<u8>)> = Vec::new();
+    let mut hours: Vec<(u32, Vec<u8>, Vec<Vec<u8>>)> = Vec::new();
+    let offset = |h: i64| u32::try_from((h - from) * HOUR_MS).unwrap_or(u32::MAX); // under 24 h: fits
     store
         .person_index(
             project,
@@ -120,23 +121,40 @@ pub async fn make_day(
             (from, to),
             PersonColumn::Events,
             |h, blob| {
-                // Under 24 hours into the day: fits.
-                let offset = u32::try_from((h - from) * HOUR_MS).unwrap_or(u32::MAX);
-                hours.push((offset, blob));
+                hours.push((offset(h), blob, Vec::new()));
                 Ok(())
             },
         )
         .await?;
+    // Each hour's values, by dimension in the order of INDEXED_DIMS (their
+    // codes ascend in it); an hour without them leaves the day without.
+    let codes: Vec<i16> = INDEXED_DIMS.iter().map(|d| d.code()).collect();
+    let mut at = 0;
+    store
+        .person_values(project, Span::Hour, (from, to), &codes, |h, _, blob| {
+            while hours.get(at).is_some_and(|x| x.0 < offset(h)) {
+                at += 1;
+            }
+            if let Some(hour) = hours.get_mut(at).filter(|x| x.0 == offset(h)) {
+                hour.2.push(blob);
+            }
+            Ok(())
+        })
+        .await?;
     let index = if hours.is_empty() {
         None
     } else {
-        let merged =
-            HourIndex::merge(hours.iter().map(|(o, b)| (*o, b.as_slice()))).ok_or_else(|| {
-                StoreError::Db(sea_orm::DbErr::Custom(format!(
-                    "the person index of project {project}, day {day}, cannot be read"
-                )))
-            })?;
-        Some((merged.events_blob(), merged.people_blob()))
+        let merged = HourIndex::merge(
+            hours
+                .iter()
+                .map(|(o, b, v)| (*o, b.as_slice(), v.as_slice())),
+        )
+        .ok_or_else(|| {
+            StoreError::Db(sea_orm::DbErr::Custom(format!(
+                "the person index of project {project}, day {day}, cannot be read"
+            )))
+        })?;
+        Some(merged.row())
     };
     store
         .write_day(project, day, version, &cells, index.as_ref())
@@ -190,6 +208,9 @@ pub struct RecentRedos {
     gap_ms: i64,
     at: HashMap<(Uuid, i64), i64>,
     days: HashMap<(Uuid, i64), i64>,
+    /// Whether every indexed hour was found with its values (hours
+    /// indexed since always have them).
+    backfilled: bool,
 }
 
 impl RecentRedos {
@@ -200,6 +221,7 @@ impl RecentRedos {
             gap_ms,
             at: HashMap::new(),
             days: HashMap::new(),
+            backfilled: false,
         }
     }
 }
@@ -208,8 +230,10 @@ impl RecentRedos {
 /// first, at most `limit` of them, leaving for later those redone less
 /// than a gap ago (see [`RecentRedos`]), then makes at most `limit` due
 /// daily rollups ([`make_due_days`]), each at most once per gap too.
-/// Returns how many of the `limit` hours looked at were redone, how many
-/// were left for later, and how many days were made.
+/// With what is left of `limit`, redoes hours indexed before the index
+/// kept values, so that they get them. Returns how many hours were
+/// redone, how many of those looked at were left for later, and how many
+/// days were made.
 ///
 /// # Errors
 /// The database error of the first hour that failed.
@@ -234,8 +258,19 @@ pub async fn redo_due(
         }
         done += 1;
     }
+    let later = due.len() - done;
+    // Then, with what is left of `limit`, hours indexed before the index
+    // kept values (their marks, if any, stay: a version never used).
+    if !recent.backfilled && (done as u64) < limit {
+        let old = store.hours_without_values(limit - done as u64).await?;
+        recent.backfilled = (old.len() as u64) < limit - done as u64;
+        for (project, hour) in old {
+            redo_hour(store, project, hour, Some(i64::MIN)).await?;
+            done += 1;
+        }
+    }
     let days = make_days(store, now_ms, limit, Some(recent)).await?;
-    Ok((done, due.len() - done, days))
+    Ok((done, later, days))
 }
 
 /// Rebuilds the rollups of `project` (every project when `None`) for the

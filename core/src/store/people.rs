@@ -616,7 +616,9 @@ impl Store {
     }
 
     /// The rows of `project`'s person index by `span` that lie in
-    /// `[from_hour, to_hour)`, each as its first hour, in order.
+    /// `[from_hour, to_hour)` and have the values of every dimension of
+    /// `dims` (codes; none asked when empty), each as its first hour, in
+    /// order.
     ///
     /// # Errors
     /// The database error.
@@ -625,21 +627,76 @@ impl Store {
         project: Uuid,
         span: Span,
         (from_hour, to_hour): (i64, i64),
+        dims: &[i16],
     ) -> Result<Vec<i64>, StoreError> {
         let (table, slot, per) = person_table(span);
+        let mut values = slots(project, per, (from_hour, to_hour));
+        let valued = if dims.is_empty() {
+            String::new()
+        } else {
+            values.push(span_code(per).into());
+            values.extend(dims.iter().map(|d| sea_orm::Value::from(*d)));
+            values.push((dims.len() as i64).into());
+            format!(
+                " AND (SELECT COUNT(*) FROM person_values v WHERE v.project_id = t.project_id \
+                 AND v.span = ? AND v.slot = t.{slot} AND v.dim IN ({})) = ?",
+                vec!["?"; dims.len()].join(", ")
+            )
+        };
         let rows = self
             .rows(
                 &format!(
-                    "SELECT {slot} FROM {table} \
-                     WHERE project_id = ? AND {slot} >= ? AND {slot} < ? ORDER BY {slot}"
+                    "SELECT {slot} FROM {table} t \
+                     WHERE project_id = ? AND {slot} >= ? AND {slot} < ?{valued} ORDER BY {slot}"
                 ),
-                slots(project, per, (from_hour, to_hour)),
+                values,
             )
             .await?;
         rows.iter()
             .map(|r| r.try_get_by_index::<i64>(0).map(|s| s * per))
             .collect::<Result<_, sea_orm::DbErr>>()
             .map_err(Into::into)
+    }
+
+    /// Calls `each` with the first hour, the dimension code and the
+    /// `values` blob of each dimension of `dims` of every row of
+    /// `project`'s person index by `span` that lies in `[from_hour,
+    /// to_hour)`, by row, then dimension.
+    ///
+    /// # Errors
+    /// The database error, or the first error of `each`.
+    pub async fn person_values(
+        &self,
+        project: Uuid,
+        span: Span,
+        (from_hour, to_hour): (i64, i64),
+        dims: &[i16],
+        mut each: impl FnMut(i64, i16, Vec<u8>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        if dims.is_empty() {
+            return Ok(());
+        }
+        let (_, _, per) = person_table(span);
+        let mut values = slots(project, per, (from_hour, to_hour));
+        values.insert(1, span_code(per).into());
+        values.extend(dims.iter().map(|d| sea_orm::Value::from(*d)));
+        self.each_row(
+            &format!(
+                "SELECT slot, dim, vals FROM person_values WHERE project_id = ? AND span = ? \
+                 AND slot >= ? AND slot < ? AND dim IN ({}) ORDER BY slot, dim",
+                vec!["?"; dims.len()].join(", ")
+            ),
+            values,
+            |r| {
+                let blob: Vec<u8> = r.try_get_by_index(2)?;
+                each(
+                    r.try_get_by_index::<i64>(0)? * per,
+                    r.try_get_by_index(1)?,
+                    blob,
+                )
+            },
+        )
+        .await
     }
 
     /// Calls `each` with the first hour and the blob of `column` of every
@@ -683,6 +740,11 @@ pub(super) fn person_table(span: Span) -> (&'static str, &'static str, i64) {
         Span::Hour => ("person_hours", "hour", 1),
         Span::Day => ("person_days", "day", HOURS_PER_DAY),
     }
+}
+
+/// The `span` of a `person_values` row: its hours per slot.
+pub(super) fn span_code(per: i64) -> i16 {
+    i16::try_from(per).unwrap_or(i16::MAX)
 }
 
 /// The values of a person index read: `project`, and the first and the

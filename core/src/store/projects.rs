@@ -132,6 +132,7 @@ impl Store {
             "rollup_days_due",
             "person_hours",
             "person_days",
+            "person_values",
             "persons",
         ] {
             txn.execute(Statement::from_sql_and_values(

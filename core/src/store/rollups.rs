@@ -17,7 +17,7 @@ use sea_orm::{ConnectionTrait, DbErr, Statement, TransactionTrait, Value as DbVa
 use sqlx::{PgConnection, SqliteConnection};
 use uuid::Uuid;
 
-use super::people::{EventColumns, person_table};
+use super::people::{EventColumns, person_table, span_code};
 use super::{Store, StoreError, sql_for};
 use crate::analytics::persons::{Cursor, put};
 use crate::analytics::{Dim, EventFacts, HOUR_MS, Metrics, SessionFacts, VisitorSet};
@@ -783,42 +783,72 @@ pub struct RollupSize {
     pub bytes: i64,
 }
 
-/// Replaces the row of `project`'s person index by `span` at `slot` with
-/// `index` (its `events` and `people` blobs; none when `None`).
+/// A row of the person index: its `events` and `people` blobs, and its
+/// `values` blobs by dimension code (see `analytics::persons`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexRow {
+    /// The events, by person.
+    pub events: Vec<u8>,
+    /// The people, in all and by event name.
+    pub people: Vec<u8>,
+    /// Per indexed dimension, its value of every event.
+    pub values: Vec<(i16, Vec<u8>)>,
+}
+
+/// Replaces the row of `project`'s person index by `span` at `slot`, and
+/// its values, with `index` (none when `None`).
 async fn write_index_row(
     tx: &sea_orm::DatabaseTransaction,
     span: Span,
     project: Uuid,
     slot: i64,
-    index: Option<&(Vec<u8>, Vec<u8>)>,
+    index: Option<&IndexRow>,
 ) -> Result<(), DbErr> {
     let backend = tx.get_database_backend();
-    let (table, column, _) = person_table(span);
-    tx.execute(Statement::from_sql_and_values(
-        backend,
-        sql_for(
-            backend,
-            &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ?"),
-        ),
+    let (table, column, per) = person_table(span);
+    let stmt = |sql: &str, values: Vec<DbValue>| {
+        Statement::from_sql_and_values(backend, sql_for(backend, sql), values)
+    };
+    tx.execute(stmt(
+        &format!("DELETE FROM {table} WHERE project_id = ? AND {column} = ?"),
         vec![project.into(), slot.into()],
     ))
     .await?;
-    if let Some((events, people)) = index {
-        tx.execute(Statement::from_sql_and_values(
-            backend,
-            sql_for(
-                backend,
-                &format!(
-                    "INSERT INTO {table} (project_id, {column}, people, events) \
-                     VALUES (?, ?, ?, ?)"
-                ),
-            ),
-            vec![
+    tx.execute(stmt(
+        "DELETE FROM person_values WHERE project_id = ? AND span = ? AND slot = ?",
+        vec![project.into(), span_code(per).into(), slot.into()],
+    ))
+    .await?;
+    let Some(index) = index else {
+        return Ok(());
+    };
+    tx.execute(stmt(
+        &format!("INSERT INTO {table} (project_id, {column}, people, events) VALUES (?, ?, ?, ?)"),
+        vec![
+            project.into(),
+            slot.into(),
+            index.people.clone().into(),
+            index.events.clone().into(),
+        ],
+    ))
+    .await?;
+    if !index.values.is_empty() {
+        let mut values: Vec<DbValue> = Vec::with_capacity(index.values.len() * 5);
+        for (dim, blob) in &index.values {
+            values.extend([
                 project.into(),
+                span_code(per).into(),
                 slot.into(),
-                people.clone().into(),
-                events.clone().into(),
-            ],
+                (*dim).into(),
+                blob.clone().into(),
+            ]);
+        }
+        tx.execute(stmt(
+            &format!(
+                "INSERT INTO person_values (project_id, span, slot, dim, vals) VALUES {}",
+                vec!["(?, ?, ?, ?, ?)"; index.values.len()].join(", ")
+            ),
+            values,
         ))
         .await?;
     }
@@ -949,6 +979,26 @@ impl Store {
             .map_err(Into::into)
     }
 
+    /// Indexed hours whose row has no values (indexed before values were
+    /// kept), oldest first, at most `limit`: the job redoes them.
+    ///
+    /// # Errors
+    /// The database error.
+    pub async fn hours_without_values(&self, limit: u64) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        let rows = self
+            .rows(
+                "SELECT h.project_id, h.hour FROM person_hours h WHERE NOT EXISTS \
+                 (SELECT 1 FROM person_values v WHERE v.project_id = h.project_id \
+                 AND v.span = 1 AND v.slot = h.hour) ORDER BY h.hour LIMIT ?",
+                vec![limit.into()],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+            .collect::<Result<_, DbErr>>()
+            .map_err(Into::into)
+    }
+
     /// Calls `each` with every stored cell of `project`, dimension code
     /// `dim` (0: totals), in `[from, to)` of `span`: hours, or UTC days
     /// (whether a day is up to date is [`Store::days_due`]'s to say). A
@@ -1071,7 +1121,7 @@ impl Store {
         hour: i64,
         version: Option<i64>,
         cells: &[(i16, Option<String>, Metrics)],
-        index: Option<&(Vec<u8>, Vec<u8>)>,
+        index: Option<&IndexRow>,
     ) -> Result<(), StoreError> {
         let backend = self.backend();
         let stmt = |sql: &str, values: Vec<DbValue>| {
@@ -1182,7 +1232,7 @@ impl Store {
         day: i64,
         version: i64,
         cells: &[(i16, Option<String>, Metrics)],
-        index: Option<&(Vec<u8>, Vec<u8>)>,
+        index: Option<&IndexRow>,
     ) -> Result<(), StoreError> {
         let backend = self.backend();
         let stmt = |sql: &str, values: Vec<DbValue>| {
@@ -1234,8 +1284,8 @@ impl Store {
         })
     }
 
-    /// The person index: people numbered, and the size of its rows in
-    /// bytes (for `orrery stats`).
+    /// The person index: people numbered, and the size of its rows (with
+    /// their values) in bytes (for `orrery stats`).
     ///
     /// # Errors
     /// The database error.
@@ -1247,7 +1297,9 @@ impl Store {
                     "SELECT (SELECT COUNT(*) FROM persons), CAST(COALESCE((SELECT \
                      SUM({length}(events) + {length}(people) + 32) FROM person_hours), 0) \
                      + COALESCE((SELECT SUM({length}(events) + {length}(people) + 32) \
-                     FROM person_days), 0) AS BIGINT)"
+                     FROM person_days), 0) \
+                     + COALESCE((SELECT SUM({length}(vals) + 32) FROM person_values), 0) \
+                     AS BIGINT)"
                 ),
                 vec![],
             )

@@ -21,6 +21,7 @@ mod m20261205_000016_pack_rollup_hours;
 mod m20261206_000017_split_day_sets;
 mod m20261206_000018_people_before_events;
 mod m20261207_000019_create_person_days;
+mod m20261208_000020_create_person_values;
 
 /// Every migration, oldest first.
 #[derive(Debug)]
@@ -49,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000017_split_day_sets::Migration),
             Box::new(m20261206_000018_people_before_events::Migration),
             Box::new(m20261207_000019_create_person_days::Migration),
+            Box::new(m20261208_000020_create_person_values::Migration),
         ]
     }
 }
