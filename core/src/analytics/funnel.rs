@@ -352,8 +352,7 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
     let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
         .keeping(&f.query.filters);
-    let mut values: Vec<Option<String>> = vec![None];
-    let mut value_ids: HashMap<Option<String>, u32> = HashMap::from([(None, 0)]);
+    let mut values = persons::Interner::default();
     let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();
     let mut reads = Reads::new(f.query.project, (from, to), READ_MS, false);
     while let Some((a, b)) = reads.next(store).await? {
@@ -371,16 +370,10 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
             if mask == 0 {
                 continue;
             }
-            let value = match &f.breakdown {
-                None => 0,
-                Some(d) => {
-                    let v = e.value(d);
-                    *value_ids.entry(v.clone()).or_insert_with(|| {
-                        values.push(v);
-                        u32::try_from(values.len() - 1).unwrap_or(0)
-                    })
-                }
-            };
+            let value = f
+                .breakdown
+                .as_ref()
+                .map_or(0, |d| values.id(e.value(d).map(std::borrow::Cow::Owned)));
             people.entry(person).or_default().push(Hit {
                 t: e.timestamp,
                 seq: e.seq,
@@ -409,7 +402,7 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
             count(g, last, times);
         }
     }
-    answer.groups = named_groups(groups, &values);
+    answer.groups = named_groups(groups, &values.values);
     Ok(answer)
 }
 

@@ -175,15 +175,18 @@ impl ValueColumn {
     }
 }
 
-/// Numbers the distinct values of one dimension as they come.
+/// Numbers distinct values (of a dimension, or of a breakdown) as they
+/// come, from 0.
 #[derive(Default)]
-struct Interner<'a> {
-    values: Vec<Option<String>>,
+pub(crate) struct Interner<'a> {
+    /// The values, by number.
+    pub(crate) values: Vec<Option<String>>,
     ids: HashMap<Option<std::borrow::Cow<'a, str>>, u32>,
 }
 
 impl<'a> Interner<'a> {
-    fn id(&mut self, v: Option<std::borrow::Cow<'a, str>>) -> u32 {
+    /// The number of `v`.
+    pub(crate) fn id(&mut self, v: Option<std::borrow::Cow<'a, str>>) -> u32 {
         if let Some(&id) = self.ids.get(&v) {
             return id;
         }
@@ -918,8 +921,7 @@ struct Valued<'f> {
     f: &'f Funnel,
     /// Indexed dimensions read (by code).
     dims: Vec<Dim>,
-    values: Vec<Option<String>>,
-    ids: HashMap<Option<String>, u32>,
+    values: Interner<'static>,
 }
 
 impl<'f> Valued<'f> {
@@ -937,8 +939,7 @@ impl<'f> Valued<'f> {
         Some(Self {
             f,
             dims,
-            values: Vec::new(),
-            ids: HashMap::new(),
+            values: Interner::default(),
         })
     }
 
@@ -948,13 +949,8 @@ impl<'f> Valued<'f> {
 
     /// The number of breakdown value `v`.
     fn id(&mut self, v: Option<&str>) -> u32 {
-        if let Some(&id) = self.ids.get(&v.map(str::to_owned)) {
-            return id;
-        }
-        let id = u32::try_from(self.values.len()).unwrap_or(u32::MAX);
-        self.values.push(v.map(str::to_owned));
-        self.ids.insert(v.map(str::to_owned), id);
-        id
+        self.values
+            .id(v.map(|v| std::borrow::Cow::Owned(v.to_owned())))
     }
 
     /// The steps whose filters on `dim` (and the funnel's) all pass
@@ -1386,8 +1382,7 @@ async fn read_raw_hits(
     let names = f.step_names();
     let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
         .keeping(&f.query.filters);
-    let mut values: Vec<Option<String>> = Vec::new();
-    let mut value_ids: HashMap<Option<String>, u32> = HashMap::new();
+    let mut values = Interner::default();
     let mut raw = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
         let mut hits = Vec::new();
@@ -1408,23 +1403,17 @@ async fn read_raw_hits(
                 let Some(p) = numbers.of(e.visitor).filter(|_| mask != 0) else {
                     continue;
                 };
-                let value = match &f.breakdown {
-                    None => 0,
-                    Some(d) => {
-                        let v = e.value(d);
-                        *value_ids.entry(v.clone()).or_insert_with(|| {
-                            values.push(v);
-                            u32::try_from(values.len() - 1).unwrap_or(u32::MAX)
-                        })
-                    }
-                };
+                let value = f
+                    .breakdown
+                    .as_ref()
+                    .map_or(0, |d| values.id(e.value(d).map(std::borrow::Cow::Owned)));
                 hits.push((p, e.timestamp, e.seq, mask, value));
             }
         }
         hits.sort_unstable_by_key(|h| (h.0, h.1, h.2));
         raw.push(hits);
     }
-    Ok((raw, values, numbers))
+    Ok((raw, values.values, numbers))
 }
 
 /// Runs a funnel that [`answers_funnel`] over `[from, to)` (the data
@@ -1593,7 +1582,7 @@ pub async fn funnel(
         // step 1 only.
         steps[0].people += seen.first.count_without(&seen.second);
     }
-    let values = valued.map(|v| v.values).unwrap_or_default();
+    let values = valued.map(|v| v.values.values).unwrap_or_default();
     Ok(FunnelAnswer {
         steps,
         groups: if breakdown {
