@@ -28,7 +28,7 @@ async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let server = Server::sqlite(&[
         ("ORRERY_INGEST__QUEUE_CAPACITY", "100"),
         ("ORRERY_INGEST__FLUSH_EVENTS", "100000"),
-        ("ORRERY_INGEST__FLUSH_INTERVAL_MS", "1500"),
+        ("ORRERY_INGEST__FLUSH_INTERVAL_MS", "4000"),
         ("ORRERY_INGEST__RETRY_AFTER_SECS", "2"),
     ])
     .await;
@@ -51,7 +51,20 @@ async fn a_full_queue_answers_503_with_retry_after_and_recovers() {
                 .status()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Both are in once the queue holds their 80 events (not after a set
+    // time: a busy machine may take longer to send them).
+    let mut depth = String::new();
+    for _ in 0..200 {
+        depth = server.metrics_text().await;
+        if depth.contains("orrery_writer_queue_depth 80\n") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        depth.contains("orrery_writer_queue_depth 80\n"),
+        "the two requests never waited together: {depth}"
+    );
     // ...so a third of 40 does not fit in the 100-event queue.
     let mut rejected_ids = Vec::new();
     let resp = client()
