@@ -864,14 +864,23 @@ impl Seen {
     /// Takes an hour of the index whose events' steps are `marks`; `None`
     /// when a name index is out of range.
     fn hour(&mut self, hour: &EventsBlob, marks: &Marks) -> Option<()> {
-        hour.each_run(|p, events| {
-            let mut m = 0;
-            for i in events {
-                m |= marks.mask(hour, i)?;
-            }
-            self.saw(p, m);
-            Some(())
-        })
+        // The kind of marks is matched once, not per event: this loop
+        // takes every event of the range.
+        match marks {
+            Marks::ByName(masks) => hour.each_run(|p, events| {
+                let mut m = 0;
+                for i in events {
+                    m |= hour.mask(masks, i)?;
+                }
+                self.saw(p, m);
+                Some(())
+            }),
+            Marks::ByEvent { masks, .. } => hour.each_run(|p, events| {
+                let m = masks.get(events)?.iter().fold(0, |m, x| m | x);
+                self.saw(p, m);
+                Some(())
+            }),
+        }
     }
 }
 
