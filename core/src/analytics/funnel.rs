@@ -84,6 +84,40 @@ impl Funnel {
             .fold(0u32, |m, (k, _)| m | 1 << k)
     }
 
+    /// The steps event `e` is (bits) and its breakdown value (numbered in
+    /// `values`; 0 without a breakdown); `None` when it fails the funnel's
+    /// filters or is no step.
+    pub(crate) fn hit(
+        &self,
+        e: &super::dims::EventFacts,
+        values: &mut persons::Interner,
+    ) -> Option<(u32, u32)> {
+        let passes = |filters: &[Filter]| {
+            filters
+                .iter()
+                .all(|x| x.matches(e.value(&x.dimension).as_deref()))
+        };
+        if !passes(&self.query.filters) {
+            return None;
+        }
+        let mask = self.mask(&e.name, passes);
+        if mask == 0 {
+            return None;
+        }
+        let value = self
+            .breakdown
+            .as_ref()
+            .map_or(0, |d| values.id(e.value(d).map(std::borrow::Cow::Owned)));
+        Some((mask, value))
+    }
+
+    /// What a raw read of the funnel's events (named `names`, its step
+    /// names) reads.
+    pub(crate) fn columns<'a>(&'a self, names: &'a [String]) -> EventColumns<'a> {
+        EventColumns::reading(Some(names), self.dimensions().map(|(_, d)| d))
+            .keeping(&self.query.filters)
+    }
+
     /// Every dimension the funnel reads, with the part it is in.
     pub(crate) fn dimensions(&self) -> impl Iterator<Item = (FunnelPart, &Dimension)> {
         let filters = self.query.filters.iter().map(|f| (FunnelPart::Filters, f));
@@ -350,30 +384,16 @@ pub async fn run(store: &Store, f: &Funnel, now: i64) -> Result<FunnelAnswer, St
         return persons::funnel(store, f, (from, to), now).await;
     }
     let names = f.step_names();
-    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
-        .keeping(&f.query.filters);
+    let cols = f.columns(&names);
     let mut values = persons::Interner::default();
     let mut people: HashMap<u64, Vec<Hit>> = HashMap::new();
     let mut reads = Reads::new(f.query.project, (from, to), READ_MS, false);
     while let Some((a, b)) = reads.next(store).await? {
         for e in store.event_facts(f.query.project, a, b, &cols).await? {
             let Some(person) = e.visitor else { continue };
-            let passes = |filters: &[Filter]| {
-                filters
-                    .iter()
-                    .all(|x| x.matches(e.value(&x.dimension).as_deref()))
+            let Some((mask, value)) = f.hit(&e, &mut values) else {
+                continue;
             };
-            if !passes(&f.query.filters) {
-                continue;
-            }
-            let mask = f.mask(&e.name, passes);
-            if mask == 0 {
-                continue;
-            }
-            let value = f
-                .breakdown
-                .as_ref()
-                .map_or(0, |d| values.id(e.value(d).map(std::borrow::Cow::Owned)));
             people.entry(person).or_default().push(Hit {
                 t: e.timestamp,
                 seq: e.seq,

@@ -1389,8 +1389,7 @@ async fn read_raw_hits(
 ) -> Result<RawRead, StoreError> {
     let project = f.query.project;
     let names = f.step_names();
-    let cols = EventColumns::reading(Some(&names), f.dimensions().map(|(_, d)| d))
-        .keeping(&f.query.filters);
+    let cols = f.columns(&names);
     let mut values = Interner::default();
     let mut raw = Vec::with_capacity(ranges.len());
     for (a, b) in ranges {
@@ -1400,22 +1399,12 @@ async fn read_raw_hits(
             let events = store.event_facts(project, a, b, &cols).await?;
             numbers.number(&store, &events).await?;
             for e in &events {
-                let passes = |filters: &[Filter]| {
-                    filters
-                        .iter()
-                        .all(|x| x.matches(e.value(&x.dimension).as_deref()))
-                };
-                if !passes(&f.query.filters) {
-                    continue;
-                }
-                let mask = f.mask(&e.name, passes);
-                let Some(p) = numbers.of(e.visitor).filter(|_| mask != 0) else {
+                let Some((mask, value)) = f.hit(e, &mut values) else {
                     continue;
                 };
-                let value = f
-                    .breakdown
-                    .as_ref()
-                    .map_or(0, |d| values.id(e.value(d).map(std::borrow::Cow::Owned)));
+                let Some(p) = numbers.of(e.visitor) else {
+                    continue;
+                };
                 hits.push((p, e.timestamp, e.seq, mask, value));
             }
         }
