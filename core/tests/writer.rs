@@ -798,7 +798,8 @@ async fn a_funnel_reads_a_day_row_only_while_it_is_up_to_date() {
 async fn a_filtered_funnel_reads_the_values_of_the_index() {
     use orrery_core::analytics::aggregate::{Filter, Op};
     use orrery_core::analytics::funnel::{self, Funnel, Step};
-    use orrery_core::analytics::query::Query;
+    use orrery_core::analytics::query::{Interval, Query};
+    use orrery_core::analytics::retention::{self, Retention};
     use orrery_core::analytics::{Dimension, HOUR_MS, rollup};
     for backend in backends("a_filtered_funnel_reads_the_values_of_the_index") {
         let dir = tempfile::tempdir().unwrap();
@@ -880,11 +881,47 @@ async fn a_filtered_funnel_reads_the_values_of_the_index() {
                 })
             }
         };
+        // Daily retention, filtered as `not_a`: the people first seen on
+        // an event off /a (ann on her signup, bob), active that day.
+        let not_a_retention = Retention {
+            query: not_a.query.clone(),
+            period: Interval::Day,
+            tz: chrono_tz::UTC,
+            cohort_event: None,
+            return_event: None,
+            periods: 2,
+        };
+        let starts = Interval::Day
+            .buckets(chrono_tz::UTC, base.query.from, base.query.to)
+            .unwrap();
+        let cohorts = |r: &Retention| {
+            let (store, r, starts) = (store.clone(), r.clone(), starts.clone());
+            async move {
+                retention::run(&store, &r, &starts, now_ms())
+                    .await
+                    .map(|c| {
+                        c.into_iter()
+                            .filter(|c| c.people > 0)
+                            .map(|c| (c.start, c.people, c.active))
+                            .collect::<Vec<_>>()
+                    })
+            }
+        };
+        let unfiltered = Retention {
+            query: base.query.clone(),
+            ..not_a_retention.clone()
+        };
+        assert_eq!(
+            cohorts(&unfiltered).await.unwrap(),
+            [(day, 3, vec![3, 0])],
+            "{backend:?}"
+        );
         let answers = || async {
             (
                 run(&on_a).await.unwrap(),
                 run(&not_a).await.unwrap(),
                 run(&by_page).await.unwrap(),
+                cohorts(&not_a_retention).await.unwrap(),
             )
         };
         let want = (
@@ -898,6 +935,7 @@ async fn a_filtered_funnel_reads_the_values_of_the_index() {
                     (Some("/b".to_owned()), vec![1, 1]),
                 ],
             ),
+            vec![(day, 2, vec![2, 0])],
         );
         assert_eq!(answers().await, want, "{backend:?}: from the index");
         assert!(store.hours_without_values(10).await.unwrap().is_empty());
@@ -910,7 +948,10 @@ async fn a_filtered_funnel_reads_the_values_of_the_index() {
             let err = run(f).await.unwrap_err().to_string();
             assert!(err.contains("cannot be read"), "{backend:?}: {err}");
         }
+        let err = cohorts(&not_a_retention).await.unwrap_err().to_string();
+        assert!(err.contains("cannot be read"), "{backend:?}: {err}");
         assert_eq!(run(&base).await.unwrap().0, [3, 2], "{backend:?}");
+        assert_eq!(cohorts(&unfiltered).await.unwrap().len(), 1, "{backend:?}");
 
         // Rows without values are read raw, with the same answers.
         store

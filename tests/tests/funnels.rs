@@ -617,13 +617,15 @@ async fn check_generated(server: &Server, events: &[Ev], from: i64, to: i64, whe
     }
 
     // Weekly retention from a local Monday, with and without a property
-    // filter (first seen among those events then), in New York and in
+    // filter or a page filter (first seen among those events then; the
+    // index answers the page filter from its values), in New York and in
     // Kolkata (UTC+5:30: the hours that weeks cut are read raw).
     for zone in ["America/New_York", "Asia/Kolkata"] {
         let tz: chrono_tz::Tz = zone.parse().unwrap();
         for (filter, keep) in [
             ("", &any as &dyn Fn(&Ev) -> bool),
             ("&filter=properties.plan:eq:pro", &pro),
+            ("&filter=page:neq:%2Fdocs", &not_docs),
         ] {
             let r = get(
                 server,

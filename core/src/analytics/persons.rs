@@ -895,32 +895,11 @@ enum Marks {
     ByEvent { masks: Vec<u32>, values: Vec<u32> },
 }
 
-impl Marks {
-    /// Event `i`'s steps; `None` when its name index is out of range.
-    fn mask(&self, hour: &EventsBlob, i: usize) -> Option<u32> {
-        match self {
-            Marks::ByName(masks) => hour.mask(masks, i),
-            Marks::ByEvent { masks, .. } => masks.get(i).copied(),
-        }
-    }
-
-    /// Event `i`'s breakdown value (0 without a breakdown).
-    fn value(&self, i: usize) -> u32 {
-        match self {
-            Marks::ByName(_) => 0,
-            Marks::ByEvent { values, .. } => values.get(i).copied().unwrap_or(0),
-        }
-    }
-}
-
 /// Whether the index can answer `f`: its filters and breakdown are all on
 /// the event name or an indexed dimension (not on properties).
 #[must_use]
 pub fn answers_funnel(f: &Funnel) -> bool {
-    f.dimensions().all(|(_, d)| match d {
-        Dimension::Rolled(d) => *d == Dim::Event || INDEXED_DIMS.contains(d),
-        Dimension::Property(_) => false,
-    })
+    indexed_dims(f.dimensions().map(|(_, d)| d)).is_some()
 }
 
 /// A funnel with filters or a breakdown read from the index: the
@@ -938,13 +917,7 @@ impl<'f> Valued<'f> {
     /// then known from the event names alone).
     fn new(f: &'f Funnel) -> Option<Self> {
         f.dimensions().next()?;
-        let mut dims: Vec<Dim> = f
-            .dimensions()
-            .filter_map(|(_, d)| d.rolled())
-            .filter(|d| INDEXED_DIMS.contains(d))
-            .collect();
-        dims.sort_by_key(|d| d.code());
-        dims.dedup();
+        let dims = indexed_dims(f.dimensions().map(|(_, d)| d))?;
         Some(Self {
             f,
             dims,
@@ -962,20 +935,19 @@ impl<'f> Valued<'f> {
             .id(v.map(|v| std::borrow::Cow::Owned(v.to_owned())))
     }
 
-    /// The steps whose filters on `dim` (and the funnel's) all pass
-    /// `value`, as bits.
-    fn passing(&self, dim: &Dimension, value: Option<&str>) -> u32 {
+    /// The steps of `f` whose filters on `dim` (and the funnel's) all
+    /// pass `value`, as bits.
+    fn passing(f: &Funnel, dim: &Dimension, value: Option<&str>) -> u32 {
         let pass = |filters: &[Filter]| {
             filters
                 .iter()
                 .filter(|x| x.dimension == *dim)
                 .all(|x| x.matches(value))
         };
-        if !pass(&self.f.query.filters) {
+        if !pass(&f.query.filters) {
             return 0;
         }
-        self.f
-            .steps
+        f.steps
             .iter()
             .enumerate()
             .take(super::funnel::MAX_STEPS)
@@ -986,44 +958,35 @@ impl<'f> Valued<'f> {
     /// The marks of the events of `hour`, whose values of `self.dims` are
     /// `values` (blobs in that order); `None` when one cannot be read.
     fn marks(&mut self, hour: &EventsBlob, values: &[Vec<u8>]) -> Option<Marks> {
-        let n = hour.ms.len() / 4;
+        let f = self.f;
         let event = Dimension::Rolled(Dim::Event);
         let by_name: Vec<u32> = hour
             .names
             .iter()
-            .map(|name| self.f.mask(name, |_| true) & self.passing(&event, Some(name)))
+            .map(|name| f.mask(name, |_| true) & Self::passing(f, &event, Some(name)))
             .collect();
-        let mut masks = Vec::with_capacity(n);
-        for i in 0..n {
-            masks.push(*by_name.get(hour.name_id(i)?)?);
-        }
-        if values.len() != self.dims.len() {
-            return None;
-        }
-        let breakdown = self.f.breakdown.as_ref().and_then(Dimension::rolled);
+        let breakdown = f.breakdown.as_ref().and_then(Dimension::rolled);
+        let bits = EventBits::new(hour, by_name, (&self.dims, values), |d, v| {
+            Self::passing(f, &Dimension::Rolled(d), v)
+        })?;
+        let n = hour.ms.len() / 4;
+        let masks = (0..n)
+            .map(|i| bits.of(hour, i))
+            .collect::<Option<Vec<u32>>>()?;
         let mut broken = Vec::new();
-        for (d, blob) in self.dims.clone().into_iter().zip(values) {
-            let column = ValuesBlob::parse(blob).filter(|c| c.len == n)?;
-            let passing: Vec<u32> = column
-                .values
-                .iter()
-                .map(|v| self.passing(&Dimension::Rolled(d), *v))
-                .collect();
-            for (i, m) in masks.iter_mut().enumerate() {
-                *m &= *passing.get(column.id(i))?;
-            }
-            if breakdown == Some(d) {
-                let ids: Vec<u32> = column.values.iter().map(|v| self.id(*v)).collect();
-                broken = (0..n)
-                    .map(|i| ids.get(column.id(i)).copied())
-                    .collect::<Option<_>>()?;
-            }
-        }
         if breakdown == Some(Dim::Event) {
             let ids: Vec<u32> = hour.names.iter().map(|v| self.id(Some(v))).collect();
             broken = (0..n)
                 .map(|i| ids.get(hour.name_id(i)?).copied())
                 .collect::<Option<_>>()?;
+        }
+        for (d, column, _) in &bits.columns {
+            if breakdown == Some(*d) {
+                let ids: Vec<u32> = column.values.iter().map(|v| self.id(*v)).collect();
+                broken = (0..n)
+                    .map(|i| ids.get(column.id(i)).copied())
+                    .collect::<Option<_>>()?;
+            }
         }
         Some(Marks::ByEvent {
             masks,
@@ -1032,45 +995,137 @@ impl<'f> Valued<'f> {
     }
 }
 
-/// Calls `each` with the first hour, the `events` blob and its events'
-/// [`Marks`] of every row of the index that `piece` reads (an hour at an
-/// edge cut to the range, only without `valued`); nothing for a raw
-/// piece.
+/// The bits of the events of an `events` blob: each event's name's
+/// (one per name of the blob) AND-ed, for each dimension read, with its
+/// value's.
+struct EventBits<'v> {
+    by_name: Vec<u32>,
+    /// Per dimension read: its values, and each value's bits.
+    columns: Vec<(Dim, ValuesBlob<'v>, Vec<u32>)>,
+}
+
+impl<'v> EventBits<'v> {
+    /// The bits of `hour`'s events by name `by_name`, and by value
+    /// `by_value` of each dimension of `dims`, whose `values` blobs are
+    /// `values` (in that order); `None` when one cannot be read.
+    fn new(
+        hour: &EventsBlob,
+        by_name: Vec<u32>,
+        (dims, values): (&[Dim], &'v [Vec<u8>]),
+        by_value: impl Fn(Dim, Option<&str>) -> u32,
+    ) -> Option<Self> {
+        let n = hour.ms.len() / 4;
+        if values.len() != dims.len() {
+            return None;
+        }
+        let columns = dims
+            .iter()
+            .zip(values)
+            .map(|(&d, blob)| {
+                let column = ValuesBlob::parse(blob).filter(|c| c.len == n)?;
+                let bits = column.values.iter().map(|v| by_value(d, *v)).collect();
+                Some((d, column, bits))
+            })
+            .collect::<Option<_>>()?;
+        Some(Self { by_name, columns })
+    }
+
+    /// Event `i`'s bits; `None` when an index is out of range.
+    fn of(&self, hour: &EventsBlob, i: usize) -> Option<u32> {
+        let mut m = *self.by_name.get(hour.name_id(i)?)?;
+        for (_, column, bits) in &self.columns {
+            m &= *bits.get(column.id(i))?;
+        }
+        Some(m)
+    }
+}
+
+/// The indexed dimensions that `filters` read (sorted by code), or `None`
+/// when one is on a dimension the index has no values of (a property, a
+/// session dimension); the event name needs none.
+fn indexed_dims<'d>(dims: impl Iterator<Item = &'d Dimension>) -> Option<Vec<Dim>> {
+    let mut out = Vec::new();
+    for d in dims {
+        match d {
+            Dimension::Rolled(Dim::Event) => {}
+            Dimension::Rolled(d) if INDEXED_DIMS.contains(d) => out.push(*d),
+            _ => return None,
+        }
+    }
+    out.sort_by_key(|d| d.code());
+    out.dedup();
+    Some(out)
+}
+
+/// Calls `each` with the first hour, the `events` blob and the `values`
+/// blobs of the dimensions `codes` (in that order) of every row of the
+/// index by `span` in hours `[a, b)`.
+async fn valued_rows(
+    store: &Store,
+    project: Uuid,
+    (span, a, b): (Span, i64, i64),
+    codes: &[i16],
+    mut each: impl FnMut(i64, Vec<u8>, Vec<Vec<u8>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let mut values: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
+    if !codes.is_empty() {
+        store
+            .person_values(project, span, (a, b), codes, |h, _, blob| {
+                values.entry(h).or_default().push(blob);
+                Ok(())
+            })
+            .await?;
+    }
+    store
+        .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
+            each(h, blob, values.remove(&h).unwrap_or_default())
+        })
+        .await
+}
+
+/// For every row of the index that `piece` reads (an hour at an edge cut
+/// to the range, only without `valued`), calls `scan` with its first hour,
+/// its `events` blob read and its events' [`Marks`], then `keep` with the
+/// blob's bytes and the marks (the blob is read once); nothing for a raw
+/// piece. `scan` gives `None` when the blob cannot be read.
 async fn marked_rows(
     store: &Store,
     f: &Funnel,
     piece: &Piece,
     valued: Option<&mut Valued<'_>>,
-    mut each: impl FnMut(i64, Vec<u8>, Marks) -> Result<(), StoreError>,
+    mut scan: impl FnMut(i64, &EventsBlob, &Marks) -> Option<()>,
+    mut keep: impl FnMut(i64, Vec<u8>, Marks),
 ) -> Result<(), StoreError> {
     let project = f.query.project;
+    let mut row = |h: i64,
+                   blob: Vec<u8>,
+                   marks_of: &mut dyn FnMut(&EventsBlob) -> Option<Marks>|
+     -> Result<(), StoreError> {
+        let marks = {
+            let hour = EventsBlob::parse(&blob).ok_or_else(|| unreadable(project, h))?;
+            let marks = marks_of(&hour).ok_or_else(|| unreadable(project, h))?;
+            scan(h, &hour, &marks).ok_or_else(|| unreadable(project, h))?;
+            marks
+        };
+        keep(h, blob, marks);
+        Ok(())
+    };
     let Some(valued) = valued else {
         return events_rows(store, project, piece, |h, blob| {
-            let marks = EventsBlob::parse(&blob)
-                .map(|hour| Marks::ByName(hour.masks(|n| f.mask(n, |_| true))))
-                .ok_or_else(|| unreadable(project, h))?;
-            each(h, blob, marks)
+            row(h, blob, &mut |hour| {
+                Some(Marks::ByName(hour.masks(|n| f.mask(n, |_| true))))
+            })
         })
         .await;
     };
     let Piece::Index(span, a, b) = *piece else {
         return Ok(()); // raw (a valued funnel asks for no parts)
     };
-    let mut values: HashMap<i64, Vec<Vec<u8>>> = HashMap::new();
-    store
-        .person_values(project, span, (a, b), &valued.codes(), |h, _, blob| {
-            values.entry(h).or_default().push(blob);
-            Ok(())
-        })
-        .await?;
-    store
-        .person_index(project, span, (a, b), PersonColumn::Events, |h, blob| {
-            let marks = EventsBlob::parse(&blob)
-                .and_then(|hour| valued.marks(&hour, values.get(&h).map_or(&[][..], Vec::as_slice)))
-                .ok_or_else(|| unreadable(project, h))?;
-            each(h, blob, marks)
-        })
-        .await
+    let codes = valued.codes();
+    valued_rows(store, project, (span, a, b), &codes, |h, blob, values| {
+        row(h, blob, &mut |hour| valued.marks(hour, &values))
+    })
+    .await
 }
 
 /// A step event of a raw piece, numbered: (person, time, arrival, mask,
@@ -1148,25 +1203,43 @@ impl<'a> Follow<'a> {
         if !self.later.get(p) {
             return Some(()); // counted from `first`
         }
+        let at = |i: usize| (start + i64::from(hour.ms(i)), i as i64);
+        // The kind of marks is matched once per run, not per event.
+        match marks {
+            Marks::ByName(masks) => self.steps(p, events, at, |i| Some((hour.mask(masks, i)?, 0))),
+            Marks::ByEvent { masks, values } => self.steps(p, events, at, |i| {
+                Some((*masks.get(i)?, values.get(i).copied().unwrap_or(0)))
+            }),
+        }
+    }
+
+    /// Takes person `p`'s `events`, each at `at(i)` with steps and value
+    /// `mark(i)`; `None` at the first `None` of `mark`.
+    fn steps(
+        &mut self,
+        p: u32,
+        events: std::ops::Range<usize>,
+        at: impl Fn(usize) -> (i64, i64),
+        mark: impl Fn(usize) -> Option<(u32, u32)>,
+    ) -> Option<()> {
         // Of a row of events that are the first step only, each replaces
         // the start before it and changes nothing else (see
         // `Progress::advance`), so only the row's last one is taken.
         let mut start_row = None;
-        let at = |i: usize| (start + i64::from(hour.ms(i)), i as i64);
         for i in events {
-            match marks.mask(hour, i)? {
-                0 => {}
-                1 => start_row = Some(i),
-                mask => {
-                    if let Some(j) = start_row.take() {
-                        self.event(p, at(j), 1, marks.value(j));
+            match mark(i)? {
+                (0, _) => {}
+                (1, v) => start_row = Some((i, v)),
+                (mask, v) => {
+                    if let Some((j, w)) = start_row.take() {
+                        self.event(p, at(j), 1, w);
                     }
-                    self.event(p, at(i), mask, marks.value(i));
+                    self.event(p, at(i), mask, v);
                 }
             }
         }
-        if let Some(j) = start_row {
-            self.event(p, at(j), 1, marks.value(j));
+        if let Some((j, w)) = start_row {
+            self.event(p, at(j), 1, w);
         }
         Some(())
     }
@@ -1213,8 +1286,12 @@ enum Source<'a> {
 
 impl<'a> Source<'a> {
     fn hour(h: i64, blob: &'a [u8], marks: &'a Marks) -> Option<Self> {
-        let blob = EventsBlob::parse(blob)?;
-        Some(Source::Hour {
+        Some(Self::read(h, EventsBlob::parse(blob)?, marks))
+    }
+
+    /// Hour `h`, read.
+    fn read(h: i64, blob: EventsBlob<'a>, marks: &'a Marks) -> Self {
+        Source::Hour {
             h,
             marks,
             runs: Cursor::new(blob.runs),
@@ -1223,7 +1300,7 @@ impl<'a> Source<'a> {
             next: None,
             at: 0,
             blob,
-        })
+        }
     }
 
     /// Gives `follow` the events of people numbered below `end` not taken
@@ -1481,21 +1558,24 @@ pub async fn funnel(
     let mut kept: Vec<(i64, Vec<u8>, Marks)> = Vec::new();
     let (mut kept_bytes, mut keep) = (0usize, true);
     for piece in &pieces {
-        marked_rows(store, f, piece, valued.as_mut(), |h, blob, marks| {
-            EventsBlob::parse(&blob)
-                .and_then(|hour| seen.hour(&hour, &marks))
-                .ok_or_else(|| unreadable(project, h))?;
-            if keep {
-                kept_bytes += blob.len();
-                keep = kept_bytes <= MAX_KEPT_BYTES;
+        marked_rows(
+            store,
+            f,
+            piece,
+            valued.as_mut(),
+            |_, hour, marks| seen.hour(hour, marks),
+            |h, blob, marks| {
                 if keep {
-                    kept.push((h, blob, marks));
-                } else {
-                    kept = Vec::new();
+                    kept_bytes += blob.len();
+                    keep = kept_bytes <= MAX_KEPT_BYTES;
+                    if keep {
+                        kept.push((h, blob, marks));
+                    } else {
+                        kept = Vec::new();
+                    }
                 }
-            }
-            Ok(())
-        })
+            },
+        )
         .await?;
     }
     let (mut raw, raw_values, numbers) = (&mut raw_task.0).await.map_err(|e| {
@@ -1515,7 +1595,9 @@ pub async fn funnel(
     }
 
     // Second pass: the people who did both (with a breakdown, everyone
-    // who did the first), followed step by step.
+    // who did the first: their value is that of their attempt; those who
+    // never did the second step's event cost one step per run, see
+    // `Follow::steps`), followed step by step.
     let breakdown = f.breakdown.is_some();
     let later = if breakdown { &seen.first } else { &seen.second };
     let mut steps = vec![StepCount::default(); n];
@@ -1564,12 +1646,18 @@ pub async fn funnel(
                     .map_err(|h| unreadable(project, h))?;
                 continue;
             }
-            marked_rows(store, f, piece, valued.as_mut(), |h, blob, marks| {
-                Source::hour(h, &blob, &marks)
-                    .ok_or(h)
-                    .and_then(|mut s| s.take(u32::MAX, Some(&mut follow)))
-                    .map_err(|h| unreadable(project, h))
-            })
+            marked_rows(
+                store,
+                f,
+                piece,
+                valued.as_mut(),
+                |h, hour, marks| {
+                    Source::read(h, hour.clone(), marks)
+                        .take(u32::MAX, Some(&mut follow))
+                        .ok()
+                },
+                |_, _, _| {},
+            )
             .await?;
         }
         follow.finish(&mut steps, 0);
@@ -1592,8 +1680,11 @@ pub async fn funnel(
 }
 
 /// Answers `r` (over `[from, to)`, the data range; cohorts starting at
-/// `starts`) from the index, when it has no filters and the person and
-/// activity arrays fit; `None` otherwise.
+/// `starts`) from the index, when its filters are all on the event name
+/// or indexed dimensions and the person and activity arrays fit; `false`
+/// otherwise. Without filters it reads the `people` blobs (who did which
+/// event); with filters, the `events` blobs and the values of the
+/// filters' dimensions, and rows without those values raw.
 ///
 /// An hour (a day) from the index counts as a whole: its people were
 /// first seen or active at its start. That is exact because the only
@@ -1613,9 +1704,13 @@ pub async fn retention(
     cohorts: &mut [Cohort],
 ) -> Result<bool, StoreError> {
     let project = r.query.project;
-    if !r.query.filters.is_empty() {
+    let filters = &r.query.filters;
+    // With filters, the dimensions whose values are read (rows without
+    // them are read raw).
+    let Some(dims) = indexed_dims(filters.iter().map(|f| &f.dimension)) else {
         return Ok(false);
-    }
+    };
+    let codes: Vec<i16> = dims.iter().map(|d| d.code()).collect();
     let people = store.max_person_id(project).await? as usize + 1;
     if starts.len().saturating_mul(people / 8 + 8) > MAX_ACTIVITY_BYTES {
         return Ok(false);
@@ -1652,7 +1747,41 @@ pub async fn retention(
         (Some(c), Some(e)) => Some(vec![c.clone(), e.clone()]),
         _ => None,
     };
-    let cols = EventColumns::reading(names.as_deref(), []);
+    let cols = EventColumns::reading(names.as_deref(), filters.iter().map(|f| &f.dimension))
+        .keeping(filters);
+    let passes = |e: &EventFacts| {
+        filters
+            .iter()
+            .all(|f| f.matches(e.value(&f.dimension).as_deref()))
+    };
+    // Filtered, an event's bits: 1 when it makes its person seen (the
+    // cohort event, passing the filters), 2 when active (the return
+    // event, passing them).
+    let name_bits = |name: &str| {
+        let named = |e: &Option<String>| e.as_ref().is_none_or(|n| *n == name);
+        let event = Dimension::Rolled(Dim::Event);
+        if filters
+            .iter()
+            .filter(|f| f.dimension == event)
+            .all(|f| f.matches(Some(name)))
+        {
+            u32::from(named(&r.cohort_event)) | u32::from(named(&r.return_event)) << 1
+        } else {
+            0
+        }
+    };
+    let value_bits = |d: Dim, v: Option<&str>| {
+        let dim = Dimension::Rolled(d);
+        if filters
+            .iter()
+            .filter(|f| f.dimension == dim)
+            .all(|f| f.matches(v))
+        {
+            3
+        } else {
+            0
+        }
+    };
     let mut numbers = Numbers::new(store, project).await?;
     let pieces = plan(
         store,
@@ -1661,11 +1790,42 @@ pub async fn retention(
         now,
         usable,
         false,
-        &[],
+        &codes,
     )
     .await?;
     for piece in pieces {
         match piece {
+            Piece::Index(span, a, b) if !filters.is_empty() => {
+                valued_rows(store, project, (span, a, b), &codes, |h, blob, values| {
+                    let t = h * HOUR_MS;
+                    let period = period_of(t);
+                    EventsBlob::parse(&blob)
+                        .and_then(|hour| {
+                            let by_name: Vec<u32> =
+                                hour.names.iter().map(|n| name_bits(n)).collect();
+                            let bits =
+                                EventBits::new(&hour, by_name, (&dims, &values), value_bits)?;
+                            hour.each_run(|p, events| {
+                                let mut m = 0;
+                                for i in events {
+                                    m |= bits.of(&hour, i)?;
+                                }
+                                // An hour counts whole, as below.
+                                if m & 1 != 0 && !known.get(p) {
+                                    first_seen(&mut first, &mut known, p, t);
+                                }
+                                if m & 2 != 0
+                                    && let Some(i) = period
+                                {
+                                    active[i].set(p);
+                                }
+                                Some(())
+                            })
+                        })
+                        .ok_or_else(|| unreadable(project, h))
+                })
+                .await?;
+            }
             Piece::Index(span, a, b) => {
                 store
                     .person_index(project, span, (a, b), PersonColumn::People, |h, blob| {
@@ -1703,7 +1863,7 @@ pub async fn retention(
                     let events = store.event_facts(project, a, b, &cols).await?;
                     numbers.number(store, &events).await?;
                     for e in &events {
-                        let Some(p) = numbers.of(e.visitor) else {
+                        let Some(p) = numbers.of(e.visitor).filter(|_| passes(e)) else {
                             continue;
                         };
                         if r.cohort_event.as_ref().is_none_or(|n| *n == e.name) {
@@ -2028,7 +2188,14 @@ mod tests {
                 .map(|_| {
                     seq += 1;
                     let t = start + next(HOUR_MS as u64) as i64;
-                    event(seq, names[next(4) as usize], t, next(60))
+                    let (name, visitor) = (names[next(4) as usize], next(60));
+                    // Every seventh person never signs up.
+                    let name = if visitor % 7 == 0 && name == "signup" {
+                        "other"
+                    } else {
+                        name
+                    };
+                    event(seq, name, t, visitor)
                 })
                 .collect();
             if h == 3 {
@@ -2064,32 +2231,41 @@ mod tests {
             }
         }
         let follow = || Follow::new(&later, 2 * HOUR_MS, 3, (0, true));
-        // All at once, every event in time order, by hand.
-        let mut whole = vec![StepCount::default(); 3];
-        let mut f = follow();
-        for (h, blob, marks) in &blobs {
-            if *h == 4 {
-                for &(p, t, seq, mask, value) in &raw_hits {
-                    if later.get(p) {
-                        f.event(p, (t, seq), mask, value);
+        // Event `i`'s steps and value.
+        let mark = |marks: &Marks, hour: &EventsBlob, i: usize| match marks {
+            Marks::ByName(masks) => hour.mask(masks, i).map(|m| (m, 0)),
+            Marks::ByEvent { masks, values } => Some((masks[i], values[i])),
+        };
+        // All at once, every event in time order, by hand, following
+        // the people in `later`.
+        let by_hand = |later: &Bits| {
+            let mut whole = vec![StepCount::default(); 3];
+            let mut f = Follow::new(later, 2 * HOUR_MS, 3, (0, true));
+            for (h, blob, marks) in &blobs {
+                if *h == 4 {
+                    for &(p, t, seq, mask, value) in &raw_hits {
+                        if later.get(p) {
+                            f.event(p, (t, seq), mask, value);
+                        }
                     }
                 }
+                let hour = EventsBlob::parse(blob).unwrap();
+                hour.each_run(|p, events| {
+                    for i in events.filter(|_| later.get(p)) {
+                        let (mask, value) = mark(marks, &hour, i)?;
+                        if mask != 0 {
+                            let at = (h * HOUR_MS + i64::from(hour.ms(i)), i as i64);
+                            f.event(p, at, mask, value);
+                        }
+                    }
+                    Some(())
+                })
+                .unwrap();
             }
-            let hour = EventsBlob::parse(blob).unwrap();
-            hour.each_run(|p, events| {
-                for i in events.filter(|_| later.get(p)) {
-                    let mask = marks.mask(&hour, i)?;
-                    if mask != 0 {
-                        let at = (h * HOUR_MS + i64::from(hour.ms(i)), i as i64);
-                        f.event(p, at, mask, marks.value(i));
-                    }
-                }
-                Some(())
-            })
-            .unwrap();
-        }
-        f.finish(&mut whole, 0);
-        let whole_groups = f.groups.take().unwrap();
+            f.finish(&mut whole, 0);
+            (whole, f.groups.take().unwrap())
+        };
+        let (whole, whole_groups) = by_hand(&later);
         assert!(
             whole[2].people > 0 && whole[0].people > whole[2].people,
             "{whole:?}"

@@ -3,7 +3,8 @@
 //! (enrichment already filled in, as the built-in plugins would), builds
 //! the rollups, then times overview (30 days), time series (30 days,
 //! daily), breakdown by page (30 days), a filtered breakdown, a 3-step
-//! funnel (30 days) and weekly retention (12 weeks), cold (a
+//! funnel (30 days; also filtered and broken down by country) and weekly
+//! retention (12 weeks; also filtered by country), cold (a
 //! new connection pool, empty page cache) and warm (the median of the
 //! following runs), and prints the table with the database size.
 //!
@@ -254,6 +255,13 @@ async fn run(args: Args) {
         return_event: None,
         periods: 12,
     };
+    let filtered_retention = retention::Retention {
+        query: Query {
+            filters: filtered.filters.clone(),
+            ..retention.query.clone()
+        },
+        ..retention.clone()
+    };
     println!(
         "\nquery (30 days)                       cold ms   warm ms (median of {})",
         args.runs
@@ -268,6 +276,7 @@ async fn run(args: Args) {
         "funnel, 3 steps, country=DE",
         "funnel, 3 steps, by country",
         "retention, weekly, 12 weeks",
+        "retention, weekly, country=DE",
     ];
     if args.compare_raw {
         names.extend([
@@ -276,6 +285,7 @@ async fn run(args: Args) {
             "funnel, 3 steps, country=DE",
             "funnel, 3 steps, by country",
             "retention, weekly, 12 weeks",
+            "retention, weekly, country=DE",
         ]);
     }
     // The answers of funnels and retention, which must not change when
@@ -358,13 +368,16 @@ async fn run(args: Args) {
                             .collect::<Vec<_>>()
                     );
                 }
-                "retention, weekly, 12 weeks" => {
+                "retention, weekly, 12 weeks" | "retention, weekly, country=DE" => {
+                    let r = if name.contains("DE") {
+                        &filtered_retention
+                    } else {
+                        &retention
+                    };
                     let starts = Interval::Week
-                        .buckets(tz, retention.query.from, retention.query.to)
+                        .buckets(tz, r.query.from, r.query.to)
                         .unwrap();
-                    let a = retention::run(&store, &retention, &starts, now)
-                        .await
-                        .unwrap();
+                    let a = retention::run(&store, r, &starts, now).await.unwrap();
                     answer = format!("{a:?}");
                 }
                 _ => {
