@@ -914,7 +914,8 @@ struct Valued<'f> {
 
 impl<'f> Valued<'f> {
     /// `None` when `f` has no filters and no breakdown (its steps are
-    /// then known from the event names alone).
+    /// then known from the event names alone); `f` is one the index
+    /// answers (see [`answers_funnel`]).
     fn new(f: &'f Funnel) -> Option<Self> {
         f.dimensions().next()?;
         let dims = indexed_dims(f.dimensions().map(|(_, d)| d))?;
@@ -1040,9 +1041,9 @@ impl<'v> EventBits<'v> {
     }
 }
 
-/// The indexed dimensions that `filters` read (sorted by code), or `None`
-/// when one is on a dimension the index has no values of (a property, a
-/// session dimension); the event name needs none.
+/// The indexed dimensions among `dims` (sorted by code, once each), or
+/// `None` when one is a dimension the index has no values of (a property,
+/// a session dimension); the event name needs none.
 fn indexed_dims<'d>(dims: impl Iterator<Item = &'d Dimension>) -> Option<Vec<Dim>> {
     let mut out = Vec::new();
     for d in dims {
@@ -1603,36 +1604,54 @@ pub async fn funnel(
     let mut steps = vec![StepCount::default(); n];
     let groups;
     if keep {
-        // A range of people at a time, through every hour and piece.
-        let mut sources = Vec::with_capacity(kept.len() + raw.len());
-        let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
-        for piece in &pieces {
-            let end = match *piece {
-                Piece::Index(_, _, b) => b,
-                Piece::Part(h, ..) => h + 1,
-                Piece::Raw(..) => {
-                    let hits = raw.next().unwrap_or_default();
-                    sources.push(Source::Raw { hits, at: 0 });
-                    continue;
-                }
-            };
-            while let Some((h, blob, marks)) = kept_iter.next_if(|(h, _, _)| *h < end) {
-                let source =
-                    Source::hour(*h, blob, marks).ok_or_else(|| unreadable(project, *h))?;
-                sources.push(source);
-            }
-        }
+        // A range of people at a time, through every hour and piece: the
+        // query's CPU work (tens of ms at millions of events), which must
+        // not hold up this runtime worker's other tasks, ingestion among
+        // them.
+        let ends: Vec<Option<i64>> = pieces
+            .iter()
+            .map(|piece| match *piece {
+                Piece::Index(_, _, b) => Some(b),
+                Piece::Part(h, ..) => Some(h + 1),
+                Piece::Raw(..) => None,
+            })
+            .collect();
         let per =
             u32::try_from((RANGE_BYTES / Progress::slot_bytes(n)).max(1024)).unwrap_or(u32::MAX);
         let people = numbers.next.max(seen.last.saturating_add(1));
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
             .min(MAX_THREADS);
-        (steps, groups) = follow_in_parallel(
-            &sources,
-            (later, f.window_ms, n, breakdown),
-            (people, per, threads),
-        )
+        let (later, window) = (later.clone(), f.window_ms);
+        let follow = move || {
+            let mut sources = Vec::with_capacity(kept.len() + raw.len());
+            let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
+            for end in ends {
+                let Some(end) = end else {
+                    let hits = raw.next().unwrap_or_default();
+                    sources.push(Source::Raw { hits, at: 0 });
+                    continue;
+                };
+                while let Some((h, blob, marks)) = kept_iter.next_if(|(h, _, _)| *h < end) {
+                    sources.push(Source::hour(*h, blob, marks).ok_or(*h)?);
+                }
+            }
+            follow_in_parallel(
+                &sources,
+                (&later, window, n, breakdown),
+                (people, per, threads),
+            )
+        };
+        // On this thread, where the blobs just read are in the CPU cache
+        // (handing the work to a blocking thread made funnels about 5%
+        // slower), with this worker's other tasks handed to another
+        // worker meanwhile (a runtime of one thread has no other).
+        let flavor = tokio::runtime::Handle::current().runtime_flavor();
+        (steps, groups) = if flavor == tokio::runtime::RuntimeFlavor::MultiThread {
+            tokio::task::block_in_place(follow)
+        } else {
+            follow()
+        }
         .map_err(|h| unreadable(project, h))?;
     } else {
         // Everyone at once, each hour read again as it comes.
