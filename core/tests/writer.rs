@@ -911,6 +911,13 @@ async fn a_filtered_funnel_reads_the_values_of_the_index() {
             query: base.query.clone(),
             ..not_a_retention.clone()
         };
+        // Filtered on the event name alone: no values needed.
+        let mut signups = unfiltered.clone();
+        signups.query.filters = vec![Filter {
+            dimension: Dimension::parse("event").unwrap(),
+            op: Op::Eq,
+            values: vec!["signup".into()],
+        }];
         assert_eq!(
             cohorts(&unfiltered).await.unwrap(),
             [(day, 3, vec![3, 0])],
@@ -950,6 +957,11 @@ async fn a_filtered_funnel_reads_the_values_of_the_index() {
         }
         let err = cohorts(&not_a_retention).await.unwrap_err().to_string();
         assert!(err.contains("cannot be read"), "{backend:?}: {err}");
+        assert_eq!(
+            cohorts(&signups).await.unwrap(),
+            [(day, 2, vec![2, 0])],
+            "{backend:?}"
+        );
         assert_eq!(run(&base).await.unwrap().0, [3, 2], "{backend:?}");
         assert_eq!(cohorts(&unfiltered).await.unwrap().len(), 1, "{backend:?}");
 

@@ -1622,8 +1622,8 @@ pub async fn funnel(
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
             .min(MAX_THREADS);
-        let (later, window) = (later.clone(), f.window_ms);
-        let follow = move || {
+        let window = f.window_ms;
+        let follow = || {
             let mut sources = Vec::with_capacity(kept.len() + raw.len());
             let (mut kept_iter, mut raw) = (kept.iter().peekable(), raw.into_iter());
             for end in ends {
@@ -1638,7 +1638,7 @@ pub async fn funnel(
             }
             follow_in_parallel(
                 &sources,
-                (&later, window, n, breakdown),
+                (later, window, n, breakdown),
                 (people, per, threads),
             )
         };
