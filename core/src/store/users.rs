@@ -62,8 +62,10 @@ impl Store {
                     project.into(),
                     from.into(),
                     to.into(),
-                    limit.into(),
-                    offset.into(),
+                    // The databases take signed integers: a larger limit or
+                    // offset is as good as the largest.
+                    i64::try_from(limit).unwrap_or(i64::MAX).into(),
+                    i64::try_from(offset).unwrap_or(i64::MAX).into(),
                 ],
             )
             .await?;
