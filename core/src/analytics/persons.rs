@@ -939,12 +939,7 @@ impl<'f> Valued<'f> {
     /// The steps of `f` whose filters on `dim` (and the funnel's) all
     /// pass `value`, as bits.
     fn passing(f: &Funnel, dim: &Dimension, value: Option<&str>) -> u32 {
-        let pass = |filters: &[Filter]| {
-            filters
-                .iter()
-                .filter(|x| x.dimension == *dim)
-                .all(|x| x.matches(value))
-        };
+        let pass = |filters: &[Filter]| passes_on(filters, dim, value);
         if !pass(&f.query.filters) {
             return 0;
         }
@@ -1039,6 +1034,14 @@ impl<'v> EventBits<'v> {
         }
         Some(m)
     }
+}
+
+/// Whether `value` of `dim` passes every filter of `filters` on `dim`.
+fn passes_on(filters: &[Filter], dim: &Dimension, value: Option<&str>) -> bool {
+    filters
+        .iter()
+        .filter(|f| f.dimension == *dim)
+        .all(|f| f.matches(value))
 }
 
 /// The indexed dimensions among `dims` (sorted by code, once each), or
@@ -1778,24 +1781,14 @@ pub async fn retention(
     // event, passing them).
     let name_bits = |name: &str| {
         let named = |e: &Option<String>| e.as_ref().is_none_or(|n| *n == name);
-        let event = Dimension::Rolled(Dim::Event);
-        if filters
-            .iter()
-            .filter(|f| f.dimension == event)
-            .all(|f| f.matches(Some(name)))
-        {
+        if passes_on(filters, &Dimension::Rolled(Dim::Event), Some(name)) {
             u32::from(named(&r.cohort_event)) | u32::from(named(&r.return_event)) << 1
         } else {
             0
         }
     };
     let value_bits = |d: Dim, v: Option<&str>| {
-        let dim = Dimension::Rolled(d);
-        if filters
-            .iter()
-            .filter(|f| f.dimension == dim)
-            .all(|f| f.matches(v))
-        {
+        if passes_on(filters, &Dimension::Rolled(d), v) {
             3
         } else {
             0
